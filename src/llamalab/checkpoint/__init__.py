@@ -1,0 +1,1 @@
+"""Checkpoint formats: pure state-dict transforms (key maps as data) and file readers / writers."""

@@ -1,0 +1,162 @@
+"""Hugging Face Llama state dicts and config.json: a key map plus the q/k RoPE-layout permutation.
+
+Meta rotates interleaved feature pairs (x[2i], x[2i+1]); HF rotates half-split pairs (x[i], x[i+d/2]).
+The two agree once the rows of wq and wk are permuted within every head.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from llamalab.config import ModelArgs, RopeScaling
+from llamalab.errors import CheckpointError
+
+# Meta name -> HF name; "{i}" is the layer index.
+HF_KEYS = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "layers.{i}.attention.wq.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "layers.{i}.attention.wk.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "layers.{i}.attention.wv.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "layers.{i}.attention.wo.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "layers.{i}.feed_forward.w1.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "layers.{i}.feed_forward.w2.weight": "model.layers.{i}.mlp.down_proj.weight",
+    "layers.{i}.feed_forward.w3.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "layers.{i}.attention_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "layers.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+}
+
+
+def _key_map(mapping: dict[str, str]) -> list[tuple[re.Pattern, str]]:
+    compiled = []
+    for src, dst in mapping.items():
+        pattern = re.escape(src).replace(re.escape("{i}"), r"(?P<i>\d+)")
+        compiled.append((re.compile(f"^{pattern}$"), dst))
+    return compiled
+
+
+_TO_HF = _key_map(HF_KEYS)
+_FROM_HF = _key_map({v: k for k, v in HF_KEYS.items()})
+
+
+def rename(key: str, table: list[tuple[re.Pattern, str]]) -> str | None:
+    for pattern, dst in table:
+        m = pattern.match(key)
+        if m:
+            return dst.format(**m.groupdict())
+    return None
+
+
+def interleaved_to_half_split(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Permute the rows of a Meta wq/wk (n_heads*hd, dim) to HF's half-split RoPE layout."""
+    rows, cols = w.shape
+    # (n_heads, hd/2, 2, dim) -> (n_heads, 2, hd/2, dim)
+    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def half_split_to_interleaved(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Inverse of `interleaved_to_half_split`: HF q_proj/k_proj rows back to Meta's interleaved layout."""
+    rows, cols = w.shape
+    # (n_heads, 2, hd/2, dim) -> (n_heads, hd/2, 2, dim)
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def to_hf_state_dict(state_dict: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+    """Meta-named weights -> HF `LlamaForCausalLM` weights (tied output dropped when tied)."""
+    out = {}
+    for key, tensor in state_dict.items():
+        if args.tie_embeddings and key == "output.weight":
+            continue
+        hf_key = rename(key, _TO_HF)
+        if hf_key is None:
+            raise CheckpointError(f"no Hugging Face name for tensor {key!r}")
+        if key.endswith("attention.wq.weight"):
+            tensor = interleaved_to_half_split(tensor, args.n_heads)
+        elif key.endswith("attention.wk.weight"):
+            tensor = interleaved_to_half_split(tensor, args.kv_heads)
+        out[hf_key] = tensor
+    return out
+
+
+def from_hf_state_dict(state_dict: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+    """HF `LlamaForCausalLM` weights -> Meta-named weights (rotary inv_freq buffers ignored)."""
+    out = {}
+    for hf_key, tensor in state_dict.items():
+        if hf_key.endswith("rotary_emb.inv_freq"):
+            continue
+        key = rename(hf_key, _FROM_HF)
+        if key is None:
+            raise CheckpointError(f"unknown tensor name {hf_key!r} in a Hugging Face Llama checkpoint")
+        if key.endswith("attention.wq.weight"):
+            tensor = half_split_to_interleaved(tensor, args.n_heads)
+        elif key.endswith("attention.wk.weight"):
+            tensor = half_split_to_interleaved(tensor, args.kv_heads)
+        out[key] = tensor
+    if args.tie_embeddings:
+        out.pop("output.weight", None)
+    return out
+
+
+def hf_config(args: ModelArgs) -> dict[str, Any]:
+    """A transformers `LlamaConfig` dict for these ModelArgs."""
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": args.dim,
+        "intermediate_size": args.ffn_hidden_dim,
+        "num_hidden_layers": args.n_layers,
+        "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.kv_heads,
+        "vocab_size": args.vocab_size,
+        "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "max_position_embeddings": args.max_seq_len,
+        "tie_word_embeddings": args.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "head_dim": args.head_dim,
+    }
+    if args.rope_scaling is not None:
+        s = args.rope_scaling
+        config["rope_scaling"] = {
+            "rope_type": "llama3",
+            "factor": s.factor,
+            "low_freq_factor": s.low_freq_factor,
+            "high_freq_factor": s.high_freq_factor,
+            "original_max_position_embeddings": s.original_max_position_embeddings,
+        }
+    return config
+
+
+def args_from_hf_config(config: dict[str, Any]) -> ModelArgs:
+    """ModelArgs from a transformers Llama `config.json` dict."""
+    try:
+        scaling = config.get("rope_scaling") or (config.get("rope_parameters") or None)
+        rope_scaling = None
+        if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":
+            rope_scaling = RopeScaling(
+                factor=float(scaling["factor"]),
+                low_freq_factor=float(scaling["low_freq_factor"]),
+                high_freq_factor=float(scaling["high_freq_factor"]),
+                original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
+            )
+        rope_theta = config.get("rope_theta") or (scaling or {}).get("rope_theta") or 10000.0
+        return ModelArgs(
+            dim=config["hidden_size"],
+            n_layers=config["num_hidden_layers"],
+            n_heads=config["num_attention_heads"],
+            n_kv_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
+            vocab_size=config["vocab_size"],
+            hidden_dim=config["intermediate_size"],
+            norm_eps=config.get("rms_norm_eps", 1e-6),
+            rope_theta=float(rope_theta),
+            rope_scaling=rope_scaling,
+            max_seq_len=config.get("max_position_embeddings", 2048),
+            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )
+    except KeyError as e:
+        raise CheckpointError(f"config.json lacks the field {e.args[0]!r} of a Llama config") from None

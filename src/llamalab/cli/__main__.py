@@ -1,0 +1,6 @@
+"""`python -m llamalab.cli ...`."""
+import sys
+
+from llamalab.cli.main import main
+
+sys.exit(main())

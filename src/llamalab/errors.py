@@ -1,0 +1,21 @@
+"""Exceptions a user can cause. The CLI prints them as one line and exits non-zero."""
+
+
+class LlamalabError(Exception):
+    """Base class of every error llamalab raises for bad input; the message says what to do."""
+
+
+class ConfigError(LlamalabError, ValueError):
+    """A model or training configuration that cannot work (names the field and the fix)."""
+
+
+class ContextLengthError(LlamalabError, ValueError):
+    """A prompt or generation that does not fit in the model's context or KV cache."""
+
+
+class CheckpointError(LlamalabError):
+    """A checkpoint file that is missing, truncated, of the wrong format or disagrees with its config."""
+
+
+class TokenizerError(LlamalabError):
+    """A tokenizer file that is missing or cannot be read."""
