@@ -1,0 +1,186 @@
+"""Samplers as pure functions on (batch, vocab) logits: penalties and filters compose, `sample` picks tokens.
+
+Each filter returns new logits with the excluded tokens set to -inf, so they chain in the usual order:
+repetition penalty → temperature → top-k → top-p → min-p → draw. A filter's parameter is a float
+shared by every row or a (batch, 1) tensor giving each row its own value.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from llamalab.errors import ConfigError
+
+Param = float | torch.Tensor  # one value for every row, or a (batch, 1) tensor of per-row values
+Generators = torch.Generator | Sequence[torch.Generator | None] | None
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick each next token; the defaults sample from the model's distribution unchanged."""
+
+    temperature: float = 1.0  # 0 = greedy (argmax)
+    top_k: int | None = None  # keep the k most likely tokens (None or 0 = all)
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p (nucleus)
+    min_p: float = 0.0  # drop tokens less likely than min_p × the most likely one
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the row (CTRL-style)
+    seed: int | None = None  # fixes the random draws
+
+    def __post_init__(self):
+        checks = [
+            ("temperature", self.temperature, _finite(self.temperature) and self.temperature >= 0,
+             "must be >= 0 (0 means greedy)"),
+            ("top_k", self.top_k, self.top_k is None or (_is_int(self.top_k) and self.top_k >= 0),
+             "must be a non-negative integer (0 or None keeps every token)"),
+            ("top_p", self.top_p, _finite(self.top_p) and 0 < self.top_p <= 1, "must be in (0, 1] (1 keeps every token)"),
+            ("min_p", self.min_p, _finite(self.min_p) and 0 <= self.min_p <= 1, "must be in [0, 1] (0 keeps every token)"),
+            ("repetition_penalty", self.repetition_penalty,
+             _finite(self.repetition_penalty) and self.repetition_penalty > 0, "must be > 0 (1 = no penalty)"),
+            ("seed", self.seed, self.seed is None or _is_int(self.seed), "must be an integer or None"),
+        ]
+        for name, value, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"sampling {name}={value!r} {rule}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+# -- filters: logits in, logits out ------------------------------------------------------------------
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """The most likely token of each row, (batch,)."""
+    return logits.argmax(dim=-1)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor, penalty: Param) -> torch.Tensor:
+    """Divide positive (multiply negative) logits of tokens in each row's `previous` ids (batch, n; < 0 = padding)."""
+    vocab = logits.shape[-1]
+    ids = torch.where(previous < 0, vocab, previous)  # padding goes to a spare column
+    seen = torch.zeros(logits.shape[0], vocab + 1, dtype=torch.bool, device=logits.device)
+    seen = seen.scatter(1, ids, True)[:, :vocab]  # (batch, vocab)
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def apply_temperature(logits: torch.Tensor, temperature: Param) -> torch.Tensor:
+    """Sharpen (< 1) or flatten (> 1) the distribution; temperature must be > 0 here (0 is `greedy`)."""
+    return logits / temperature
+
+
+def apply_top_k(logits: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+    """Keep the k largest logits of each row (ties at the k-th value are kept); k <= 0 keeps all."""
+    vocab = logits.shape[-1]
+    k = torch.as_tensor(k, device=logits.device).clamp(max=vocab)
+    k = torch.where(k <= 0, vocab, k).expand(logits.shape[0], 1)  # (batch, 1)
+    largest = logits.topk(int(k.max()), dim=-1).values  # (batch, max_k), descending
+    kth = largest.gather(-1, k - 1)  # (batch, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def apply_top_p(logits: torch.Tensor, p: Param) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probabilities sum to at least p (always the top one)."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each one
+    drop_sorted = mass_before >= p
+    drop_sorted[:, 0] = False
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def apply_min_p(logits: torch.Tensor, min_p: Param) -> torch.Tensor:
+    """Drop tokens whose probability is below min_p times the row's largest probability."""
+    log_probs = logits.log_softmax(dim=-1)
+    threshold = log_probs.max(dim=-1, keepdim=True).values + torch.log(torch.as_tensor(min_p, dtype=logits.dtype))
+    return logits.masked_fill(log_probs < threshold, float("-inf"))
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under the unmodified logits: (..., vocab) and (...) -> (...)."""
+    return logits.float().log_softmax(dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+# -- drawing ---------------------------------------------------------------------------------------
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+    """A random generator seeded with `seed` on `device`, or None (torch's global one) when seed is None."""
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def draw(probs: torch.Tensor, generators: Generators = None) -> torch.Tensor:
+    """One token per row from probs (batch, vocab) by the exponential race argmax(p / E), E ~ Exp(1).
+
+    Equivalent to a multinomial draw but without a host sync; with one generator per row, a row's
+    draw does not depend on the other rows of the batch.
+    """
+    race = torch.empty_like(probs)
+    if generators is None or isinstance(generators, torch.Generator):
+        race.exponential_(generator=generators)
+    else:
+        for row, generator in enumerate(generators):
+            race[row].exponential_(generator=generator)
+    return (probs / race).argmax(dim=-1)
+
+
+def sample(
+    logits: torch.Tensor,
+    params: SamplingParams | Sequence[SamplingParams],
+    generators: Generators = None,
+    previous: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Next token of each row, (batch,), from logits (batch, vocab) under `params` (one for all, or one per row).
+
+    `previous` (batch, n) holds each row's earlier token ids (< 0 = padding) for the repetition penalty;
+    `generators` is one torch.Generator, one per row, or None for torch's global one.
+    """
+    batch = logits.shape[0]
+    rows = [params] * batch if isinstance(params, SamplingParams) else list(params)
+    if len(rows) != batch:
+        raise ConfigError(f"got {len(rows)} sampling params for a batch of {batch} rows; give one or one per row")
+    logits = logits.float()
+
+    def column(name):  # one number for all rows when they agree, else a (batch, 1) tensor
+        values = [getattr(p, name) or 0 for p in rows]
+        if all(v == values[0] for v in values):
+            return values[0]
+        return torch.tensor(values, dtype=logits.dtype, device=logits.device)[:, None]
+
+    def active(value, neutral) -> bool:
+        return torch.is_tensor(value) or value != neutral
+
+    penalty = column("repetition_penalty")
+    if previous is not None and active(penalty, 1):
+        logits = apply_repetition_penalty(logits, previous, penalty)
+    if all(p.greedy for p in rows):
+        return greedy(logits)
+
+    temperature, greedy_rows = column("temperature"), None
+    if torch.is_tensor(temperature):  # a mixed batch: greedy rows are drawn at temperature 1, then replaced
+        greedy_rows = temperature.view(-1) == 0  # (batch,)
+        temperature = temperature.masked_fill(temperature == 0, 1.0)
+    scaled = apply_temperature(logits, temperature)
+    top_k, top_p, min_p = column("top_k"), column("top_p"), column("min_p")
+    if active(top_k, 0):
+        scaled = apply_top_k(scaled, top_k.long() if torch.is_tensor(top_k) else top_k)
+    if active(top_p, 1):
+        scaled = apply_top_p(scaled, top_p)
+    if active(min_p, 0):
+        scaled = apply_min_p(scaled, min_p)
+    tokens = draw(scaled.softmax(dim=-1), generators)
+    return tokens if greedy_rows is None else torch.where(greedy_rows, greedy(logits), tokens)
