@@ -19,3 +19,7 @@ class CheckpointError(LlamalabError):
 
 class TokenizerError(LlamalabError):
     """A tokenizer file that is missing or cannot be read."""
+
+
+class ChatFormatError(LlamalabError, ValueError):
+    """A chat dialog the chat format cannot express (unknown or out-of-order roles, a template's own error)."""
