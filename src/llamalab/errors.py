@@ -23,3 +23,7 @@ class TokenizerError(LlamalabError):
 
 class ChatFormatError(LlamalabError, ValueError):
     """A chat dialog the chat format cannot express (unknown or out-of-order roles, a template's own error)."""
+
+
+class ServerBusyError(LlamalabError):
+    """A server that has too many requests waiting to take another one now (retry later)."""
