@@ -27,3 +27,7 @@ class ChatFormatError(LlamalabError, ValueError):
 
 class ServerBusyError(LlamalabError):
     """A server that has too many requests waiting to take another one now (retry later)."""
+
+
+class DataError(LlamalabError):
+    """Training data that is missing, empty, unreadable or too small for the batch asked for."""
