@@ -1,0 +1,136 @@
+"""Bytes a model needs: weights by dtype, the KV cache, and training (weights, gradients, AdamW, activations).
+
+Activations are the tensors autograd saves for the backward pass of this package's model with fused
+(SDPA) attention and no dropout: nothing of size seq_len² is kept, so they grow linearly with tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llamalab.analysis.params import count_parameters
+from llamalab.config import ModelArgs
+from llamalab.errors import ConfigError
+
+# Bytes per element of the dtypes weights, caches and activations are kept in.
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+WEIGHT_DTYPES = [*DTYPE_BYTES, "int8", "int4"]
+FP32 = 4  # statistics computed in float32 whatever the model's dtype (RMSNorm, softmax)
+TOKEN_ID = 8  # int64 token ids (embedding input) and targets (cross-entropy)
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of a floating-point dtype name."""
+    if dtype not in DTYPE_BYTES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPE_BYTES)}")
+    return DTYPE_BYTES[dtype]
+
+
+def weight_bytes(args: ModelArgs, dtype: str = "bf16", group_size: int = 128) -> int:
+    """Bytes of all weights. int8 / int4 quantize the linear layers (per-channel bf16 scale for int8;
+    bf16 scale and zero point per `group_size` inputs for int4); embedding and norms stay bf16."""
+    params = count_parameters(args)
+    if dtype in DTYPE_BYTES:
+        return params.total * DTYPE_BYTES[dtype]
+    linear = params.attention + params.feed_forward + params.output
+    # output rows (one scale each) of wq, wk, wv, wo, w1, w2, w3 per layer, plus the untied head
+    rows = args.n_layers * (3 * args.dim + 2 * args.kv_heads * args.head_dim + 2 * args.ffn_hidden_dim)
+    rows += args.vocab_size if params.output else 0
+    kept = (params.embedding + params.norms) * DTYPE_BYTES["bf16"]
+    if dtype == "int8":
+        return linear + rows * DTYPE_BYTES["bf16"] + kept
+    if dtype == "int4":
+        if args.dim % group_size or args.ffn_hidden_dim % group_size:
+            raise ConfigError(f"group_size={group_size} does not divide the layers' input widths; use 32, 64 or 128")
+        return linear // 2 + (linear // group_size) * 2 * DTYPE_BYTES["bf16"] + kept
+    raise ConfigError(f"unknown weight dtype {dtype!r}; choose one of: {', '.join(WEIGHT_DTYPES)}")
+
+
+def kv_cache_bytes(args: ModelArgs, batch: int = 1, context_len: int = 1, dtype: str = "bf16") -> int:
+    """Keys and values of every layer for `batch` sequences of `context_len` positions."""
+    per_token = 2 * args.n_layers * args.kv_heads * args.head_dim * dtype_bytes(dtype)
+    return per_token * batch * context_len
+
+
+def layer_activation_bytes(args: ModelArgs, tokens: int, dtype: str = "bf16", tp: int = 1) -> int:
+    """Bytes one block saves for backward over `tokens` (= batch × seq_len) tokens.
+
+    With tensor parallelism the attention and FFN tensors are split over `tp` ranks; the norms'
+    tensors (the residual stream) are replicated.
+    """
+    p, d, hd = dtype_bytes(dtype), args.dim, args.head_dim
+    # per norm: fp32 input, fp32 rsqrt, normed (before the weight), output (the next linear's input)
+    norms = 2 * (FP32 * d + FP32 + 2 * p * d)
+    # q, k, v, the attention output (also wo's input), and the fp32 log-sum-exp of every head
+    attention = p * (2 * args.n_heads * hd + 2 * args.kv_heads * hd) + FP32 * args.n_heads
+    # w1 x (SiLU's input), silu(w1 x), w3 x, and their product (w2's input)
+    feed_forward = 4 * p * args.ffn_hidden_dim
+    return tokens * (norms + (attention + feed_forward) // tp)
+
+
+def head_activation_bytes(args: ModelArgs, tokens: int, dtype: str = "bf16", tp: int = 1) -> int:
+    """Bytes saved outside the blocks: final norm, the head's input, fp32 log-softmax of the logits, token ids."""
+    p, d = dtype_bytes(dtype), args.dim
+    return tokens * (FP32 * d + FP32 + 2 * p * d + FP32 * args.vocab_size // tp + 2 * TOKEN_ID)
+
+
+def activation_bytes(
+    args: ModelArgs, batch: int, seq_len: int, dtype: str = "bf16", checkpointing: bool = False, tp: int = 1
+) -> int:
+    """Peak bytes of saved activations of a training step.
+
+    With activation checkpointing every block keeps only its input; during backward one block at a
+    time is recomputed, so one block's full activations come on top.
+    """
+    tokens = batch * seq_len
+    layer = layer_activation_bytes(args, tokens, dtype, tp)
+    blocks = args.n_layers * tokens * args.dim * dtype_bytes(dtype) + layer if checkpointing else args.n_layers * layer
+    return blocks + head_activation_bytes(args, tokens, dtype, tp)
+
+
+# Bytes per parameter of each training precision: (weights, gradients, fp32 master copy, AdamW m and v)
+PRECISIONS = {
+    "fp32": (4, 4, 0, 8),
+    "mixed": (2, 2, 4, 8),  # bf16 weights and gradients, fp32 master weights and optimizer states
+    "bf16": (2, 2, 0, 4),  # everything in bf16, optimizer states included
+}
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """Bytes one rank holds during a training step."""
+
+    weights: int
+    gradients: int
+    master_weights: int
+    optimizer: int  # AdamW's two moments
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.master_weights + self.optimizer + self.activations
+
+
+def training_memory(
+    args: ModelArgs,
+    batch: int,
+    seq_len: int,
+    precision: str = "mixed",
+    checkpointing: bool = False,
+    tp: int = 1,
+    dp: int = 1,
+) -> TrainingMemory:
+    """Memory of one rank training with AdamW on a micro-batch of `batch` sequences.
+
+    Parallel layout: tensor parallelism splits every weight matrix over `tp` ranks (norms replicated);
+    fully sharded data parallelism (FSDP / ZeRO-3) splits all parameter-sized state over `dp` ranks.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown training precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if tp < 1 or dp < 1:
+        raise ConfigError(f"tp and dp must be at least 1, got tp={tp}, dp={dp}")
+    params = count_parameters(args)
+    per_rank = ((params.total - params.norms) / tp + params.norms) / dp
+    weights, gradients, master, optimizer = (round(per_rank * b) for b in PRECISIONS[precision])
+    dtype = "fp32" if precision == "fp32" else "bf16"
+    activations = activation_bytes(args, batch, seq_len, dtype, checkpointing, tp)
+    return TrainingMemory(weights, gradients, master, optimizer, activations)
