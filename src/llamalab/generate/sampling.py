@@ -129,13 +129,41 @@ def draw(probs: torch.Tensor, generators: Generators = None) -> torch.Tensor:
     Equivalent to a multinomial draw but without a host sync; with one generator per row, a row's
     draw does not depend on the other rows of the batch.
     """
-    race = torch.empty_like(probs)
+    race = torch.empty_like(probs)  # (batch, vocab)
     if generators is None or isinstance(generators, torch.Generator):
         race.exponential_(generator=generators)
     else:
         for row, generator in enumerate(generators):
             race[row].exponential_(generator=generator)
+    race.clamp_(min=torch.finfo(race.dtype).tiny)  # a zero draw would make 0/0 = NaN win the argmax
     return (probs / race).argmax(dim=-1)
+
+
+def probabilities(
+    logits: torch.Tensor, params: SamplingParams | Sequence[SamplingParams], previous: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The distribution (batch, vocab) that `sample` draws from: penalised, tempered, filtered; greedy rows one-hot."""
+    rows = _per_row(params, logits.shape[0])
+    logits = _penalized(logits.float(), rows, previous)
+    temperature = _column(rows, "temperature", logits)
+    greedy_rows = torch.as_tensor(temperature, device=logits.device).view(-1) == 0  # (batch,) or (1,)
+    if torch.is_tensor(temperature):
+        temperature = temperature.masked_fill(temperature == 0, 1.0)
+    elif temperature == 0:
+        temperature = 1.0
+    scaled = apply_temperature(logits, temperature)
+    top_k, top_p, min_p = (_column(rows, name, logits) for name in ("top_k", "top_p", "min_p"))
+    if _active(top_k, 0):
+        scaled = apply_top_k(scaled, top_k.long() if torch.is_tensor(top_k) else top_k)
+    if _active(top_p, 1):
+        scaled = apply_top_p(scaled, top_p)
+    if _active(min_p, 0):
+        scaled = apply_min_p(scaled, min_p)
+    probs = scaled.softmax(dim=-1)
+    if greedy_rows.any():
+        one_hot = F.one_hot(greedy(logits), logits.shape[-1]).to(probs.dtype)  # (batch, vocab)
+        probs = torch.where(greedy_rows[:, None], one_hot, probs)
+    return probs
 
 
 def sample(
@@ -149,38 +177,33 @@ def sample(
     `previous` (batch, n) holds each row's earlier token ids (< 0 = padding) for the repetition penalty;
     `generators` is one torch.Generator, one per row, or None for torch's global one.
     """
-    batch = logits.shape[0]
+    rows = _per_row(params, logits.shape[0])
+    if all(p.greedy for p in rows):  # the fast path: no softmax, no random draw
+        return greedy(_penalized(logits, rows, previous))
+    return draw(probabilities(logits, rows, previous), generators)
+
+
+def _per_row(params, batch: int) -> list[SamplingParams]:
     rows = [params] * batch if isinstance(params, SamplingParams) else list(params)
     if len(rows) != batch:
         raise ConfigError(f"got {len(rows)} sampling params for a batch of {batch} rows; give one or one per row")
-    logits = logits.float()
+    return rows
 
-    def column(name):  # one number for all rows when they agree, else a (batch, 1) tensor
-        values = [getattr(p, name) or 0 for p in rows]
-        if all(v == values[0] for v in values):
-            return values[0]
-        return torch.tensor(values, dtype=logits.dtype, device=logits.device)[:, None]
 
-    def active(value, neutral) -> bool:
-        return torch.is_tensor(value) or value != neutral
+def _column(rows: list[SamplingParams], name: str, like: torch.Tensor) -> float | torch.Tensor:
+    """One number when every row agrees, else a (batch, 1) tensor of per-row values."""
+    values = [getattr(p, name) or 0 for p in rows]
+    if all(v == values[0] for v in values):
+        return values[0]
+    return torch.tensor(values, dtype=like.dtype, device=like.device)[:, None]
 
-    penalty = column("repetition_penalty")
-    if previous is not None and active(penalty, 1):
-        logits = apply_repetition_penalty(logits, previous, penalty)
-    if all(p.greedy for p in rows):
-        return greedy(logits)
 
-    temperature, greedy_rows = column("temperature"), None
-    if torch.is_tensor(temperature):  # a mixed batch: greedy rows are drawn at temperature 1, then replaced
-        greedy_rows = temperature.view(-1) == 0  # (batch,)
-        temperature = temperature.masked_fill(temperature == 0, 1.0)
-    scaled = apply_temperature(logits, temperature)
-    top_k, top_p, min_p = column("top_k"), column("top_p"), column("min_p")
-    if active(top_k, 0):
-        scaled = apply_top_k(scaled, top_k.long() if torch.is_tensor(top_k) else top_k)
-    if active(top_p, 1):
-        scaled = apply_top_p(scaled, top_p)
-    if active(min_p, 0):
-        scaled = apply_min_p(scaled, min_p)
-    tokens = draw(scaled.softmax(dim=-1), generators)
-    return tokens if greedy_rows is None else torch.where(greedy_rows, greedy(logits), tokens)
+def _active(value, neutral) -> bool:
+    return torch.is_tensor(value) or value != neutral
+
+
+def _penalized(logits, rows, previous):
+    penalty = _column(rows, "repetition_penalty", logits)
+    if previous is None or not _active(penalty, 1):
+        return logits
+    return apply_repetition_penalty(logits, previous, penalty)
