@@ -1,1 +1,112 @@
-"""Checkpoint formats: pure state-dict transforms (key maps as data) and file readers / writers."""
+"""Checkpoints in every format people have: detect, load into a Transformer, save, convert.
+
+Formats: "meta" (params.json + consolidated.NN.pth), "hf" (config.json + safetensors), "llama2c" (.bin),
+"gguf" (llama.cpp), "native" (llamalab.json + model.safetensors). Loading builds the model on the meta
+device and assigns the memory-mapped tensors (no second copy in RAM); nothing in a file is ever executed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from llamalab.checkpoint import gguf_format, hf, llama2c, meta, native
+from llamalab.checkpoint.atomic import atomic_output
+from llamalab.checkpoint.vocab import find_tokenizer
+from llamalab.checkpoint.weights import StateDict, build_model, check_state_dict, model_state_dict, parse_dtype
+from llamalab.config import ModelArgs
+from llamalab.errors import CheckpointError
+from llamalab.model import Transformer
+
+FORMATS = {"meta": meta, "hf": hf, "llama2c": llama2c, "gguf": gguf_format, "native": native}
+FOLDER_FORMATS = {"meta", "hf", "native"}  # the others are one file
+SHARDED_FORMATS = {"meta", "hf"}
+QUANTIZED_FORMATS = {"gguf", "llama2c"}  # accept dtype "q8_0"
+
+__all__ = ["FORMATS", "convert", "detect_format", "find_tokenizer", "load", "read", "save"]
+
+
+def detect_format(path: str | Path) -> str:
+    """The format of a checkpoint folder or file, from the files it holds or its magic number."""
+    path = Path(path)
+    if path.is_dir():
+        for marker, fmt in ((native.CONFIG_FILE, "native"), ("params.json", "meta"), ("config.json", "hf")):
+            if (path / marker).is_file():
+                return fmt
+        if any(path.glob("consolidated.*.pth")):
+            raise CheckpointError(f"{path}: params.json is missing beside consolidated.*.pth; copy it from the release")
+        raise CheckpointError(f"{path}: no llamalab.json, params.json or config.json; not a checkpoint folder")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if path.suffix in (".safetensors", ".pth", ".json"):
+        return detect_format(path.parent)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"GGUF":
+        return "gguf"
+    if path.suffix == ".gguf":
+        raise CheckpointError(f"{path}: starts with {magic!r}, not the GGUF magic; the file is corrupt")
+    if path.suffix == ".bin":
+        return "llama2c"
+    raise CheckpointError(f"{path}: unknown checkpoint file; give a folder, a .gguf or a llama2.c .bin")
+
+
+def read(path: str | Path, max_seq_len: int | None = None) -> tuple[ModelArgs, StateDict]:
+    """ModelArgs and Meta-named weights of any checkpoint, checked against each other (tensors memory-mapped)."""
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt in FOLDER_FORMATS and not path.is_dir():
+        path = path.parent
+    args, state = FORMATS[fmt].read(path)
+    if max_seq_len is not None:
+        args = args.replace(max_seq_len=max_seq_len)
+    check_state_dict(state, args, path)
+    return args, state
+
+
+def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None, max_seq_len: int | None = None) -> Transformer:
+    """A Transformer with the weights of any checkpoint; dtype None keeps the file's (dequantized: float32)."""
+    args, state = read(path, max_seq_len)
+    return build_model(args, state, device, dtype)
+
+
+def save(model: Transformer, path: str | Path, format: str = "native", dtype: torch.dtype | str | None = None,
+         shards: int = 1, tokenizer: str | Path | None = None, show_progress: bool = False, **options) -> Path:
+    """Write the model in `format` at `path` (a folder, or a file for llama2c / gguf), atomically."""
+    return write(model_state_dict(model), model.args, path, format, dtype, shards, tokenizer, show_progress, **options)
+
+
+def convert(src: str | Path, dst: str | Path, format: str, dtype: torch.dtype | str | None = None, shards: int = 1,
+            tokenizer: str | Path | None = None, show_progress: bool = False, **options) -> Path:
+    """Rewrite a checkpoint in another format without building the model; the tokenizer beside it goes along."""
+    args, state = read(src)
+    tokenizer = tokenizer if tokenizer is not None else find_tokenizer(src)
+    return write(state, args, dst, format, dtype, shards, tokenizer, show_progress, **options)
+
+
+def write(state: StateDict, args: ModelArgs, path: str | Path, format: str, dtype=None, shards: int = 1,
+          tokenizer: str | Path | None = None, show_progress: bool = False, **options) -> Path:
+    """Write Meta-named weights and their ModelArgs in `format`; see `save`."""
+    if format not in FORMATS:
+        raise CheckpointError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    dtype = parse_dtype(dtype)
+    if dtype == "q8_0" and format not in QUANTIZED_FORMATS:
+        raise CheckpointError(f"dtype q8_0 is for {' and '.join(sorted(QUANTIZED_FORMATS))}; {format} stores float weights")
+    if shards != 1:
+        if format not in SHARDED_FORMATS:
+            raise CheckpointError(f"--shards applies to {' and '.join(sorted(SHARDED_FORMATS))}, not {format}")
+        options["shards"] = shards
+    if tokenizer is not None:
+        given, tokenizer = tokenizer, find_tokenizer(tokenizer) if Path(tokenizer).is_dir() else Path(tokenizer)
+        if tokenizer is None or not tokenizer.is_file():
+            raise CheckpointError(f"no tokenizer file at {given}")
+        if format != "llama2c":
+            options["tokenizer"] = tokenizer
+    check_state_dict(state, args, "the weights to save")
+    path = Path(path)
+    with atomic_output(path, folder=format in FOLDER_FORMATS) as tmp:
+        FORMATS[format].write(tmp, state, args, dtype=dtype, show_progress=show_progress, **options)
+    if format == "llama2c" and tokenizer is not None:  # llama2.c reads its vocabulary from tokenizer.bin
+        with atomic_output(path.with_name("tokenizer.bin")) as tmp:
+            llama2c.write_tokenizer_bin(tokenizer, tmp)
+    return path

@@ -1,15 +1,19 @@
-"""Hugging Face Llama state dicts and config.json: a key map plus the q/k RoPE-layout permutation.
+"""Hugging Face Llama checkpoints: config.json + safetensors, a key map and the q/k RoPE-layout permutation.
 
 Meta rotates interleaved feature pairs (x[2i], x[2i+1]); HF rotates half-split pairs (x[i], x[i+d/2]).
 The two agree once the rows of wq and wk are permuted within every head.
 """
 from __future__ import annotations
 
-import re
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
+from llamalab.checkpoint.keys import inverse, rename
+from llamalab.checkpoint.vocab import copy_tokenizer_files, special_token_ids
+from llamalab.checkpoint.weights import StateDict, load_tensors, progress_bar, read_json, write_json
 from llamalab.config import ModelArgs, RopeScaling
 from llamalab.errors import CheckpointError
 
@@ -28,26 +32,10 @@ HF_KEYS = {
     "layers.{i}.attention_norm.weight": "model.layers.{i}.input_layernorm.weight",
     "layers.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
 }
+FROM_HF_KEYS = inverse(HF_KEYS)
 
-
-def _key_map(mapping: dict[str, str]) -> list[tuple[re.Pattern, str]]:
-    compiled = []
-    for src, dst in mapping.items():
-        pattern = re.escape(src).replace(re.escape("{i}"), r"(?P<i>\d+)")
-        compiled.append((re.compile(f"^{pattern}$"), dst))
-    return compiled
-
-
-_TO_HF = _key_map(HF_KEYS)
-_FROM_HF = _key_map({v: k for k, v in HF_KEYS.items()})
-
-
-def rename(key: str, table: list[tuple[re.Pattern, str]]) -> str | None:
-    for pattern, dst in table:
-        m = pattern.match(key)
-        if m:
-            return dst.format(**m.groupdict())
-    return None
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def interleaved_to_half_split(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -64,13 +52,13 @@ def half_split_to_interleaved(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def to_hf_state_dict(state_dict: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+def to_hf_state_dict(state_dict: StateDict, args: ModelArgs) -> StateDict:
     """Meta-named weights -> HF `LlamaForCausalLM` weights (tied output dropped when tied)."""
     out = {}
     for key, tensor in state_dict.items():
         if args.tie_embeddings and key == "output.weight":
             continue
-        hf_key = rename(key, _TO_HF)
+        hf_key = rename(key, HF_KEYS)
         if hf_key is None:
             raise CheckpointError(f"no Hugging Face name for tensor {key!r}")
         if key.endswith("attention.wq.weight"):
@@ -81,15 +69,15 @@ def to_hf_state_dict(state_dict: dict[str, torch.Tensor], args: ModelArgs) -> di
     return out
 
 
-def from_hf_state_dict(state_dict: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+def from_hf_state_dict(state_dict: StateDict, args: ModelArgs, source: str | Path = "checkpoint") -> StateDict:
     """HF `LlamaForCausalLM` weights -> Meta-named weights (rotary inv_freq buffers ignored)."""
     out = {}
     for hf_key, tensor in state_dict.items():
         if hf_key.endswith("rotary_emb.inv_freq"):
             continue
-        key = rename(hf_key, _FROM_HF)
+        key = rename(hf_key, FROM_HF_KEYS)
         if key is None:
-            raise CheckpointError(f"unknown tensor name {hf_key!r} in a Hugging Face Llama checkpoint")
+            raise CheckpointError(f"{source}: unknown tensor name {hf_key!r} in a Hugging Face Llama checkpoint")
         if key.endswith("attention.wq.weight"):
             tensor = half_split_to_interleaved(tensor, args.n_heads)
         elif key.endswith("attention.wk.weight"):
@@ -160,3 +148,57 @@ def args_from_hf_config(config: dict[str, Any]) -> ModelArgs:
         )
     except KeyError as e:
         raise CheckpointError(f"config.json lacks the field {e.args[0]!r} of a Llama config") from None
+
+
+# -- folders ----------------------------------------------------------------------------------------
+def read(folder: Path) -> tuple[ModelArgs, StateDict]:
+    """ModelArgs and Meta-named weights of a HF folder (one or many safetensors / pytorch_model.bin files)."""
+    config = read_json(folder / "config.json")
+    if config.get("model_type", "llama") != "llama":
+        raise CheckpointError(f"{folder / 'config.json'}: model_type {config['model_type']!r} is not a Llama model")
+    args = args_from_hf_config(config)
+    hf_state = {}
+    for file in _weight_files(folder):
+        hf_state.update(load_tensors(file))
+    return args, from_hf_state_dict(hf_state, args, source=folder)
+
+
+def write(folder: Path, state: StateDict, args: ModelArgs, dtype: torch.dtype | None = None, shards: int = 1,
+          tokenizer: Path | None = None, show_progress: bool = False) -> None:
+    """Write config.json, generation_config.json, the weights (sharded with an index when shards > 1), the tokenizer."""
+    hf_state = to_hf_state_dict(state, args)
+    names = list(hf_state)
+    if not 1 <= shards <= len(names):
+        raise CheckpointError(f"--shards {shards}: a Hugging Face checkpoint of {len(names)} tensors takes 1 to {len(names)}")
+    files = ["model.safetensors"] if shards == 1 else [f"model-{i:05d}-of-{shards:05d}.safetensors" for i in range(1, shards + 1)]
+    weight_map, total_bytes = {}, 0
+    with progress_bar(len(names), show_progress, "writing safetensors") as bar:
+        for i, file in enumerate(files):
+            group = {}
+            for name in names[i * len(names) // shards:(i + 1) * len(names) // shards]:
+                group[name] = hf_state[name].to(dtype or hf_state[name].dtype).contiguous()
+                weight_map[name] = file
+                total_bytes += group[name].nbytes
+                bar.update()
+            save_file(group, folder / file, metadata={"format": "pt"})
+    if shards > 1:
+        write_json(folder / INDEX_FILES[0], {"metadata": {"total_size": total_bytes}, "weight_map": weight_map})
+    stored = dtype or state["tok_embeddings.weight"].dtype
+    ids = special_token_ids(tokenizer) if tokenizer is not None else {}
+    write_json(folder / "config.json", {**hf_config(args), **ids, "torch_dtype": str(stored).removeprefix("torch.")})
+    write_json(folder / "generation_config.json", ids)
+    if tokenizer is not None:
+        copy_tokenizer_files(tokenizer, folder)
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    for name in INDEX_FILES:
+        if (folder / name).is_file():
+            weight_map = read_json(folder / name).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{folder / name}: no weight_map")
+            return [folder / f for f in sorted(set(weight_map.values()))]
+    for name in SINGLE_FILES:
+        if (folder / name).is_file():
+            return [folder / name]
+    raise CheckpointError(f"{folder}: no {' or '.join(SINGLE_FILES + INDEX_FILES)} beside config.json")

@@ -1,0 +1,206 @@
+"""GGUF, llama.cpp's format: written with the gguf package's GGUFWriter, read back with its GGUFReader.
+
+llama.cpp's `llama` architecture rotates interleaved pairs like Meta (its HF converter undoes HF's q/k
+permutation), so Meta's wq/wk are stored as they are. Tensors are streamed one at a time; norms stay F32.
+Llama 3.1 RoPE scaling is the `rope_freqs` tensor of per-frequency divisors that llama.cpp applies; its
+parameters are also kept under `llamalab.rope_scaling.*` so that they read back exactly.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as GGML
+
+from llamalab.checkpoint.keys import inverse, rename
+from llamalab.checkpoint.vocab import sentencepiece_vocab
+from llamalab.checkpoint.weights import StateDict, progress_bar
+from llamalab.config import ModelArgs, RopeScaling
+from llamalab.errors import CheckpointError, ConfigError
+from llamalab.model import rope_frequencies
+
+# Meta name -> llama.cpp name; "{i}" is the layer index.
+GGUF_KEYS = {
+    "tok_embeddings.weight": "token_embd.weight",
+    "norm.weight": "output_norm.weight",
+    "output.weight": "output.weight",
+    "layers.{i}.attention.wq.weight": "blk.{i}.attn_q.weight",
+    "layers.{i}.attention.wk.weight": "blk.{i}.attn_k.weight",
+    "layers.{i}.attention.wv.weight": "blk.{i}.attn_v.weight",
+    "layers.{i}.attention.wo.weight": "blk.{i}.attn_output.weight",
+    "layers.{i}.feed_forward.w1.weight": "blk.{i}.ffn_gate.weight",
+    "layers.{i}.feed_forward.w2.weight": "blk.{i}.ffn_down.weight",
+    "layers.{i}.feed_forward.w3.weight": "blk.{i}.ffn_up.weight",
+    "layers.{i}.attention_norm.weight": "blk.{i}.attn_norm.weight",
+    "layers.{i}.ffn_norm.weight": "blk.{i}.ffn_norm.weight",
+}
+FROM_GGUF_KEYS = inverse(GGUF_KEYS)
+ROPE_FREQS = "rope_freqs.weight"
+SCALING_KEY = "llamalab.rope_scaling.{}"
+
+GGML_TYPES = {torch.float32: GGML.F32, torch.float16: GGML.F16, torch.bfloat16: GGML.BF16, "q8_0": GGML.Q8_0}
+FILE_TYPES = {GGML.F32: gguf.LlamaFileType.ALL_F32, GGML.F16: gguf.LlamaFileType.MOSTLY_F16,
+              GGML.BF16: gguf.LlamaFileType.MOSTLY_BF16, GGML.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}
+
+
+def rope_freq_factors(args: ModelArgs) -> torch.Tensor:
+    """llama.cpp's rope_freqs: the divisor of each RoPE frequency under Llama 3.1 scaling, (head_dim/2,) float32."""
+    return rope_frequencies(args.head_dim, args.rope_theta) / rope_frequencies(args.head_dim, args.rope_theta, args.rope_scaling)
+
+
+# -- writing ----------------------------------------------------------------------------------------
+def write(path: Path, state: StateDict, args: ModelArgs, dtype: torch.dtype | str | None = None,
+          tokenizer: Path | None = None, show_progress: bool = False) -> None:
+    """A GGUF file of arch `llama`: hyper-parameters, the vocabulary (when a tokenizer is given), the tensors."""
+    dtype = dtype or state["tok_embeddings.weight"].dtype
+    if dtype not in GGML_TYPES:
+        raise CheckpointError(f"GGUF is written as {', '.join(str(d).removeprefix('torch.') for d in GGML_TYPES)}, not {dtype}")
+    main_type = GGML_TYPES[dtype]
+    tensors = {rename(name, GGUF_KEYS): (tensor, _tensor_type(tensor, main_type)) for name, tensor in state.items()}
+    if args.rope_scaling is not None:
+        tensors[ROPE_FREQS] = (rope_freq_factors(args), GGML.F32)
+
+    writer = gguf.GGUFWriter(path, "llama")
+    _add_hyperparameters(writer, args, main_type)
+    if tokenizer is not None:
+        _add_vocabulary(writer, tokenizer)
+    for name, (tensor, ggml_type) in tensors.items():
+        block, type_bytes = gguf.GGML_QUANT_SIZES[ggml_type]
+        writer.add_tensor_info(name, tuple(tensor.shape), np.dtype(np.float32), tensor.numel() * type_bytes // block, ggml_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    with progress_bar(len(tensors), show_progress, "writing gguf") as bar:
+        for tensor, ggml_type in tensors.values():
+            writer.write_tensor_data(gguf.quants.quantize(tensor.float().numpy(), ggml_type))
+            bar.update()
+    writer.close()
+
+
+def _tensor_type(tensor: torch.Tensor, main_type: GGML) -> GGML:
+    """Norms (1-D) stay F32 as llama.cpp wants; a matrix whose rows do not fill Q8_0 blocks falls back to F16."""
+    if tensor.dim() == 1:
+        return GGML.F32
+    block, _ = gguf.GGML_QUANT_SIZES[main_type]
+    return main_type if tensor.shape[-1] % block == 0 else GGML.F16
+
+
+def _add_hyperparameters(writer: gguf.GGUFWriter, args: ModelArgs, main_type: GGML) -> None:
+    writer.add_name("llamalab")
+    writer.add_file_type(FILE_TYPES[main_type])
+    if main_type not in (GGML.F32, GGML.F16):
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_vocab_size(args.vocab_size)
+    writer.add_context_length(args.max_seq_len)
+    writer.add_embedding_length(args.dim)
+    writer.add_block_count(args.n_layers)
+    writer.add_feed_forward_length(args.ffn_hidden_dim)
+    writer.add_head_count(args.n_heads)
+    writer.add_head_count_kv(args.kv_heads)
+    writer.add_rope_dimension_count(args.head_dim)
+    writer.add_rope_freq_base(args.rope_theta)
+    writer.add_layer_norm_rms_eps(args.norm_eps)
+    if args.rope_scaling is not None:
+        for field, value in vars(args.rope_scaling).items():
+            writer.add_float64(SCALING_KEY.format(field), float(value))
+
+
+def _add_vocabulary(writer: gguf.GGUFWriter, tokenizer: Path) -> None:
+    """A SentencePiece vocabulary as llama.cpp's `llama` tokenizer: pieces, scores, token types, special ids."""
+    vocab = sentencepiece_vocab(tokenizer)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(vocab.pieces)
+    writer.add_token_scores(vocab.scores)
+    writer.add_token_types(vocab.types)
+    for add, token_id in ((writer.add_bos_token_id, vocab.bos_id), (writer.add_eos_token_id, vocab.eos_id),
+                          (writer.add_unk_token_id, vocab.unk_id), (writer.add_pad_token_id, vocab.pad_id)):
+        if token_id >= 0:
+            add(token_id)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def read(path: Path) -> tuple[ModelArgs, StateDict]:
+    """ModelArgs and weights of a llama GGUF: F32/F16 memory-mapped, anything quantized dequantized to float32."""
+    try:
+        reader = gguf.GGUFReader(path, "c")  # copy-on-write: writable arrays without reading the file
+    except (ValueError, OSError, IndexError, KeyError) as e:
+        raise CheckpointError(f"{path}: not a readable GGUF file, or truncated ({e})") from None
+    arch = _field(reader, path, "general.architecture")
+    if arch != "llama":
+        raise CheckpointError(f"{path}: GGUF architecture {arch!r}; llamalab reads 'llama'")
+    tensors = {t.name: t for t in reader.tensors}
+    state = {}
+    for name, t in tensors.items():
+        if name == ROPE_FREQS:
+            continue
+        key = rename(name, FROM_GGUF_KEYS)
+        if key is None:
+            raise CheckpointError(f"{path}: unknown tensor name {name!r} in a llama GGUF")
+        if t.tensor_type in (GGML.F32, GGML.F16):
+            state[key] = torch.from_numpy(t.data)
+        else:
+            state[key] = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type))
+    args = _args(reader, path, state)
+    if ROPE_FREQS in tensors and args.rope_scaling is None:
+        args = args.replace(rope_scaling=_scaling_from_factors(torch.from_numpy(tensors[ROPE_FREQS].data), args, path))
+    return args, state
+
+
+def _args(reader: gguf.GGUFReader, path: Path, state: StateDict) -> ModelArgs:
+    def llama(key, default=None):
+        return _field(reader, path, f"llama.{key}", default)
+
+    scaling_fields = {f: _field(reader, path, SCALING_KEY.format(f), None) for f in vars(RopeScaling())}
+    embedding = state.get("tok_embeddings.weight")
+    try:
+        return ModelArgs(
+            dim=llama("embedding_length"), n_layers=llama("block_count"), n_heads=llama("attention.head_count"),
+            n_kv_heads=llama("attention.head_count_kv", llama("attention.head_count")),
+            vocab_size=llama("vocab_size", embedding.shape[0] if embedding is not None else None),
+            hidden_dim=llama("feed_forward_length"), norm_eps=llama("attention.layer_norm_rms_epsilon"),
+            rope_theta=float(llama("rope.freq_base", 10000.0)), max_seq_len=llama("context_length", 2048),
+            rope_scaling=None if None in scaling_fields.values() else RopeScaling(
+                **{**scaling_fields, "original_max_position_embeddings": int(scaling_fields["original_max_position_embeddings"])}),
+            tie_embeddings="output.weight" not in state,
+        )
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def _field(reader: gguf.GGUFReader, path: Path, key: str, default=...):
+    field = reader.get_field(key)
+    if field is None:
+        if default is ...:
+            raise CheckpointError(f"{path}: GGUF metadata lacks {key!r}")
+        return default
+    return field.contents()
+
+
+def _scaling_from_factors(factors: torch.Tensor, args: ModelArgs, path: Path) -> RopeScaling:
+    """Recover Llama 3.1 scaling from llama.cpp's rope_freqs divisors (low_freq_factor taken as Meta's 1).
+
+    In the blended band 1/divisor = (1-s)/factor + s with s = original_len/(wavelength·(high-low)) - low/(high-low),
+    a straight line in frequency; two blended frequencies give its slope and intercept.
+    """
+    freqs = rope_frequencies(args.head_dim, args.rope_theta).double()
+    factors = factors.double()
+    factor = factors.max().item()
+    smooth = (1 / factors - 1 / factor) / (1 - 1 / factor)
+    band = ((smooth > 1e-4) & (smooth < 1 - 1e-4)).nonzero().flatten()
+    if factor <= 1 or len(band) < 2:
+        raise CheckpointError(f"{path}: rope_freqs does not determine Llama 3.1 scaling; convert from the HF or Meta release")
+    x, y = freqs[band] / (2 * math.pi), smooth[band]
+    slope = ((y[-1] - y[0]) / (x[-1] - x[0])).item()
+    intercept = (y[0] - slope * x[0]).item()  # = -low/(high-low)
+    high = 1 - 1 / intercept
+    scaling = RopeScaling(factor=round(factor, 4), low_freq_factor=1.0, high_freq_factor=round(high, 4),
+                          original_max_position_embeddings=round(slope * (high - 1)))
+    if not torch.allclose(rope_freq_factors(args.replace(rope_scaling=scaling)).double(), factors, rtol=1e-3):
+        raise CheckpointError(f"{path}: rope_freqs is not a Llama 3.1 scaling llamalab can represent")
+    return scaling

@@ -1,0 +1,120 @@
+"""What every format shares: the canonical (Meta-named) state dict of a model, its expected shapes, dtypes, progress."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from tqdm import tqdm
+
+from llamalab.config import ModelArgs
+from llamalab.errors import CheckpointError
+from llamalab.model import Transformer
+
+StateDict = dict[str, torch.Tensor]
+
+# --dtype names; "q8_0" is the 8-bit block quantisation of GGUF and llama2.c version 2.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "q8_0": "q8_0"}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    """A torch dtype, "q8_0" or None (keep the weights' dtype), from a name or a dtype."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every weight a checkpoint of `args` holds (no output.weight when tied)."""
+    with torch.device("meta"):
+        model = Transformer(args)
+    return {k: tuple(v.shape) for k, v in model_state_dict(model).items()}
+
+
+def model_state_dict(model: Transformer) -> StateDict:
+    """The model's weights under Meta's names; a tied output head is left out (it is tok_embeddings)."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    if model.args.tie_embeddings:
+        del state["output.weight"]
+    return state
+
+
+def check_state_dict(state: StateDict, args: ModelArgs, source: str | Path) -> None:
+    """Raise CheckpointError naming `source` when the tensor names or shapes disagree with the config."""
+    expected = expected_shapes(args)
+    unknown = sorted(set(state) - set(expected))
+    if unknown:
+        raise CheckpointError(f"{source}: unknown tensor name(s) {_few(unknown)} for a LLaMA model of this config")
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CheckpointError(f"{source}: missing tensor(s) {_few(missing)}; the checkpoint is incomplete")
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise CheckpointError(
+                f"{source}: tensor {name} has shape {tuple(state[name].shape)} but the config "
+                f"(dim={args.dim}, n_heads={args.n_heads}, n_kv_heads={args.kv_heads}, "
+                f"hidden={args.ffn_hidden_dim}, vocab_size={args.vocab_size}) needs {shape}"
+            )
+
+
+def build_model(args: ModelArgs, state: StateDict, device="cpu", dtype: torch.dtype | None = None) -> Transformer:
+    """A Transformer built on the meta device whose parameters ARE the given tensors (moved/cast only if asked)."""
+    dtype = dtype or state["tok_embeddings.weight"].dtype
+    with torch.device("meta"):
+        model = Transformer(args)
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}  # no copy when already there
+    if args.tie_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    model.load_state_dict(state, assign=True, strict=True)
+    if args.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight  # assign=True gave each module its own Parameter
+    model.init_rope(torch.device(device))
+    return model.eval()
+
+
+def load_tensors(path: Path) -> StateDict:
+    """Memory-mapped tensors of a .safetensors file or a torch.save'd dict (.pth / .bin), never running code."""
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(path, framework="pt") as f:
+                return {name: f.get_tensor(name) for name in f.keys()}
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable weights file, truncated or corrupt ({_first_line(e)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
+    return state
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint folder, or CheckpointError naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; a checkpoint in this format needs it") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def progress_bar(total: int, enabled: bool, desc: str) -> tqdm:
+    """A tqdm bar over `total` tensors on stderr (silent when not enabled); use as a context manager."""
+    return tqdm(total=total, desc=desc, unit="tensor", disable=not enabled, leave=False)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
