@@ -1,0 +1,76 @@
+"""A Hugging Face `tokenizer.json`, run by the `tokenizers` library; BOS/EOS from `tokenizer_config.json`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import tokenizers
+
+from llamalab.errors import TokenizerError
+from llamalab.tokenizer.base import Tokenizer
+
+# Names of the begin / end / end-of-turn tokens of common Llama-family vocabularies, used when
+# tokenizer_config.json does not name them.
+KNOWN_BOS = ("<s>", "<|begin_of_text|>")
+KNOWN_EOS = ("</s>", "<|end_of_text|>", "<|endoftext|>")
+KNOWN_END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file, {} when the file does not exist."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path}: expected a JSON object")
+    return data
+
+
+class HFTokenizer(Tokenizer):
+    """A `tokenizer.json`; special tokens from the `tokenizer_config.json` / `generation_config.json` beside it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.model = tokenizers.Tokenizer.from_file(str(self.path))
+        except Exception as e:  # the library raises a bare Exception for unreadable files
+            raise TokenizerError(f"{self.path}: not a readable tokenizer.json ({e})") from None
+        config = read_json(self.path.parent / "tokenizer_config.json")
+        self.bos_id = self._special_id(config.get("bos_token"), KNOWN_BOS)
+        self.eos_id = self._special_id(config.get("eos_token"), KNOWN_EOS)
+        self.pad_id = self._special_id(config.get("pad_token"), ())
+        generation_eos = read_json(self.path.parent / "generation_config.json").get("eos_token_id", [])
+        generation_eos = generation_eos if isinstance(generation_eos, list) else [generation_eos]
+        end_of_turn = {self.model.token_to_id(t) for t in KNOWN_END_OF_TURN}
+        self.stop_ids = frozenset(({self.eos_id} | end_of_turn | set(generation_eos)) - {None})
+
+    def _special_id(self, configured: str | dict | None, known: tuple[str, ...]) -> int | None:
+        """Id of the token named in tokenizer_config.json (a string or an AddedToken dict), else of a known name."""
+        if isinstance(configured, dict):
+            configured = configured.get("content")
+        for token in ([configured] if configured else []) + list(known):
+            token_id = self.model.token_to_id(token)
+            if token_id is not None:
+                return token_id
+        return None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {t.content: i for i, t in self.model.get_added_tokens_decoder().items() if t.special}
+
+    def _encode(self, text: str, allow_special: bool) -> list[int]:
+        self.model.encode_special_tokens = not allow_special
+        return self.model.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.model.decode(list(ids), skip_special_tokens=True)
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self.model.id_to_token(token_id)
