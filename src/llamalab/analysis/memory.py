@@ -73,18 +73,25 @@ def head_activation_bytes(args: ModelArgs, tokens: int, dtype: str = "bf16", tp:
     return tokens * (FP32 * d + FP32 + 2 * p * d + FP32 * args.vocab_size // tp + 2 * TOKEN_ID)
 
 
+def logits_gradient_bytes(args: ModelArgs, tokens: int, tp: int = 1) -> int:
+    """The fp32 gradients of the log-probabilities and of the logits, alive together as backward starts."""
+    return 2 * tokens * FP32 * args.vocab_size // tp
+
+
 def activation_bytes(
     args: ModelArgs, batch: int, seq_len: int, dtype: str = "bf16", checkpointing: bool = False, tp: int = 1
 ) -> int:
-    """Peak bytes of saved activations of a training step.
+    """Peak activation bytes of a training step: the tensors saved for backward plus the logits' gradients.
 
-    With activation checkpointing every block keeps only its input; during backward one block at a
-    time is recomputed, so one block's full activations come on top.
+    With activation checkpointing every block keeps only its input; backward recomputes one block at a
+    time once the head's tensors are freed, so the peak is the larger of the two.
     """
     tokens = batch * seq_len
     layer = layer_activation_bytes(args, tokens, dtype, tp)
-    blocks = args.n_layers * tokens * args.dim * dtype_bytes(dtype) + layer if checkpointing else args.n_layers * layer
-    return blocks + head_activation_bytes(args, tokens, dtype, tp)
+    head = head_activation_bytes(args, tokens, dtype, tp) + logits_gradient_bytes(args, tokens, tp)
+    if checkpointing:
+        return args.n_layers * tokens * args.dim * dtype_bytes(dtype) + max(head, layer)
+    return args.n_layers * layer + head
 
 
 # Bytes per parameter of each training precision: (weights, gradients, fp32 master copy, AdamW m and v)

@@ -2,11 +2,9 @@ import dataclasses
 from collections import Counter
 
 import pytest
-import torch
 
 from llamalab.analysis import count_parameters
 from llamalab.config import PRESETS, ModelArgs
-from llamalab.model import Transformer
 
 # the module that owns a parameter (second-to-last part of its Meta name) -> its component
 COMPONENTS = {
@@ -17,10 +15,8 @@ COMPONENTS = {
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
-def test_parameter_counts_per_component_equal_the_built_model(preset):
-    args = ModelArgs.from_preset(preset)
-    with torch.device("meta"):
-        model = Transformer(args)
+def test_parameter_counts_per_component_equal_the_built_model(preset, meta_model):
+    args, model = ModelArgs.from_preset(preset), meta_model(preset)
     measured = Counter()
     for name, p in model.named_parameters():  # a tied head is listed once, under tok_embeddings
         measured[COMPONENTS[name.split(".")[-2]]] += p.numel()
