@@ -20,6 +20,8 @@ def atomic_output(dst: str | Path, folder: bool = False) -> Iterator[Path]:
     dst = Path(dst)
     if folder and dst.is_dir() and any(dst.iterdir()):
         raise CheckpointError(f"{dst} already exists and is not empty; choose a new folder or delete it first")
+    if folder and dst.exists() and not dst.is_dir():
+        raise CheckpointError(f"{dst} is a file; this format writes a folder, give a folder name")
     if not folder and dst.is_dir():
         raise CheckpointError(f"{dst} is a folder; give a file name for this format")
     dst.parent.mkdir(parents=True, exist_ok=True)

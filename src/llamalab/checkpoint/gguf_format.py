@@ -126,7 +126,7 @@ def _add_vocabulary(writer: gguf.GGUFWriter, tokenizer: Path) -> None:
 
 # -- reading ----------------------------------------------------------------------------------------
 def read(path: Path) -> tuple[ModelArgs, StateDict]:
-    """ModelArgs and weights of a llama GGUF: F32/F16 memory-mapped, anything quantized dequantized to float32."""
+    """ModelArgs and weights of a llama GGUF: F32/F16/BF16 memory-mapped, quantized ones dequantized to float32."""
     try:
         reader = gguf.GGUFReader(path, "c")  # copy-on-write: writable arrays without reading the file
     except (ValueError, OSError, IndexError, KeyError) as e:
@@ -144,6 +144,8 @@ def read(path: Path) -> tuple[ModelArgs, StateDict]:
             raise CheckpointError(f"{path}: unknown tensor name {name!r} in a llama GGUF")
         if t.tensor_type in (GGML.F32, GGML.F16):
             state[key] = torch.from_numpy(t.data)
+        elif t.tensor_type == GGML.BF16:  # the reader gives raw bytes (rows, 2*cols)
+            state[key] = torch.from_numpy(t.data.view(np.int16)).view(torch.bfloat16)
         else:
             state[key] = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type))
     args = _args(reader, path, state)
@@ -163,14 +165,19 @@ def _args(reader: gguf.GGUFReader, path: Path, state: StateDict) -> ModelArgs:
             dim=llama("embedding_length"), n_layers=llama("block_count"), n_heads=llama("attention.head_count"),
             n_kv_heads=llama("attention.head_count_kv", llama("attention.head_count")),
             vocab_size=llama("vocab_size", embedding.shape[0] if embedding is not None else None),
-            hidden_dim=llama("feed_forward_length"), norm_eps=llama("attention.layer_norm_rms_epsilon"),
-            rope_theta=float(llama("rope.freq_base", 10000.0)), max_seq_len=llama("context_length", 2048),
+            hidden_dim=llama("feed_forward_length"), norm_eps=_shortest(llama("attention.layer_norm_rms_epsilon")),
+            rope_theta=_shortest(llama("rope.freq_base", 10000.0)), max_seq_len=llama("context_length", 2048),
             rope_scaling=None if None in scaling_fields.values() else RopeScaling(
                 **{**scaling_fields, "original_max_position_embeddings": int(scaling_fields["original_max_position_embeddings"])}),
             tie_embeddings="output.weight" not in state,
         )
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
+
+
+def _shortest(value: float) -> float:
+    """The shortest decimal that rounds to this float32 (GGUF stores eps and theta as float32: 1e-5, not 9.99e-6)."""
+    return float(str(np.float32(value)))
 
 
 def _field(reader: gguf.GGUFReader, path: Path, key: str, default=...):

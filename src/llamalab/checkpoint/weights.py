@@ -113,7 +113,8 @@ def progress_bar(total: int, enabled: bool, desc: str) -> tqdm:
 
 
 def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    """The first sentence of a library's error message."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
 
 
 def _few(names: list[str]) -> str:
