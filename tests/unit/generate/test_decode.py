@@ -1,6 +1,7 @@
 """The prefill/decode loop checked against plain full-sequence forward passes (no KV cache)."""
 import pytest
 import torch
+from generate_models import peaked_model
 
 from llamalab.errors import ConfigError, ContextLengthError
 from llamalab.generate import decode
@@ -8,6 +9,11 @@ from llamalab.generate.decode import Generation, generate
 from llamalab.generate.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.fixture
+def model():
+    return peaked_model()
 
 
 def full_forward_greedy(model, prompt, n):

@@ -1,4 +1,4 @@
-import pytest
+"""Tiny models for the generation tests."""
 import torch
 
 from llamalab.config import ModelArgs
@@ -17,6 +17,10 @@ def peaked_model(**overrides) -> Transformer:
     return model
 
 
-@pytest.fixture
-def model():
-    return peaked_model()
+def train_tiny_tokenizer(path, vocab_size: int = 300):
+    """A SentencePiece BPE tokenizer (Llama 2 options, byte fallback) trained on a few lines with accents and CJK."""
+    from llamalab.tokenizer import train_sentencepiece
+
+    texts = ["the cat sat on the mat and the dog ran far away", "a café in 東京 sells crème brûlée",
+             "once upon a time there was a little girl named Lily"] * 40
+    return train_sentencepiece(texts, vocab_size, path)

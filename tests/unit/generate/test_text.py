@@ -1,0 +1,73 @@
+"""Text generation: deltas concatenate to the decoded tokens; stop strings cut the text; Meta's API shapes."""
+import pytest
+from generate_models import peaked_model, train_tiny_tokenizer
+
+from llamalab.generate.decode import Generation
+from llamalab.generate.sampling import SamplingParams
+from llamalab.generate.text import TextStream, chat_completion, stream_text, text_completion
+from llamalab.tokenizer import load_tokenizer
+
+GREEDY = SamplingParams(temperature=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return load_tokenizer(train_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model"))
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return peaked_model(vocab_size=tokenizer.vocab_size, max_seq_len=128)
+
+
+def run_stream(model, tokenizer, prompts, n, stop=(), sampling=GREEDY):
+    generation = Generation(model, [tokenizer.encode(p) for p in prompts], n, sampling, stop_ids=tokenizer.stop_ids)
+    pieces = [[] for _ in prompts]
+    for deltas in stream_text(generation, tokenizer, stop):
+        for row, d in enumerate(deltas):
+            pieces[row].append(d)
+    return generation.completions, ["".join(p) for p in pieces]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_stream_deltas_concatenate_to_the_decoded_tokens(model, tokenizer, seed):
+    sampling = SamplingParams(temperature=1.0, seed=seed)  # random tokens: byte pieces, partial UTF-8, spaces
+    completions, streamed = run_stream(model, tokenizer, ["the cat", "a café in"], 40, sampling=sampling)
+    for c, text in zip(completions, streamed):
+        assert text == c.text == tokenizer.decode(c.tokens)
+
+
+def test_a_stop_string_cuts_the_text_and_ends_the_row(model, tokenizer):
+    free, _ = run_stream(model, tokenizer, ["the cat", "once upon"], 30)
+    text = free[0].text
+    stop = text[len(text) // 2: len(text) // 2 + 3]  # three characters from the middle of row 0's text
+    stopped, streamed = run_stream(model, tokenizer, ["the cat", "once upon"], 30, stop=[stop, "never-there"])
+    assert stopped[0].text == streamed[0] == text[: text.index(stop)]
+    assert stopped[0].finish_reason == "stop" and len(stopped[0].tokens) < len(free[0].tokens)
+    other = free[1].text
+    expected_other = other[: other.index(stop)] if stop in other else other
+    assert stopped[1].text == streamed[1] == expected_other
+
+
+def test_text_that_may_start_a_stop_string_is_held_back(tokenizer):
+    ids = tokenizer.encode("the cat sat on the mat", bos=False)
+    stream = TextStream(tokenizer, stop=["on the mat!"])
+    deltas = [stream.push(i) for i in ids]
+    assert "".join(deltas) == "the cat sat "  # "on the mat" might still become the stop string
+    assert stream.close() == "on the mat" and not stream.stopped
+
+
+def test_text_completion_continues_each_prompt(model, tokenizer):
+    prompts = ["the dog", "once upon a time there"]
+    completions = text_completion(model, tokenizer, prompts, max_gen_len=12, sampling=GREEDY, logprobs=True)
+    for prompt, c in zip(prompts, completions):
+        assert c.prompt_tokens == tokenizer.encode(prompt, bos=True)
+        assert c.text == tokenizer.decode(c.tokens) and len(c.logprobs) == len(c.tokens)
+
+
+def test_chat_completion_prompts_in_the_llama2_chat_format(model, tokenizer):
+    dialog = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the cat?"}]
+    (c,) = chat_completion(model, tokenizer, [dialog], max_gen_len=8, sampling=GREEDY)
+    assert c.prompt_tokens[0] == tokenizer.bos_id
+    assert tokenizer.decode(c.prompt_tokens) == "[INST] <<SYS>>\nbe brief\n<</SYS>>\n\nthe cat? [/INST]"
+    assert c.text == tokenizer.decode(c.tokens)
