@@ -1,0 +1,94 @@
+"""Continuous batching seen from the clients: many at once, each as if alone; slots freed on disconnect; 429."""
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+
+def test_32_concurrent_clients_each_get_what_they_get_alone(server, greedy_reference, tokenizer, texts):
+    prompts = texts(32, seed=7)  # 5 to 17 words: different lengths, so rows sit at different positions
+    expected = []
+    for prompt in prompts:
+        tokens, _ = greedy_reference(tokenizer.encode(prompt, bos=True), 24, tokenizer.stop_ids)
+        expected.append(tokenizer.decode([t for t in tokens if t not in tokenizer.stop_ids]))
+
+    async def complete(client, i):  # half the clients stream, half wait for the whole text
+        options = dict(model="tiny", prompt=prompts[i], max_tokens=24, temperature=0)
+        if i % 2:
+            return "".join([c.choices[0].text async for c in await client.completions.create(stream=True, **options)])
+        return (await client.completions.create(**options)).choices[0].text
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+        start = time.perf_counter()
+        alone = [await complete(client, i) for i in range(32)]
+        sequential_s = time.perf_counter() - start
+        start = time.perf_counter()
+        together = await asyncio.gather(*(complete(client, i) for i in range(32)))
+        return alone, together, sequential_s, time.perf_counter() - start
+
+    alone, together, sequential_s, concurrent_s = asyncio.run(run())
+    assert alone == expected
+    assert together == expected
+    assert concurrent_s < 0.5 * sequential_s, f"32 at once took {concurrent_s:.2f}s, one by one {sequential_s:.2f}s"
+
+
+@pytest.fixture(scope="module")
+def slow_server(launch):
+    """One slot, one waiting place, 30 ms per forward pass: requests stay running long enough to watch."""
+    return launch(slowdown=0.03, slots=1, max_waiting=1)
+
+
+def running(server) -> int:
+    return httpx.get(server.root + "/health").json()["running"]
+
+
+def wait_until_idle(server, timeout: float) -> float:
+    """Seconds until no request runs (fails after `timeout`)."""
+    start = time.perf_counter()
+    while running(server):
+        assert time.perf_counter() - start < timeout, "the slot was not freed"
+        time.sleep(0.02)
+    return time.perf_counter() - start
+
+
+LONG = {"model": "tiny", "prompt": "once upon a time", "max_tokens": 100, "ignore_eos": True, "stream": True}
+
+
+def first_event(lines) -> str:
+    """The first server-sent event of an `iter_lines()` iterator (hold on to the iterator: dropping it closes the stream)."""
+    return next(line for line in lines if line.startswith("data:"))
+
+
+def test_client_disconnecting_mid_stream_frees_its_slot(slow_server):
+    with httpx.Client(timeout=30) as http:  # 100 tokens take 3 s; leave after the first
+        with http.stream("POST", slow_server.url + "/completions", json=LONG) as response:
+            first_event(events := response.iter_lines())
+            assert running(slow_server) == 1
+    assert wait_until_idle(slow_server, timeout=1.5) < 1.0
+
+
+def test_client_giving_up_on_a_whole_completion_frees_its_slot(slow_server):
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(slow_server.url + "/completions", json={**LONG, "stream": False}, timeout=0.3)
+    assert wait_until_idle(slow_server, timeout=2.0) < 1.5
+
+
+def test_too_many_waiting_requests_get_429_and_the_others_continue(slow_server):
+    client = openai.OpenAI(base_url=slow_server.url, api_key="unused", max_retries=0)
+    with httpx.Client(timeout=30) as http:
+        with http.stream("POST", slow_server.url + "/completions", json=LONG) as holding_the_slot:
+            first_event(held := holding_the_slot.iter_lines())
+            with http.stream("POST", slow_server.url + "/completions", json=LONG) as waiting:
+                assert waiting.status_code == 200
+                with pytest.raises(openai.RateLimitError) as refused:
+                    client.completions.create(model="tiny", prompt="hello", max_tokens=2)
+                assert refused.value.response.json()["error"]["type"] == "rate_limit_error"
+                held.close()
+                holding_the_slot.close()
+                first_event(waiting.iter_lines())  # admitted once the first one is gone
+    wait_until_idle(slow_server, timeout=1.5)
+    r = client.completions.create(model="tiny", prompt="hello", max_tokens=2)
+    assert r.usage.completion_tokens >= 1
