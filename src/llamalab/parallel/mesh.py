@@ -1,0 +1,41 @@
+"""Process-group and device-mesh setup from the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from llamalab.errors import ConfigError
+
+
+def init_distributed() -> torch.device:
+    """Join the torchrun process group (NCCL on CUDA, gloo on CPU) once; return this rank's device."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            raise ConfigError("no torchrun environment (RANK, WORLD_SIZE): launch with `torchrun --nproc-per-node N ...`")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def make_mesh(tp: int = 1, dp_shard: int = 1) -> DeviceMesh:
+    """The (dp_shard, tp) device mesh over every rank; tp is the inner (fastest, same-node) dimension."""
+    device = init_distributed()
+    world_size = dist.get_world_size()
+    if tp < 1 or dp_shard < 1 or tp * dp_shard != world_size:
+        raise ConfigError(
+            f"--dp-shard {dp_shard} x --tp {tp} = {dp_shard * tp} must equal the number of processes {world_size}; "
+            f"launch with `torchrun --nproc-per-node {dp_shard * tp}` or change the sizes"
+        )
+    return init_device_mesh(device.type, (dp_shard, tp), mesh_dim_names=("dp_shard", "tp"))
+
+
+def is_main_process() -> bool:
+    """True on rank 0 or when not distributed: the one process that prints and writes files."""
+    return not dist.is_initialized() or dist.get_rank() == 0

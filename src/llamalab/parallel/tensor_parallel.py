@@ -1,0 +1,111 @@
+"""Tensor parallelism (Megatron-style) applied to a built Transformer from outside, keyed by module name.
+
+Column-parallel wq/wk/wv/w1/w3 and row-parallel wo/w2 leave one all-reduce per attention and one per
+feed-forward; the embedding is split by vocabulary rows and the output head by vocabulary columns.
+Each rank keeps n_heads/tp query heads and n_kv_heads/tp key/value heads, so its KV cache is 1/tp.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    ParallelStyle,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+
+from llamalab.config import ModelArgs
+from llamalab.errors import ConfigError
+from llamalab.model import Attention, Transformer
+
+
+def check_tp_size(args: ModelArgs, tp: int, training: bool = False) -> None:
+    """Raise ConfigError unless the model splits evenly over tp ranks; call it before loading any weight."""
+    sizes = {"n_heads": args.n_heads, "dim": args.dim, "ffn_hidden_dim": args.ffn_hidden_dim,
+             "vocab_size": args.vocab_size}
+    for name, size in sizes.items():
+        if size % tp:
+            raise ConfigError(f"tensor-parallel size {tp} does not divide {name}={size}; choose a --tp that divides it")
+    kv = args.kv_heads
+    if kv % tp == 0:
+        return
+    if tp % kv:
+        raise ConfigError(f"tensor-parallel size {tp} and n_kv_heads={kv} do not divide one another; "
+                          "choose a --tp that divides n_kv_heads or is a multiple of it")
+    if training:
+        raise ConfigError(f"n_kv_heads={kv} is smaller than --tp {tp}: key/value heads are replicated for "
+                          f"inference only; for training use --tp {kv} or less (add --dp-shard for the rest)")
+
+
+def block_plan(sequence_parallel: bool = False) -> dict[str, ParallelStyle]:
+    """How each module of a TransformerBlock is split: Megatron attention and SwiGLU, optionally with
+    the norms (and residual stream) split along the sequence between the two all-reduces."""
+    plan = {
+        "attention.wq": ColwiseParallel(),
+        "attention.wk": ColwiseParallel(),
+        "attention.wv": ColwiseParallel(),
+        "attention.wo": RowwiseParallel(),
+        "feed_forward.w1": ColwiseParallel(),
+        "feed_forward.w3": ColwiseParallel(),
+        "feed_forward.w2": RowwiseParallel(),
+    }
+    if sequence_parallel:  # (bsz, seqlen/tp, dim) between blocks: all-reduce becomes reduce-scatter + all-gather
+        plan.update({
+            "attention_norm": SequenceParallel(),
+            "attention": PrepareModuleInput(input_layouts=(Shard(1), None, None, None, None),
+                                            desired_input_layouts=(Replicate(), None, None, None, None)),
+            "attention.wo": RowwiseParallel(output_layouts=Shard(1)),
+            "ffn_norm": SequenceParallel(),
+            "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+            "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
+        })
+    return plan
+
+
+def model_plan(sequence_parallel: bool = False) -> dict[str, ParallelStyle]:
+    """How the embedding, final norm and output head are split: both by vocabulary (so a tied weight stays tied)."""
+    between = Shard(1) if sequence_parallel else Replicate()
+    plan = {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=between),
+        "output": ColwiseParallel(input_layouts=between, output_layouts=Replicate()),
+    }
+    if sequence_parallel:
+        plan["norm"] = SequenceParallel()
+    return plan
+
+
+def apply_tp(model: Transformer, tp_mesh: DeviceMesh, sequence_parallel: bool = False) -> Transformer:
+    """Split `model` (built, on CPU, CUDA or meta) in place over the ranks of the 1-D `tp_mesh`.
+
+    Rank 0's weights are the ones kept (they are scattered to the others). A model on the meta device
+    is split without communication; load its shards afterwards with `load_local_shards`.
+    """
+    tp = tp_mesh.size()
+    check_tp_size(model.args, tp, training=model.training)
+    for block in model.layers:
+        attn = block.attention
+        if attn.n_kv_heads < tp:
+            replicate_kv_heads(attn, tp)
+        parallelize_module(block, tp_mesh, block_plan(sequence_parallel))
+        attn.n_heads, attn.n_kv_heads = attn.n_heads // tp, attn.n_kv_heads // tp  # heads of this rank
+    parallelize_module(model, tp_mesh, model_plan(sequence_parallel))
+    if model.args.tie_embeddings:  # both halves are Shard(0) over the vocabulary; make them one parameter again
+        model.output.weight = model.tok_embeddings.weight
+    return model
+
+
+@torch.no_grad()
+def replicate_kv_heads(attn: Attention, tp: int) -> None:
+    """Repeat each key/value head tp/n_kv_heads times so that every rank holds the one its query heads use."""
+    copies = tp // attn.n_kv_heads
+    for linear in (attn.wk, attn.wv):
+        weight = linear.weight.view(attn.n_kv_heads, attn.head_dim, -1)  # (n_kv_heads, head_dim, dim)
+        weight = weight.repeat_interleave(copies, dim=0).flatten(0, 1)  # (tp*head_dim, dim)
+        linear.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
+        linear.out_features = weight.shape[0]
+    attn.n_kv_heads = tp
