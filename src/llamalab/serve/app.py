@@ -13,14 +13,15 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
+from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from llamalab.errors import ContextLengthError, LlamalabError, ServerBusyError
-from llamalab.serve.generation import Generation, Output
 from llamalab.serve.protocol import ChatBody, CompletionBody, GenerationBody
+from llamalab.serve.request import Output, Request
 from llamalab.serve.responses import ChatResponses, CompletionResponses, Responses, usage
 from llamalab.serve.scheduler import Scheduler
 from llamalab.tokenizer import Tokenizer, encode_dialog
@@ -72,13 +73,13 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str, api_
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/completions", dependencies=auth)
-    async def completions(body: CompletionBody, http: Request):
+    async def completions(body: CompletionBody, http: HTTPRequest):
         prompt = await asyncio.to_thread(_completion_prompt, body.prompt, tokenizer)
         responses = CompletionResponses(model_name, logprobs=body.logprobs is not None)
         return await generate(body, prompt, body.max_tokens or DEFAULT_MAX_TOKENS, body.logprobs, responses, http)
 
     @app.post("/v1/chat/completions", dependencies=auth)
-    async def chat_completions(body: ChatBody, http: Request):
+    async def chat_completions(body: ChatBody, http: HTTPRequest):
         prompt = await asyncio.to_thread(encode_dialog, tokenizer, [m.as_dict() for m in body.messages])
         max_tokens = body.max_completion_tokens or body.max_tokens or max(scheduler.max_seq_len - len(prompt), 1)
         top_logprobs = (body.top_logprobs or 0) if body.logprobs else None
@@ -86,32 +87,32 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str, api_
         return await generate(body, prompt, max_tokens, top_logprobs, responses, http)
 
     async def generate(body: GenerationBody, prompt: list[int], max_tokens: int, top_logprobs: int | None,
-                       responses: Responses, http: Request):
+                       responses: Responses, http: HTTPRequest):
         """Submit the request; answer with the whole completion or stream it."""
         if (field := body.unsupported()) is not None:
             raise APIError(400, f"'{field}' is not supported by this server; leave it at its default", param=field)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Output] = asyncio.Queue()
-        generation = Generation(
+        request = Request(
             prompt, max_tokens, tokenizer, sink=lambda out: loop.call_soon_threadsafe(queue.put_nowait, out),
             params=body.sampling_params(), stop=body.stop_strings(), top_logprobs=top_logprobs,
             ignore_eos=body.ignore_eos,
         )
-        scheduler.submit(generation)
+        scheduler.submit(request)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(_events(generation, queue, responses, include_usage), media_type="text/event-stream",
+            return StreamingResponse(_events(request, queue, responses, include_usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        outputs = await _collect(generation, queue, http)
+        outputs = await _collect(request, queue, http)
         if outputs[-1].error is not None:
             raise APIError(500, outputs[-1].error, type="server_error")
-        return responses.whole(outputs, usage(len(prompt), len(generation.tokens)))
+        return responses.whole(outputs, usage(len(prompt), len(request.tokens)))
 
     return app
 
 
 # -- producing the answer ------------------------------------------------------------------------------
-async def _events(generation: Generation, queue: asyncio.Queue, responses: Responses,
+async def _events(request: Request, queue: asyncio.Queue, responses: Responses,
                   include_usage: bool) -> AsyncIterator[str]:
     """Server-sent events of a streamed request; when the client leaves, Starlette cancels this and the slot is freed."""
     try:
@@ -124,14 +125,14 @@ async def _events(generation: Generation, queue: asyncio.Queue, responses: Respo
                 yield _event(chunk)
             if output.finish_reason is not None:
                 if include_usage:
-                    yield _event(responses.usage_chunk(usage(len(generation.prompt), len(generation.tokens))))
+                    yield _event(responses.usage_chunk(usage(len(request.prompt), len(request.tokens))))
                 break
         yield "data: [DONE]\n\n"
     finally:
-        generation.cancel()
+        request.cancel()
 
 
-async def _collect(generation: Generation, queue: asyncio.Queue, http: Request) -> list[Output]:
+async def _collect(request: Request, queue: asyncio.Queue, http: HTTPRequest) -> list[Output]:
     """All outputs of a non-streamed request; every DISCONNECT_POLL_S, check that the client is still there."""
     loop = asyncio.get_running_loop()
     outputs: list[Output] = []
@@ -151,7 +152,7 @@ async def _collect(generation: Generation, queue: asyncio.Queue, http: Request) 
     finally:
         if getter is not None:
             getter.cancel()
-        generation.cancel()
+        request.cancel()
 
 
 def _event(body: dict) -> str:
@@ -207,7 +208,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 def _bearer_auth(api_key: str):
     """A dependency that lets a request through only with `Authorization: Bearer <api_key>`."""
 
-    async def check(http: Request):
+    async def check(http: HTTPRequest):
         scheme, _, token = http.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), api_key.encode()):
             raise APIError(401, "missing or wrong API key; send 'Authorization: Bearer <key>'",

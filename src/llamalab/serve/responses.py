@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from llamalab.serve.generation import Output, TokenInfo
+from llamalab.serve.request import Output, TokenInfo
 
 
 class Responses:

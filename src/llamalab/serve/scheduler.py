@@ -16,7 +16,7 @@ import torch
 
 from llamalab.errors import ConfigError, ContextLengthError, ServerBusyError
 from llamalab.generate.sampling import make_generator, sample
-from llamalab.serve.generation import Generation
+from llamalab.serve.request import Request
 
 
 class Scheduler:
@@ -36,14 +36,14 @@ class Scheduler:
         self.vocab_size = vocab_size or model.args.vocab_size  # ids past the tokenizer's are never sampled
         self.device = model.tok_embeddings.weight.device
         model.setup_cache(batch_size=slots, max_seq_len=self.max_seq_len)
-        self._waiting: collections.deque[Generation] = collections.deque()
-        self._running: list[Generation] = []  # the request in KV-cache row i is _running[i]
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._running: list[Request] = []  # the request in KV-cache row i is _running[i]
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="llamalab-scheduler", daemon=True)
 
     # -- the caller's side (any thread) ------------------------------------------------------------
-    def submit(self, request: Generation) -> None:
+    def submit(self, request: Request) -> None:
         """Queue a request; raise if it cannot fit the context or too many requests are waiting."""
         if not request.prompt:
             raise ConfigError("the prompt is empty; give at least one token")
@@ -93,7 +93,7 @@ class Scheduler:
                     self._fail(self._running + admitted, f"generation failed: {type(e).__name__}: {e}")
                     self._running.clear()
 
-    def _step(self, admitted: list[Generation]) -> None:
+    def _step(self, admitted: list[Request]) -> None:
         """Prefill the newcomers, then decode one token for every running request."""
         for request in admitted:
             if not request.cancelled:
@@ -103,7 +103,7 @@ class Scheduler:
             self._decode()
             self._release()
 
-    def _prefill(self, request: Generation) -> None:
+    def _prefill(self, request: Request) -> None:
         """Write the prompt's keys and values into the free row n and sample the first token.
 
         The model prefills a single sequence into row 0, so row 0's request first moves to row n.
@@ -126,7 +126,7 @@ class Scheduler:
         logits = self.model(tokens, start_pos=positions)[:, -1]  # (n, vocab)
         self._advance(rows, logits)
 
-    def _advance(self, rows: list[Generation], logits: torch.Tensor) -> None:
+    def _advance(self, rows: list[Request], logits: torch.Tensor) -> None:
         """Sample each row's next token and hand it, with its log-probabilities if asked, to its request."""
         logits = logits[:, : self.vocab_size]
         previous = None
@@ -155,6 +155,6 @@ class Scheduler:
             cache.k[dst, :, :length] = cache.k[src, :, :length]
             cache.v[dst, :, :length] = cache.v[src, :, :length]
 
-    def _fail(self, requests: list[Generation], message: str) -> None:
+    def _fail(self, requests: list[Request], message: str) -> None:
         for request in requests:
             request.fail(message)

@@ -1,7 +1,7 @@
-"""One generation: prompt ids and sampling settings in, text deltas with their tokens out.
+"""One request to the scheduler: prompt ids and sampling settings in, text deltas with their tokens out.
 
-The scheduler feeds a generation its sampled tokens one at a time (`accept`); the generation turns them
-into text, cuts it at the first stop string, decides when it is finished and hands every piece of
+The scheduler feeds a request its sampled tokens one at a time (`accept`); the request turns them
+into text, cut at the first stop string, decides when it is finished and hands every piece of
 output to its `sink` (a callable the HTTP layer provides; it is called from the scheduler thread).
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 
 from llamalab.generate.sampling import SamplingParams
-from llamalab.tokenizer import StreamDecoder, Tokenizer
+from llamalab.generate.text import TextStream
+from llamalab.tokenizer import Tokenizer
 
 
 @dataclass
@@ -27,7 +28,7 @@ class TokenInfo:
 
 @dataclass
 class Output:
-    """What a generation produced in one step."""
+    """What a request produced in one step."""
 
     text: str = ""  # new text; never contains a stop string nor text that may begin one
     token: TokenInfo | None = None  # None for the stop token and for the final flush
@@ -35,31 +36,7 @@ class Output:
     error: str | None = None
 
 
-class StopStrings:
-    """Cut a growing text at the first of its stop strings, holding back any tail that may begin one."""
-
-    def __init__(self, stops: tuple[str, ...] = ()):
-        self.stops = tuple(s for s in stops if s)
-        self.pending = ""
-
-    def push(self, delta: str) -> tuple[str, bool]:
-        """The text that is safe to release now, and whether a stop string was reached."""
-        self.pending += delta
-        found = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if found:
-            text, self.pending = self.pending[: min(found)], ""
-            return text, True
-        held = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
-        text = self.pending[: len(self.pending) - held]
-        self.pending = self.pending[len(text):]
-        return text, False
-
-    def flush(self) -> str:
-        text, self.pending = self.pending, ""
-        return text
-
-
-class Generation:
+class Request:
     """A prompt to complete with up to `max_tokens` tokens; `sink` receives each `Output`."""
 
     def __init__(self, prompt: list[int], max_tokens: int, tokenizer: Tokenizer, sink: Callable[[Output], None],
@@ -68,9 +45,9 @@ class Generation:
         self.prompt, self.max_tokens, self.params = prompt, max_tokens, params
         self.top_logprobs = top_logprobs  # None: no log-probabilities; n: the chosen token's and n alternatives
         self.sink = sink
+        self.tokenizer = tokenizer
         self.stop_ids = frozenset() if ignore_eos else tokenizer.stop_ids
-        self.decoder = StreamDecoder(tokenizer)
-        self.stops = StopStrings(stop)
+        self.text = TextStream(tokenizer, stop)
         self.generator: torch.Generator | None = None  # set by the scheduler on the model's device
         self.tokens: list[int] = []  # generated ids, the stop token included
         self.finished = False
@@ -94,26 +71,25 @@ class Generation:
         if token in self.stop_ids:
             self._finish("stop")
             return
-        delta = self.decoder.push(token)
-        info = TokenInfo(token, delta)
+        before = len(self.text.text)
+        released = self.text.push(token)
+        info = TokenInfo(token, self.text.text[before:])
         if logprobs is not None and self.top_logprobs is not None:
             info.logprob = float(logprobs[token])
             top = logprobs.topk(min(self.top_logprobs, logprobs.numel()))
             info.top = [(self._text_of(i), lp) for i, lp in zip(top.indices.tolist(), top.values.tolist())]
-        text, stopped = self.stops.push(delta)
-        if stopped:
-            self._emit(Output(text, info, finish_reason="stop"))
+        if self.text.stopped:
+            self._emit(Output(released, info, finish_reason="stop"))
         elif len(self.tokens) >= self.max_tokens:
-            self._finish("length", text, info)
+            self._finish("length", released, info)
         else:
-            self._emit(Output(text, info))
+            self._emit(Output(released, info))
 
     def _text_of(self, token: int) -> str:
         """The text `token` would add after the tokens before it (a lone piece may lose its leading space)."""
-        tokenizer = self.decoder.tokenizer
-        before = (self.prompt + self.tokens)[-2]
-        head, text = tokenizer.decode([before]), tokenizer.decode([before, token])
-        return text[len(head):] if text.startswith(head) else tokenizer.decode([token])
+        before = self.tokens[-2] if len(self.tokens) > 1 else self.prompt[-1]
+        head, text = self.tokenizer.decode([before]), self.tokenizer.decode([before, token])
+        return text[len(head):] if text.startswith(head) else self.tokenizer.decode([token])
 
     def fail(self, message: str) -> None:
         """End with an error (the server failed or is stopping)."""
@@ -122,9 +98,8 @@ class Generation:
 
     def _finish(self, reason: str, text: str = "", info: TokenInfo | None = None) -> None:
         """Emit the last output, with the text the decoder and the stop strings still hold back."""
-        rest, stopped = self.stops.push(self.decoder.flush())
-        text += rest if stopped else rest + self.stops.flush()
-        self._emit(Output(text, info, finish_reason="stop" if stopped else reason))
+        text += self.text.close()
+        self._emit(Output(text, info, finish_reason="stop" if self.text.stopped else reason))
 
     def _emit(self, output: Output) -> None:
         if output.finish_reason is not None:
