@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llamalab.analysis.params import attention_params, feed_forward_params
+from llamalab.analysis.params import linear_shapes
 from llamalab.config import ModelArgs
 
 
@@ -36,8 +36,8 @@ def forward_flops(args: ModelArgs, seq_len: int, past_len: int = 0, logits: int 
     `logits` is how many positions get vocab logits (default: all `seq_len`; generation needs 1).
     """
     logits = seq_len if logits is None else logits
-    block_weights = attention_params(args) + feed_forward_params(args)
-    matmul = 2 * seq_len * args.n_layers * block_weights + 2 * logits * args.dim * args.vocab_size
+    block_weights = sum(n_in * n_out for n_in, n_out in linear_shapes(args)[:-1])
+    matmul = 2 * seq_len * block_weights + 2 * logits * args.dim * args.vocab_size
     # q·kᵀ and probs·v: 2 FLOPs × head_dim for every (query, key) pair of every head, twice
     attention = 4 * args.n_layers * args.n_heads * args.head_dim * seq_len * (past_len + seq_len)
     return Flops(matmul, attention)

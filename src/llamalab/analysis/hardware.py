@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llamalab.analysis.flops import flops_per_token
-from llamalab.analysis.memory import kv_cache_bytes, weight_bytes
+from llamalab.analysis.memory import inference_bytes
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
 
@@ -66,8 +66,6 @@ def mbu(
     peak_bandwidth: float,
     batch: int = 1,
     dtype: str = "bf16",
-    cache_dtype: str = "bf16",
 ) -> float:
     """Model bandwidth utilisation of decoding: every step reads all weights and the batch's KV cache."""
-    step_bytes = weight_bytes(args, dtype) + kv_cache_bytes(args, batch, context_len, cache_dtype)
-    return tokens_per_second / batch * step_bytes / peak_bandwidth
+    return tokens_per_second / batch * inference_bytes(args, batch, context_len, dtype) / peak_bandwidth

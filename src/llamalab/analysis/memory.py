@@ -5,9 +5,10 @@ Activations are the tensors autograd saves for the backward pass of this package
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from llamalab.analysis.params import count_parameters
+from llamalab.analysis.params import count_parameters, linear_shapes
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
 
@@ -26,29 +27,36 @@ def dtype_bytes(dtype: str) -> int:
 
 
 def weight_bytes(args: ModelArgs, dtype: str = "bf16", group_size: int = 128) -> int:
-    """Bytes of all weights. int8 / int4 quantize the linear layers (per-channel bf16 scale for int8;
-    bf16 scale and zero point per `group_size` inputs for int4); embedding and norms stay bf16."""
+    """Bytes of all weights. int8 / int4 quantize the matmul weights (int8: a bf16 scale per output row;
+    int4: a bf16 scale and zero point per `group_size` inputs of a row); embedding and norms stay bf16."""
     params = count_parameters(args)
     if dtype in DTYPE_BYTES:
         return params.total * DTYPE_BYTES[dtype]
-    linear = params.attention + params.feed_forward + params.output
-    # output rows (one scale each) of wq, wk, wv, wo, w1, w2, w3 per layer, plus the untied head
-    rows = args.n_layers * (3 * args.dim + 2 * args.kv_heads * args.head_dim + 2 * args.ffn_hidden_dim)
-    rows += args.vocab_size if params.output else 0
-    kept = (params.embedding + params.norms) * DTYPE_BYTES["bf16"]
+    if dtype not in WEIGHT_DTYPES:
+        raise ConfigError(f"unknown weight dtype {dtype!r}; choose one of: {', '.join(WEIGHT_DTYPES)}")
+    bf16 = DTYPE_BYTES["bf16"]
+    shapes = linear_shapes(args)[: None if params.output else -1]  # a tied head is the (bf16) embedding
     if dtype == "int8":
-        return linear + rows * DTYPE_BYTES["bf16"] + kept
-    if dtype == "int4":
-        if args.dim % group_size or args.ffn_hidden_dim % group_size:
-            raise ConfigError(f"group_size={group_size} does not divide the layers' input widths; use 32, 64 or 128")
-        return linear // 2 + (linear // group_size) * 2 * DTYPE_BYTES["bf16"] + kept
-    raise ConfigError(f"unknown weight dtype {dtype!r}; choose one of: {', '.join(WEIGHT_DTYPES)}")
+        quantized = sum(n_in * n_out + n_out * bf16 for n_in, n_out in shapes)
+    else:
+        quantized = sum(n_in * n_out // 2 + n_out * math.ceil(n_in / group_size) * 2 * bf16 for n_in, n_out in shapes)
+    return quantized + (params.embedding + params.norms) * bf16
 
 
 def kv_cache_bytes(args: ModelArgs, batch: int = 1, context_len: int = 1, dtype: str = "bf16") -> int:
     """Keys and values of every layer for `batch` sequences of `context_len` positions."""
     per_token = 2 * args.n_layers * args.kv_heads * args.head_dim * dtype_bytes(dtype)
     return per_token * batch * context_len
+
+
+def cache_dtype(weight_dtype: str) -> str:
+    """The KV cache's dtype beside weights in `weight_dtype`: quantized weights keep a bf16 cache."""
+    return weight_dtype if weight_dtype in DTYPE_BYTES else "bf16"
+
+
+def inference_bytes(args: ModelArgs, batch: int, context_len: int, dtype: str = "bf16", tp: int = 1) -> float:
+    """Weights and KV cache per tensor-parallel rank (each rank keeps 1/tp of the heads and matrices)."""
+    return (weight_bytes(args, dtype) + kv_cache_bytes(args, batch, context_len, cache_dtype(dtype))) / tp
 
 
 def layer_activation_bytes(args: ModelArgs, tokens: int, dtype: str = "bf16", tp: int = 1) -> int:
@@ -102,6 +110,11 @@ PRECISIONS = {
 }
 
 
+def compute_dtype(precision: str) -> str:
+    """The dtype weights and activations take in the forward pass of a training precision."""
+    return "fp32" if PRECISIONS[precision][0] == DTYPE_BYTES["fp32"] else "bf16"
+
+
 @dataclass(frozen=True)
 class TrainingMemory:
     """Bytes one rank holds during a training step."""
@@ -138,6 +151,5 @@ def training_memory(
     params = count_parameters(args)
     per_rank = ((params.total - params.norms) / tp + params.norms) / dp
     weights, gradients, master, optimizer = (round(per_rank * b) for b in PRECISIONS[precision])
-    dtype = "fp32" if precision == "fp32" else "bf16"
-    activations = activation_bytes(args, batch, seq_len, dtype, checkpointing, tp)
+    activations = activation_bytes(args, batch, seq_len, compute_dtype(precision), checkpointing, tp)
     return TrainingMemory(weights, gradients, master, optimizer, activations)

@@ -21,23 +21,30 @@ class ParamCount:
         return self.embedding + self.attention + self.feed_forward + self.norms + self.output
 
 
-def attention_params(args: ModelArgs) -> int:
-    """Weights of one attention layer: wq and wo (dim × n_heads·hd), wk and wv (dim × n_kv_heads·hd)."""
-    return 2 * args.dim * args.n_heads * args.head_dim + 2 * args.dim * args.kv_heads * args.head_dim
+def block_matrices(args: ModelArgs) -> dict[str, list[tuple[int, int]]]:
+    """(in_features, out_features) of one block's weight matrices, by component."""
+    dim, kv_dim, hidden = args.dim, args.kv_heads * args.head_dim, args.ffn_hidden_dim
+    return {
+        "attention": [(dim, dim), (dim, kv_dim), (dim, kv_dim), (dim, dim)],  # wq, wk, wv, wo
+        "feed_forward": [(dim, hidden), (hidden, dim), (dim, hidden)],  # w1, w2, w3
+    }
 
 
-def feed_forward_params(args: ModelArgs) -> int:
-    """Weights of one SwiGLU layer: w1, w3 (dim → hidden) and w2 (hidden → dim)."""
-    return 3 * args.dim * args.ffn_hidden_dim
+def linear_shapes(args: ModelArgs) -> list[tuple[int, int]]:
+    """(in_features, out_features) of every matrix a forward pass multiplies by: each block's, then the
+    output head (listed even when it is tied to the embedding)."""
+    block = [shape for shapes in block_matrices(args).values() for shape in shapes]
+    return block * args.n_layers + [(args.dim, args.vocab_size)]
 
 
 def count_parameters(args: ModelArgs) -> ParamCount:
     """Every parameter of `Transformer(args)`, each shared tensor counted once."""
+    per_block = {part: sum(n_in * n_out for n_in, n_out in shapes) for part, shapes in block_matrices(args).items()}
     embedding = args.vocab_size * args.dim
     return ParamCount(
         embedding=embedding,
-        attention=args.n_layers * attention_params(args),
-        feed_forward=args.n_layers * feed_forward_params(args),
+        attention=args.n_layers * per_block["attention"],
+        feed_forward=args.n_layers * per_block["feed_forward"],
         norms=(2 * args.n_layers + 1) * args.dim,
         output=0 if args.tie_embeddings else embedding,
     )

@@ -36,7 +36,7 @@ def tokens(args, seq_len):
 
 @pytest.mark.parametrize("impl", ["sdpa", "reference"])
 @pytest.mark.parametrize("config", list(CONFIGS))
-@pytest.mark.parametrize("seq_len", [1, 17, 64, 128])
+@pytest.mark.parametrize("seq_len", [1, 17, 128])
 def test_forward_flops_match_the_counted_forward_pass(config, seq_len, impl):
     args = CONFIGS[config]
     model = Transformer(args, attention_impl=impl)
