@@ -1,0 +1,96 @@
+"""`llamalab chat MODEL`: a conversation in the terminal (or through a pipe), with history, /reset and /exit."""
+from __future__ import annotations
+
+import sys
+import time
+
+from llamalab.cli.common import (
+    add_model_arguments, add_sampling_arguments, decode_step, load_model, require_tokenizer, sampling_params,
+)
+from llamalab.errors import ContextLengthError
+from llamalab.generate.decode import Generation
+from llamalab.generate.text import stream_text
+from llamalab.tokenizer import encode_dialog
+
+HELP = "/reset clears the history, /exit (or end of input) quits"
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("chat", help="chat with a model: streaming answers, history, /reset, /exit")
+    add_model_arguments(p)
+    add_sampling_arguments(p, max_new_tokens=512)
+    p.add_argument("--system", help="system prompt that starts (and survives /reset of) the conversation")
+    return p
+
+
+def run(args) -> int:
+    model, tokenizer = load_model(args)
+    tokenizer = require_tokenizer(tokenizer, "chat")
+    step, sampling = decode_step(model, args), sampling_params(args)
+    interactive = sys.stdin.isatty()
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history = list(system)
+    if interactive:
+        print(f"chatting with {args.model or args.preset}; {HELP}", file=sys.stderr)
+    while (line := read_line(interactive)) is not None:
+        line = line.strip()
+        if line == "/exit":
+            break
+        if line == "/reset":
+            history = list(system)
+            print("[history cleared]", file=sys.stderr)
+            continue
+        if not line:
+            continue
+        if line.startswith("/"):
+            print(f"[unknown command {line.split()[0]}; {HELP}]", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            answer = reply(model, tokenizer, history, args.max_new_tokens, sampling, step, args.stop)
+        except ContextLengthError as e:
+            history.pop()
+            print(f"llamalab chat: error: {e}", file=sys.stderr)
+            continue
+        history.append({"role": "assistant", "content": answer})
+    return 0
+
+
+def read_line(interactive: bool) -> str | None:
+    """The next line the user typed (None at end of input)."""
+    if not interactive:
+        line = sys.stdin.readline()
+        return line if line else None
+    try:
+        return input("> ")
+    except EOFError:
+        print(file=sys.stderr)
+        return None
+
+
+def reply(model, tokenizer, history: list[dict[str, str]], max_new_tokens: int, sampling, step, stop) -> str:
+    """Stream the assistant's answer to the dialog, then a tokens/s line; return the answer's text."""
+    prompt = fit_dialog(tokenizer, history, model.args.max_seq_len)
+    generation = Generation(model, [prompt], max_new_tokens, sampling, stop_ids=tokenizer.stop_ids, step=step)
+    start, answer = time.perf_counter(), ""
+    try:
+        for deltas in stream_text(generation, tokenizer, stop):
+            print(deltas[0], end="", flush=True)
+            answer += deltas[0]
+    except KeyboardInterrupt:  # Ctrl-C ends the answer, not the conversation
+        print(" [interrupted]", end="")
+    print(flush=True)
+    (completion,) = generation.completions
+    seconds = time.perf_counter() - start
+    print(f"[{len(completion.tokens)} tokens, {len(completion.tokens) / seconds:.1f} tokens/s]", file=sys.stderr)
+    return answer
+
+
+def fit_dialog(tokenizer, history: list[dict[str, str]], context: int) -> list[int]:
+    """The dialog's prompt ids; the oldest exchanges (after the system prompt) are dropped while it fills the context."""
+    first = 1 if history[0]["role"] == "system" else 0
+    while True:
+        ids = encode_dialog(tokenizer, history)
+        if len(ids) < context or len(history) - first < 3:
+            return ids
+        del history[first : first + 2]  # one user message and its answer

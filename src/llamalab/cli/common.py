@@ -1,0 +1,93 @@
+"""What every model-taking command shares: the model arguments, loading (model, tokenizer), sampling flags."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from llamalab.checkpoint import find_tokenizer, load
+from llamalab.config import PRESETS, ModelArgs
+from llamalab.errors import ConfigError, TokenizerError
+from llamalab.generate.compiled import compile_decode_step
+from llamalab.generate.decode import Step, eager_step
+from llamalab.generate.sampling import SamplingParams
+from llamalab.model import Transformer
+from llamalab.quantize import SCHEMES, quantize_model
+from llamalab.tokenizer import Tokenizer, load_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL | --preset NAME --random-init, and how to run it: device, dtype, quantization, compile, seed."""
+    parser.add_argument("model", nargs="?", metavar="MODEL",
+                        help="checkpoint folder or file (meta, hf, native folder; .gguf; llama2.c .bin)")
+    parser.add_argument("--preset", choices=list(PRESETS), metavar="NAME",
+                        help=f"with --random-init, a published shape instead of MODEL: {', '.join(PRESETS)}")
+    parser.add_argument("--random-init", action="store_true", help="random weights (tests and benchmarks)")
+    parser.add_argument("--tokenizer", help="tokenizer file or folder (default: the one beside MODEL)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
+    parser.add_argument("--dtype", choices=list(DTYPES), help="weights' dtype (default: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--quantize", choices=SCHEMES, help="weight-only quantization of the linear layers")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow to start)")
+    parser.add_argument("--seed", type=int, help="seed of the random weights and of sampling")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
+    """The sampler flags of `generate` and `chat` (defaults: Meta's temperature 0.6, top-p 0.9)."""
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling: keep this much probability")
+    parser.add_argument("--top-k", type=int, help="keep the k most likely tokens")
+    parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p × the most likely one")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens")
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                          repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def load_model(args: argparse.Namespace) -> tuple[Transformer, Tokenizer | None]:
+    """The model the arguments name, ready for inference, and its tokenizer (None when there is none)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
+    if args.preset or args.random_init:
+        if args.model or not (args.preset and args.random_init):
+            raise ConfigError("use either MODEL (a checkpoint) or --preset NAME --random-init, not both")
+        if args.seed is not None:
+            torch.manual_seed(args.seed)
+        with device:
+            model = Transformer(ModelArgs.from_preset(args.preset)).to(dtype).eval()
+    elif args.model:
+        model = load(args.model, device=device, dtype=dtype)
+    else:
+        raise ConfigError("give MODEL (a checkpoint folder or file), or --preset NAME --random-init")
+    model.requires_grad_(False)
+    if args.quantize:
+        quantize_model(model, args.quantize)
+    return model, _tokenizer(args)
+
+
+def decode_step(model: Transformer, args: argparse.Namespace) -> Step:
+    """The decode step the arguments ask for: compiled with --compile, else eager."""
+    return compile_decode_step(model) if args.compile else eager_step(model)
+
+
+def _tokenizer(args: argparse.Namespace) -> Tokenizer | None:
+    if args.tokenizer:
+        return load_tokenizer(args.tokenizer)
+    path = find_tokenizer(args.model) if args.model else None
+    return load_tokenizer(path) if path else None
+
+
+def require_tokenizer(tokenizer: Tokenizer | None, what: str) -> Tokenizer:
+    """The tokenizer, or an error saying how to get one."""
+    if tokenizer is None:
+        raise TokenizerError(f"{what} needs a tokenizer and none was found beside the model; pass --tokenizer PATH")
+    return tokenizer
