@@ -17,7 +17,7 @@ class Accelerator:
     peak_flops: float  # FLOP/s
     memory_bandwidth: float  # bytes/s
     memory_bytes: float
-    device_names: tuple[str, ...]  # substrings of torch.cuda.get_device_name() that identify it, all required
+    device_names: tuple[str, ...]  # words of torch.cuda.get_device_name() that identify it, all required
 
 
 ACCELERATORS = {
