@@ -10,13 +10,17 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from llamalab.errors import ConfigError
 
 
-def init_distributed() -> torch.device:
-    """Join the torchrun process group (NCCL on CUDA, gloo on CPU) once; return this rank's device."""
-    if torch.cuda.is_available():
+def init_distributed(device_type: str | None = None) -> torch.device:
+    """Join the torchrun process group once (NCCL on CUDA, gloo on CPU); return this rank's device.
+
+    device_type None picks CUDA when there is one; each rank then uses GPU LOCAL_RANK of its node.
+    """
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     else:
-        device = torch.device("cpu")
+        device = torch.device(device_type)
     if not dist.is_initialized():
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             raise ConfigError("no torchrun environment (RANK, WORLD_SIZE): launch with `torchrun --nproc-per-node N ...`")
@@ -24,9 +28,9 @@ def init_distributed() -> torch.device:
     return device
 
 
-def make_mesh(tp: int = 1, dp_shard: int = 1) -> DeviceMesh:
-    """The (dp_shard, tp) device mesh over every rank; tp is the inner (fastest, same-node) dimension."""
-    device = init_distributed()
+def make_mesh(tp: int = 1, dp_shard: int = 1, device_type: str | None = None) -> DeviceMesh:
+    """The (dp_shard, tp) device mesh over every rank; tp is the inner dimension (neighbouring ranks, one node)."""
+    device = init_distributed(device_type)
     world_size = dist.get_world_size()
     if tp < 1 or dp_shard < 1 or tp * dp_shard != world_size:
         raise ConfigError(

@@ -6,6 +6,8 @@ Each rank keeps n_heads/tp query heads and n_kv_heads/tp key/value heads, so its
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -84,6 +86,8 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, sequence_parallel: bool = 
 
     Rank 0's weights are the ones kept (they are scattered to the others). A model on the meta device
     is split without communication; load its shards afterwards with `load_local_shards`.
+    `sequence_parallel` is for training on sequences whose length tp divides: it saves activation
+    memory, and makes every weight a DTensor (as `clip_grad_norm_` needs).
     """
     tp = tp_mesh.size()
     check_tp_size(model.args, tp, training=model.training)
@@ -96,7 +100,17 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, sequence_parallel: bool = 
     parallelize_module(model, tp_mesh, model_plan(sequence_parallel))
     if model.args.tie_embeddings:  # both halves are Shard(0) over the vocabulary; make them one parameter again
         model.output.weight = model.tok_embeddings.weight
+    if sequence_parallel:
+        model.tok_embeddings.register_forward_pre_hook(partial(_check_sequence_splits, tp))
     return model
+
+
+def _check_sequence_splits(tp: int, module: nn.Module, inputs: tuple) -> None:
+    """Sequence parallelism gives each rank seqlen/tp positions: refuse a length that does not split."""
+    seqlen = inputs[0].shape[1]
+    if seqlen % tp:
+        raise ConfigError(f"with sequence parallelism the sequence length ({seqlen}) must be a multiple of tp={tp}; "
+                          "train on such lengths, and split the model without it for generation")
 
 
 @torch.no_grad()

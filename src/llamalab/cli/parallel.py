@@ -1,0 +1,46 @@
+"""--tp for the model-taking commands: join the torchrun group and load the model split over its ranks."""
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+import torch
+import torch.distributed as dist
+
+from llamalab.checkpoint.parts import read_args, read_parts
+from llamalab.config import ModelArgs
+from llamalab.errors import ConfigError
+from llamalab.model import Transformer
+from llamalab.parallel import apply_tp, check_tp_size, init_distributed, load_tp_model, make_mesh
+
+
+def add_tp_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tp", type=int, default=1, metavar="N",
+                        help="tensor-parallel size: split the model over the N processes of "
+                             "`torchrun --nproc-per-node N -m llamalab ...` (default 1)")
+
+
+def load_tensor_parallel(args: argparse.Namespace, dtype: torch.dtype) -> Transformer:
+    """The model of MODEL (each rank reading only its part) or of --preset --random-init, split over args.tp ranks."""
+    if args.quantize:
+        raise ConfigError("--quantize does not combine with --tp; drop one of them")
+    if bool(args.model) == bool(args.preset and args.random_init):
+        raise ConfigError("give MODEL (a checkpoint folder or file), or --preset NAME --random-init")
+    device = init_distributed(torch.device(args.device).type)
+    model_args = ModelArgs.from_preset(args.preset) if args.random_init else read_args(args.model)
+    check_tp_size(model_args, args.tp)  # before any weight is read or made
+    tp_mesh = make_mesh(tp=args.tp, device_type=device.type)["tp"]
+    share_seed(args)
+    if args.model:
+        return load_tp_model(model_args, tp_mesh, partial(read_parts, args.model), device, dtype)
+    with device:
+        model = Transformer(model_args).to(dtype).eval()
+    return apply_tp(model, tp_mesh)  # rank 0's random weights are the ones kept
+
+
+def share_seed(args: argparse.Namespace) -> None:
+    """Every rank must sample the same tokens: without --seed, rank 0 chooses one seed for all."""
+    if args.seed is None:
+        seed = [int(torch.randint(2**31, ())) if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(seed, src=0)
+        args.seed = seed[0]
