@@ -16,7 +16,7 @@ import torch
 from gguf import GGMLQuantizationType as GGML
 
 from llamalab.checkpoint.keys import inverse, rename
-from llamalab.checkpoint.vocab import sentencepiece_vocab
+from llamalab.checkpoint.vocab import vocabulary
 from llamalab.checkpoint.weights import StateDict, progress_bar
 from llamalab.config import ModelArgs, RopeScaling
 from llamalab.errors import CheckpointError, ConfigError
@@ -109,16 +109,17 @@ def _add_hyperparameters(writer: gguf.GGUFWriter, args: ModelArgs, main_type: GG
 
 
 def _add_vocabulary(writer: gguf.GGUFWriter, tokenizer: Path) -> None:
-    """A SentencePiece vocabulary as llama.cpp's `llama` tokenizer: pieces, scores, token types, special ids."""
-    vocab = sentencepiece_vocab(tokenizer)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(vocab.pieces)
-    writer.add_token_scores(vocab.scores)
+    """The vocabulary as llama.cpp's `llama` (SentencePiece) or `gpt2` (byte-level BPE) tokenizer."""
+    vocab = vocabulary(tokenizer)
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre("default" if vocab.model == "llama" else "llama-bpe")
+    writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
+    writer.add_token_scores(vocab.scores)  # both add_* skip an empty list
+    writer.add_token_merges(vocab.merges)
     for add, token_id in ((writer.add_bos_token_id, vocab.bos_id), (writer.add_eos_token_id, vocab.eos_id),
                           (writer.add_unk_token_id, vocab.unk_id), (writer.add_pad_token_id, vocab.pad_id)):
-        if token_id >= 0:
+        if token_id is not None and token_id >= 0:
             add(token_id)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)

@@ -54,37 +54,33 @@ def half_split_to_interleaved(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def to_hf_state_dict(state_dict: StateDict, args: ModelArgs) -> StateDict:
     """Meta-named weights -> HF `LlamaForCausalLM` weights (tied output dropped when tied)."""
-    out = {}
-    for key, tensor in state_dict.items():
-        if args.tie_embeddings and key == "output.weight":
-            continue
-        hf_key = rename(key, HF_KEYS)
-        if hf_key is None:
-            raise CheckpointError(f"no Hugging Face name for tensor {key!r}")
-        if key.endswith("attention.wq.weight"):
-            tensor = interleaved_to_half_split(tensor, args.n_heads)
-        elif key.endswith("attention.wk.weight"):
-            tensor = interleaved_to_half_split(tensor, args.kv_heads)
-        out[hf_key] = tensor
-    return out
+    tied_output = {"output.weight"} if args.tie_embeddings else set()
+    state = {k: v for k, v in state_dict.items() if k not in tied_output}
+    return _translate(state, args, HF_KEYS, interleaved_to_half_split, "the weights")
 
 
 def from_hf_state_dict(state_dict: StateDict, args: ModelArgs, source: str | Path = "checkpoint") -> StateDict:
     """HF `LlamaForCausalLM` weights -> Meta-named weights (rotary inv_freq buffers ignored)."""
-    out = {}
-    for hf_key, tensor in state_dict.items():
-        if hf_key.endswith("rotary_emb.inv_freq"):
-            continue
-        key = rename(hf_key, FROM_HF_KEYS)
-        if key is None:
-            raise CheckpointError(f"{source}: unknown tensor name {hf_key!r} in a Hugging Face Llama checkpoint")
-        if key.endswith("attention.wq.weight"):
-            tensor = half_split_to_interleaved(tensor, args.n_heads)
-        elif key.endswith("attention.wk.weight"):
-            tensor = half_split_to_interleaved(tensor, args.kv_heads)
-        out[key] = tensor
+    state = {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
+    out = _translate(state, args, FROM_HF_KEYS, half_split_to_interleaved, source)
     if args.tie_embeddings:
         out.pop("output.weight", None)
+    return out
+
+
+def _translate(state: StateDict, args: ModelArgs, table: dict[str, str], permute, source) -> StateDict:
+    """Rename every tensor through `table`, permuting the rows of wq and wk (per query / key-value head)."""
+    out = {}
+    for key, tensor in state.items():
+        new_key = rename(key, table)
+        if new_key is None:
+            raise CheckpointError(f"{source}: unknown tensor name {key!r} for a Hugging Face Llama checkpoint")
+        meta_key = new_key if table is FROM_HF_KEYS else key
+        if meta_key.endswith("attention.wq.weight"):
+            tensor = permute(tensor, args.n_heads)
+        elif meta_key.endswith("attention.wk.weight"):
+            tensor = permute(tensor, args.kv_heads)
+        out[new_key] = tensor
     return out
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llamalab.checkpoint.vocab import sentencepiece_vocab
+from llamalab.checkpoint.vocab import vocabulary
 from llamalab.checkpoint.weights import StateDict, expected_shapes, progress_bar
 from llamalab.config import ModelArgs
 from llamalab.errors import CheckpointError, ConfigError
@@ -194,9 +194,11 @@ def _describe(args: ModelArgs) -> str:
 # -- tokenizer.bin ----------------------------------------------------------------------------------
 def write_tokenizer_bin(tokenizer_model: Path, path: Path) -> None:
     """llama2.c's tokenizer.bin of a SentencePiece model: max token length, then per token its score, length, bytes."""
-    vocab = sentencepiece_vocab(tokenizer_model)
+    vocab = vocabulary(tokenizer_model)
+    if vocab.model != "llama":
+        raise CheckpointError(f"{tokenizer_model}: llama2.c's tokenizer.bin holds a SentencePiece vocabulary, not byte-level BPE")
     special = {vocab.bos_id: "\n<s>\n", vocab.eos_id: "\n</s>\n"}  # as llama2.c's tokenizer.py writes them
-    tokens = [special.get(i, piece).replace("\u2581", " ").encode("utf-8") for i, piece in enumerate(vocab.pieces)]
+    tokens = [special.get(i, piece).replace("\u2581", " ").encode("utf-8") for i, piece in enumerate(vocab.tokens)]
     with open(path, "wb") as f:
         f.write(struct.pack("<I", max(len(t) for t in tokens)))
         for token, score in zip(tokens, vocab.scores):

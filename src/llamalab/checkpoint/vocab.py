@@ -1,16 +1,25 @@
-"""The tokenizer beside a checkpoint: finding it, copying it along, and reading a SentencePiece vocabulary."""
+"""The tokenizer beside a checkpoint: finding it, copying it along, and its vocabulary as GGUF stores it.
+
+GGUF knows two tokenizer models: "llama" (SentencePiece pieces with scores) and "gpt2" (byte-level BPE:
+each token's bytes spelled with GPT-2's printable stand-ins, plus the merge list). Llama 2 tokenizers
+are the first; Llama 3 (tiktoken ranks or a byte-level tokenizer.json) the second.
+"""
 from __future__ import annotations
 
+import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import sentencepiece
+from llamalab.errors import CheckpointError, LlamalabError
+from llamalab.tokenizer import HFTokenizer, SentencePieceTokenizer, TiktokenTokenizer, Tokenizer, load_tokenizer
+from llamalab.tokenizer.tiktoken_bpe import read_bpe_ranks
 
-from llamalab.errors import CheckpointError
-
-# Files that make up a tokenizer, in the order `find_tokenizer` prefers them.
+# Files that make up a tokenizer; the first two are what `find_tokenizer` looks for, in this order.
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+# llama.cpp's token types
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
 def find_tokenizer(path: str | Path) -> Path | None:
@@ -23,64 +32,135 @@ def find_tokenizer(path: str | Path) -> Path | None:
     return None
 
 
-def copy_tokenizer_files(tokenizer: str | Path, folder: Path) -> None:
-    """Copy a tokenizer (a file, or the tokenizer files of a folder) into a checkpoint folder."""
-    tokenizer = Path(tokenizer)
-    if not tokenizer.exists():
-        raise CheckpointError(f"tokenizer {tokenizer} not found")
-    if tokenizer.is_file() and tokenizer.name not in TOKENIZER_FILES:  # e.g. tok512.model: copied under the usual name
+def copy_tokenizer_files(tokenizer: Path, folder: Path) -> None:
+    """Copy a tokenizer file, and the other tokenizer files beside it, into a checkpoint folder."""
+    if tokenizer.name not in TOKENIZER_FILES:  # e.g. tok512.model: copied under the usual name
         shutil.copyfile(tokenizer, folder / ("tokenizer.json" if tokenizer.suffix == ".json" else "tokenizer.model"))
         return
-    source = tokenizer if tokenizer.is_dir() else tokenizer.parent
     for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, folder / name)
+        if (tokenizer.parent / name).is_file():
+            shutil.copyfile(tokenizer.parent / name, folder / name)
 
 
-def special_token_ids(tokenizer: str | Path) -> dict[str, int]:
-    """{"bos_token_id", "eos_token_id"} of a SentencePiece tokenizer (empty for other kinds)."""
+def open_tokenizer(path: Path) -> Tokenizer:
+    """llamalab.tokenizer's reading of the file, its errors re-raised as this checkpoint's."""
     try:
-        sp = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer))
-    except (OSError, RuntimeError):
-        return {}
-    return {name: i for name, i in (("bos_token_id", sp.bos_id()), ("eos_token_id", sp.eos_id())) if i >= 0}
+        return load_tokenizer(path)
+    except LlamalabError as e:
+        raise CheckpointError(f"tokenizer to ship with the checkpoint: {e}") from None
+
+
+def special_token_ids(tokenizer: Path) -> dict[str, int | list[int]]:
+    """config.json / generation_config.json fields: bos_token_id, and eos_token_id (every stop id when several)."""
+    tok = open_tokenizer(tokenizer)
+    ids = {"bos_token_id": tok.bos_id, "eos_token_id": sorted(tok.stop_ids) if len(tok.stop_ids) > 1 else tok.eos_id}
+    return {k: v for k, v in ids.items() if v is not None}
 
 
 @dataclass
-class SentencePieceVocab:
-    """Every piece of a SentencePiece model with its score and llama.cpp token type, and the special ids."""
+class Vocabulary:
+    """A vocabulary as GGUF's tokenizer.ggml.* keys hold it."""
 
-    pieces: list[str]
-    scores: list[float]
-    types: list[int]  # llama.cpp's token types: 1 normal, 2 unknown, 3 control, 5 unused, 6 byte
-    bos_id: int
-    eos_id: int
-    unk_id: int
-    pad_id: int  # -1 = none
+    model: str  # "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+    tokens: list[str]
+    types: list[int]
+    scores: list[float] = field(default_factory=list)  # "llama" only
+    merges: list[str] = field(default_factory=list)  # "gpt2" only: "left right" in merge order
+    bos_id: int | None = None
+    eos_id: int | None = None
+    unk_id: int | None = None
+    pad_id: int | None = None
 
 
-def sentencepiece_vocab(path: str | Path) -> SentencePieceVocab:
-    """Read a SentencePiece `tokenizer.model` with the sentencepiece library."""
-    try:
-        sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
-    except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: not a SentencePiece model ({e}); only SentencePiece vocabularies export here") from None
+def vocabulary(path: Path) -> Vocabulary:
+    """The GGUF vocabulary of a SentencePiece model, a tiktoken file or a byte-level BPE tokenizer.json."""
+    tok = open_tokenizer(path)
+    if isinstance(tok, SentencePieceTokenizer):
+        vocab = _sentencepiece(tok)
+    elif isinstance(tok, TiktokenTokenizer):
+        vocab = _tiktoken(tok)
+    elif isinstance(tok, HFTokenizer) and _is_byte_level_bpe(tok.path):
+        vocab = _byte_level_json(tok)
+    else:
+        raise CheckpointError(f"{path}: only SentencePiece and byte-level BPE vocabularies go into GGUF; "
+                              "pass the SentencePiece tokenizer.model instead")
+    vocab.bos_id, vocab.eos_id, vocab.pad_id = tok.bos_id, tok.eos_id, tok.pad_id
+    return vocab
+
+
+def _sentencepiece(tok: SentencePieceTokenizer) -> Vocabulary:
+    sp = tok.model
     n = sp.vocab_size()
-    return SentencePieceVocab(
-        pieces=[sp.id_to_piece(i) for i in range(n)],
-        scores=[sp.get_score(i) for i in range(n)],
-        types=[_token_type(sp, i) for i in range(n)],
-        bos_id=sp.bos_id(), eos_id=sp.eos_id(), unk_id=sp.unk_id(), pad_id=sp.pad_id(),
+
+    def token_type(i: int) -> int:
+        for test, kind in ((sp.is_unknown, UNKNOWN), (sp.is_control, CONTROL), (sp.is_unused, UNUSED), (sp.is_byte, BYTE)):
+            if test(i):
+                return kind
+        return NORMAL
+
+    return Vocabulary("llama", tokens=[sp.id_to_piece(i) for i in range(n)], types=[token_type(i) for i in range(n)],
+                      scores=[sp.get_score(i) for i in range(n)], unk_id=sp.unk_id())
+
+
+def _tiktoken(tok: TiktokenTokenizer) -> Vocabulary:
+    ranks = read_bpe_ranks(tok.path)
+    by_rank = sorted(ranks, key=ranks.get)
+    specials = sorted(tok.special_tokens.items(), key=lambda item: item[1])
+    return Vocabulary(
+        "gpt2",
+        tokens=[byte_level(t) for t in by_rank] + [name for name, _ in specials],
+        types=[NORMAL] * len(by_rank) + [CONTROL] * len(specials),
+        merges=[f"{byte_level(a)} {byte_level(b)}" for a, b in bpe_merges(ranks)],
     )
 
 
-def _token_type(sp: sentencepiece.SentencePieceProcessor, i: int) -> int:
-    if sp.is_unknown(i):
-        return 2
-    if sp.is_control(i):
-        return 3
-    if sp.is_unused(i):
-        return 5
-    if sp.is_byte(i):
-        return 6
-    return 1
+def _byte_level_json(tok: HFTokenizer) -> Vocabulary:
+    spec = json.loads(tok.path.read_text(encoding="utf-8"))
+    tokens = {i: t for t, i in spec["model"]["vocab"].items()}
+    types = dict.fromkeys(tokens, NORMAL)
+    for added in spec.get("added_tokens", []):
+        tokens[added["id"]] = added["content"]
+        types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
+    size = max(tokens) + 1
+    return Vocabulary(
+        "gpt2",
+        tokens=[tokens.get(i, f"[PAD{i}]") for i in range(size)],  # llama.cpp's filler for unused ids
+        types=[types.get(i, UNUSED) for i in range(size)],
+        merges=[m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]],
+    )
+
+
+def _is_byte_level_bpe(path: Path) -> bool:
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    return spec.get("model", {}).get("type") == "BPE" and "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
+
+
+def byte_level(token: bytes) -> str:
+    """A token's bytes in GPT-2's byte-level alphabet (every byte a printable character), as tokenizer.json spells it."""
+    return "".join(_BYTE_TO_CHAR[b] for b in token)
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's stand-ins: printable Latin-1 bytes are themselves, the 68 others map to chr(256), chr(257), ..."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(others)) for b in range(256)]
+
+
+_BYTE_TO_CHAR = _byte_alphabet()
+
+
+def bpe_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """The merge that made each multi-byte token, in rank order: BPE of its bytes with only lower ranks gives two parts."""
+    merges = []
+    for token in sorted((t for t in ranks if len(t) > 1), key=ranks.get):
+        parts = [bytes([b]) for b in token]
+        while len(parts) > 2:
+            pair_ranks = [ranks.get(a + b, len(ranks)) for a, b in zip(parts, parts[1:])]
+            i = min(range(len(pair_ranks)), key=pair_ranks.__getitem__)
+            if pair_ranks[i] >= ranks[token]:
+                break
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) == 2:
+            merges.append((parts[0], parts[1]))
+    return merges

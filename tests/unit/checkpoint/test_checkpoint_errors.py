@@ -35,19 +35,17 @@ def test_wrong_magic(tmp_path, model, fmt, magic):
         load(path)
 
 
-def test_config_that_disagrees_with_the_shapes(tmp_path, model):
-    path = save(model, tmp_path / "m", format="meta")
-    params = json.loads((path / "params.json").read_text())
-    (path / "params.json").write_text(json.dumps(dict(params, multiple_of=256)))
-    with pytest.raises(CheckpointError, match=r"layers.0.feed_forward.w1.weight has shape \(192, 64\).*needs \(256, 64\)"):
-        load(path)
-
-
-def test_hf_config_that_disagrees_with_the_shapes(tmp_path, model):
-    path = save(model, tmp_path / "m", format="hf")
-    config = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps(dict(config, num_key_value_heads=4)))
-    with pytest.raises(CheckpointError, match=r"m: tensor layers.0.attention.wk.weight has shape \(32, 64\)"):
+@pytest.mark.parametrize("fmt, config_file, change, message", [
+    ("meta", "params.json", {"multiple_of": 256},
+     r"m: tensor layers.0.feed_forward.w1.weight has shape \(192, 64\) but .* needs \(256, 64\)"),
+    ("hf", "config.json", {"num_key_value_heads": 4},
+     r"m: tensor layers.0.attention.wk.weight has shape \(32, 64\) but .* needs \(64, 64\)"),
+])
+def test_config_that_disagrees_with_the_shapes(tmp_path, model, fmt, config_file, change, message):
+    path = save(model, tmp_path / "m", format=fmt)
+    config = json.loads((path / config_file).read_text())
+    (path / config_file).write_text(json.dumps(dict(config, **change)))
+    with pytest.raises(CheckpointError, match=message):
         load(path)
 
 

@@ -1,4 +1,7 @@
 """The same weights saved in every format load back to identical logits and greedy tokens."""
+import gc
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +10,9 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 
 from llamalab.checkpoint import FORMATS, detect_format, load, save
+from llamalab.config import ModelArgs
 from llamalab.errors import CheckpointError
+from llamalab.model import Transformer
 
 ARG_FIELDS = ("dim", "n_layers", "n_heads", "kv_heads", "vocab_size", "ffn_hidden_dim", "norm_eps", "rope_theta",
               "rope_scaling", "tie_embeddings")
@@ -52,36 +57,24 @@ def test_half_precision_saves_exactly_the_cast_weights(tmp_path, fmt, dtype):
         assert torch.equal(tensor, model.state_dict()[name].to(dtype)), name
 
 
-def test_gguf_q8_0_holds_llama_cpp_blocks(tmp_path):
-    """Every matrix is Q8_0 exactly as ggml quantizes it (32-value blocks, fp16 scale); norms stay exact."""
+@pytest.mark.parametrize("fmt, group, steps", [
+    ("gguf", 32, 0.5 + 1 / 16),  # ggml's blocks of 32 with an fp16 step: half a step plus the step's rounding
+    ("llama2c", 64, 0.5 * (1 + 1e-5)),  # runq.c's groups of 64 (they divide dim=64 and hidden=192), fp32 step
+])
+def test_q8_0_weights_are_within_half_a_step_of_the_originals(tmp_path, fmt, group, steps):
     model = random_model(CONFIGS["gqa"])
-    loaded = load(save(model, tmp_path / "m.gguf", format="gguf", dtype="q8_0"))
+    loaded = load(save(model, tmp_path / f"m{SUFFIX[fmt]}", format=fmt, dtype="q8_0"))
     for name, tensor in loaded.state_dict().items():
         original = model.state_dict()[name]
-        if original.dim() == 1:
+        if original.dim() == 1:  # norms are kept in float32
             assert torch.equal(tensor, original)
             continue
-        q8 = GGMLQuantizationType.Q8_0
-        expected = dequantize(quantize(original.numpy(), q8), q8)
-        assert np.array_equal(tensor.numpy(), expected), name
-        blocks = original.reshape(-1, 32)  # (n_blocks, 32)
-        bound = blocks.abs().amax(1, keepdim=True) / 127  # half a step, plus the fp16 rounding of the step
-        assert ((tensor.reshape(-1, 32) - blocks).abs() <= bound).all()
-    with torch.no_grad():
-        assert torch.allclose(loaded(PROMPT), model(PROMPT), atol=0.05)
-
-
-def test_llama2c_version2_q8_0_error_is_within_half_a_step(tmp_path):
-    model = random_model(CONFIGS["gqa"])
-    loaded = load(save(model, tmp_path / "m.bin", format="llama2c", dtype="q8_0"))
-    for name, tensor in loaded.state_dict().items():
-        original = model.state_dict()[name]
-        if original.dim() == 1:
-            assert torch.equal(tensor, original)
-            continue
-        groups = original.reshape(-1, 64)  # llama2.c's default group of 64 divides dim=64 and hidden=192
+        groups = original.reshape(-1, group)  # (n_groups, group)
         step = groups.abs().amax(1, keepdim=True) / 127
-        assert ((tensor.reshape(-1, 64) - groups).abs() <= step / 2 * (1 + 1e-5)).all(), name
+        assert ((tensor.reshape(-1, group) - groups).abs() <= steps * step).all(), name
+        if fmt == "gguf":  # and bit for bit what ggml's reference Q8_0 (in the gguf package) makes
+            q8 = GGMLQuantizationType.Q8_0
+            assert np.array_equal(tensor.numpy(), dequantize(quantize(original.numpy(), q8), q8)), name
     with torch.no_grad():
         assert torch.allclose(loaded(PROMPT), model(PROMPT), atol=0.05)
 
@@ -92,3 +85,27 @@ def test_load_moves_and_casts_without_keeping_the_file_dtype(tmp_path):
     loaded = load(path, dtype=torch.float32, max_seq_len=32)
     assert {p.dtype for p in loaded.parameters()} == {torch.float32}
     assert loaded.args.max_seq_len == 32 and loaded.rope_cos.shape[0] == 32
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.fixture(scope="module")
+def model_of_38_mib():
+    return Transformer(ModelArgs(dim=256, n_layers=2, n_heads=4, vocab_size=16384, multiple_of=32, max_seq_len=64))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads Linux's /proc/self/statm")
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_loading_maps_the_file_instead_of_copying_it(tmp_path, fmt, model_of_38_mib):
+    """A 38 MiB checkpoint loads with (almost) no new resident memory: parameters are the mapped file pages."""
+    model = model_of_38_mib
+    path = save(model, tmp_path / f"m{SUFFIX[fmt]}", format=fmt)
+    size = sum(f.stat().st_size for f in (path.rglob("*") if path.is_dir() else [path]))
+    gc.collect()
+    before = resident_bytes()
+    loaded = load(path)
+    assert resident_bytes() - before < size / 4
+    assert torch.equal(loaded.tok_embeddings.weight, model.tok_embeddings.weight)

@@ -1,15 +1,22 @@
 """GGUF files read back with gguf.GGUFReader (llama.cpp's own Python library): names, shapes, metadata, vocab."""
+import base64
+import json
 import math
 
 import gguf
 import numpy as np
+import pytest
 import sentencepiece
+import tokenizers
 import torch
 from checkpoint_models import CONFIGS, random_model
 from gguf import GGMLQuantizationType as GGML
+from tiktoken._educational import bpe_train
+from transformers.convert_slow_tokenizer import TikTokenConverter
 
 from llamalab.checkpoint import load, save
 from llamalab.config import ModelArgs, RopeScaling
+from llamalab.tokenizer import LLAMA3_PATTERN, LLAMA3_SPECIAL_TOKENS, load_tokenizer
 
 LLAMA_CPP_NAMES = {  # llama.cpp's tensor names for the llama architecture, as in its convert scripts
     "tok_embeddings": "token_embd", "norm": "output_norm", "output": "output",
@@ -109,3 +116,50 @@ def test_reads_a_llama_cpp_llama31_file_without_our_keys(tmp_path):
     assert loaded.args.rope_scaling == args.rope_scaling
     tokens = torch.randint(0, 32, (1, 20))
     assert torch.equal(loaded(tokens), model(tokens))
+
+
+@pytest.fixture(scope="module")
+def llama3_tokenizers(tmp_path_factory):
+    """A tiny Llama-3-style tokenizer as Meta ships it (tiktoken ranks); its tokenizer.json made by transformers."""
+    folder = tmp_path_factory.mktemp("llama3-tok")
+    text = " ".join(["the cat sat on the mat; naïve café owners sold 東京 bread in 2024!"] * 30)
+    ranks = bpe_train(text, 256 + 40, LLAMA3_PATTERN, visualise=None)
+    lines = [f"{base64.b64encode(token).decode()} {rank}" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])]
+    (folder / "tokenizer.model").write_text("\n".join(lines) + "\n")
+    (folder / "hf").mkdir()
+    converter = TikTokenConverter(vocab_file=str(folder / "tokenizer.model"), extra_special_tokens=LLAMA3_SPECIAL_TOKENS)
+    converter.converted().save(str(folder / "hf" / "tokenizer.json"))
+    return folder / "tokenizer.model", load_tokenizer(folder / "tokenizer.model")
+
+
+def test_llama3_vocabulary_is_byte_level_bpe_that_encodes_like_tiktoken(tmp_path, llama3_tokenizers):
+    path, tiktoken_tok = llama3_tokenizers
+    save(random_model(CONFIGS["gqa"].replace(vocab_size=tiktoken_tok.vocab_size)), tmp_path / "m.gguf",
+         format="gguf", tokenizer=path)
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert field(reader, "tokenizer.ggml.model") == "gpt2"
+    tokens, merges = field(reader, "tokenizer.ggml.tokens"), field(reader, "tokenizer.ggml.merges")
+    assert len(tokens) == tiktoken_tok.vocab_size and len(merges) == 40
+    assert tokens[tiktoken_tok.bos_id] == "<|begin_of_text|>" and field(reader, "tokenizer.ggml.bos_token_id") == 296
+    types = field(reader, "tokenizer.ggml.token_type")
+    assert set(types[:296]) == {1} and set(types[296:]) == {3}
+    # what llama.cpp does with these keys: byte-level BPE of the merges after Llama 3's split
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE({t: i for i, t in enumerate(tokens)}, [tuple(m.split(" ")) for m in merges]))
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+        tokenizers.pre_tokenizers.Split(tokenizers.Regex(LLAMA3_PATTERN), "isolated"),
+        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    for text in ("the cat sat on the mat", "naïve café, 東京 2024!", "  spaces\n\nand 12345 digits"):
+        assert bpe.encode(text).ids == tiktoken_tok.encode(text, bos=False)
+
+
+def test_llama3_tokenizer_json_gives_the_same_gguf_vocabulary_as_the_tiktoken_file(tmp_path, llama3_tokenizers):
+    path, tiktoken_tok = llama3_tokenizers
+    model = random_model(CONFIGS["gqa"].replace(vocab_size=tiktoken_tok.vocab_size))
+    readers = [gguf.GGUFReader(save(model, tmp_path / f"{i}.gguf", format="gguf", tokenizer=tok))
+               for i, tok in enumerate((path, path.parent / "hf" / "tokenizer.json"))]
+    for key in ("model", "tokens", "token_type", "bos_token_id", "eos_token_id"):
+        assert field(readers[0], f"tokenizer.ggml.{key}") == field(readers[1], f"tokenizer.ggml.{key}"), key
+    # transformers lists every split of a token as a merge, the tiktoken path only the one BPE takes
+    spec = json.loads((path.parent / "hf" / "tokenizer.json").read_text())
+    assert field(readers[1], "tokenizer.ggml.merges") == [" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]]
+    assert set(field(readers[0], "tokenizer.ggml.merges")) <= set(field(readers[1], "tokenizer.ggml.merges"))
