@@ -102,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = train_sentencepiece(texts(2000, seed=0, words=(4, 16)), vocab_size=512,
+        tokenizer = train_sentencepiece(texts(2000, seed=0, words=(4, 16)), vocab_size=400,
                                         out_path=Path(tmp) / "tokenizer.model")
         port = free_port()
         server = start_server(args.preset, tokenizer, port, slots=max(args.clients), threads=args.threads)

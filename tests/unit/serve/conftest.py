@@ -76,47 +76,6 @@ def model(tokenizer):
     return tiny_model(tokenizer.vocab_size)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A tiny model runs fastest on one thread, and one thread is not slowed by other jobs on the machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory):
-    path = tmp_path_factory.mktemp("serve_tokenizer") / "tokenizer.model"
-    return load_tokenizer(train_sentencepiece(make_texts(600), vocab_size=300, out_path=path))
-
-
-@pytest.fixture(scope="session")
-def model(tokenizer):
-    """The served model's twin (same weights), run directly by the tests as the reference."""
-    return tiny_model(tokenizer.vocab_size)
-
-
-def slowed(model: Transformer, seconds: float) -> Transformer:
-    """The model with every forward pass made `seconds` longer, so requests stay running long enough to watch."""
-    forward = model.forward
-
-    def slow_forward(*args, **kwargs):
-        time.sleep(seconds)
-        return forward(*args, **kwargs)
-
-    model.forward = slow_forward
-    return model
-
-
-def start_server(tokenizer, model=None, **options) -> LiveServer:
-    """A server of its own copy of the tiny model (the scheduler owns the model it serves)."""
-    model = model or tiny_model(tokenizer.vocab_size)
-    limits = {k: options.pop(k) for k in ("slots", "max_waiting", "max_seq_len") if k in options}
-    scheduler = Scheduler(model, **limits)
-    return LiveServer(create_app(scheduler, tokenizer, "tiny", **options))
-
-
 @pytest.fixture(scope="session")
 def greedy_reference(model):
     """reference(prompt_ids, max_tokens, stop_ids): greedy tokens by argmax over full causal passes (no KV
