@@ -38,8 +38,8 @@ def detect_format(path: str | Path) -> str:
         raise CheckpointError(f"{path}: no llamalab.json, params.json or config.json; not a checkpoint folder")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file or folder")
-    if path.suffix in (".safetensors", ".pth", ".json"):
-        return detect_format(path.parent)
+    if path.suffix in (".safetensors", ".pth", ".json") or path.name.startswith("pytorch_model"):
+        return detect_format(path.parent)  # a file of a folder format
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == b"GGUF":
@@ -64,7 +64,8 @@ def read(path: str | Path, max_seq_len: int | None = None) -> tuple[ModelArgs, S
     return args, state
 
 
-def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None, max_seq_len: int | None = None) -> Transformer:
+def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None,
+         max_seq_len: int | None = None) -> Transformer:
     """A Transformer with the weights of any checkpoint; dtype None keeps the file's (dequantized: float32)."""
     args, state = read(path, max_seq_len)
     return build_model(args, state, device, dtype)
@@ -84,14 +85,15 @@ def convert(src: str | Path, dst: str | Path, format: str, dtype: torch.dtype | 
     return write(state, args, dst, format, dtype, shards, tokenizer, show_progress, **options)
 
 
-def write(state: StateDict, args: ModelArgs, path: str | Path, format: str, dtype=None, shards: int = 1,
-          tokenizer: str | Path | None = None, show_progress: bool = False, **options) -> Path:
+def write(state: StateDict, args: ModelArgs, path: str | Path, format: str, dtype: torch.dtype | str | None = None,
+          shards: int = 1, tokenizer: str | Path | None = None, show_progress: bool = False, **options) -> Path:
     """Write Meta-named weights and their ModelArgs in `format`; see `save`."""
     if format not in FORMATS:
         raise CheckpointError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     dtype = parse_dtype(dtype)
     if dtype == "q8_0" and format not in QUANTIZED_FORMATS:
-        raise CheckpointError(f"dtype q8_0 is for {' and '.join(sorted(QUANTIZED_FORMATS))}; {format} stores float weights")
+        raise CheckpointError(f"dtype q8_0 is for {' and '.join(sorted(QUANTIZED_FORMATS))}; "
+                              f"{format} stores float weights")
     if shards != 1:
         if format not in SHARDED_FORMATS:
             raise CheckpointError(f"--shards applies to {' and '.join(sorted(SHARDED_FORMATS))}, not {format}")

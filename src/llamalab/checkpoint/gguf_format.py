@@ -48,7 +48,8 @@ FILE_TYPES = {GGML.F32: gguf.LlamaFileType.ALL_F32, GGML.F16: gguf.LlamaFileType
 
 def rope_freq_factors(args: ModelArgs) -> torch.Tensor:
     """llama.cpp's rope_freqs: the divisor of each RoPE frequency under Llama 3.1 scaling, (head_dim/2,) float32."""
-    return rope_frequencies(args.head_dim, args.rope_theta) / rope_frequencies(args.head_dim, args.rope_theta, args.rope_scaling)
+    unscaled = rope_frequencies(args.head_dim, args.rope_theta)
+    return unscaled / rope_frequencies(args.head_dim, args.rope_theta, args.rope_scaling)
 
 
 # -- writing ----------------------------------------------------------------------------------------
@@ -57,7 +58,8 @@ def write(path: Path, state: StateDict, args: ModelArgs, dtype: torch.dtype | st
     """A GGUF file of arch `llama`: hyper-parameters, the vocabulary (when a tokenizer is given), the tensors."""
     dtype = dtype or state["tok_embeddings.weight"].dtype
     if dtype not in GGML_TYPES:
-        raise CheckpointError(f"GGUF is written as {', '.join(str(d).removeprefix('torch.') for d in GGML_TYPES)}, not {dtype}")
+        names = ", ".join(str(d).removeprefix("torch.") for d in GGML_TYPES)
+        raise CheckpointError(f"GGUF is written as {names}, not {dtype}")
     main_type = GGML_TYPES[dtype]
     tensors = {rename(name, GGUF_KEYS): (tensor, _tensor_type(tensor, main_type)) for name, tensor in state.items()}
     if args.rope_scaling is not None:
@@ -69,7 +71,8 @@ def write(path: Path, state: StateDict, args: ModelArgs, dtype: torch.dtype | st
         _add_vocabulary(writer, tokenizer)
     for name, (tensor, ggml_type) in tensors.items():
         block, type_bytes = gguf.GGML_QUANT_SIZES[ggml_type]
-        writer.add_tensor_info(name, tuple(tensor.shape), np.dtype(np.float32), tensor.numel() * type_bytes // block, ggml_type)
+        nbytes = tensor.numel() * type_bytes // block
+        writer.add_tensor_info(name, tuple(tensor.shape), np.dtype(np.float32), nbytes, ggml_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
@@ -159,7 +162,6 @@ def _args(reader: gguf.GGUFReader, path: Path, state: StateDict) -> ModelArgs:
     def llama(key, default=None):
         return _field(reader, path, f"llama.{key}", default)
 
-    scaling_fields = {f: _field(reader, path, SCALING_KEY.format(f), None) for f in vars(RopeScaling())}
     embedding = state.get("tok_embeddings.weight")
     try:
         return ModelArgs(
@@ -168,12 +170,20 @@ def _args(reader: gguf.GGUFReader, path: Path, state: StateDict) -> ModelArgs:
             vocab_size=llama("vocab_size", embedding.shape[0] if embedding is not None else None),
             hidden_dim=llama("feed_forward_length"), norm_eps=_shortest(llama("attention.layer_norm_rms_epsilon")),
             rope_theta=_shortest(llama("rope.freq_base", 10000.0)), max_seq_len=llama("context_length", 2048),
-            rope_scaling=None if None in scaling_fields.values() else RopeScaling(
-                **{**scaling_fields, "original_max_position_embeddings": int(scaling_fields["original_max_position_embeddings"])}),
+            rope_scaling=_stored_scaling(reader, path),
             tie_embeddings="output.weight" not in state,
         )
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
+
+
+def _stored_scaling(reader: gguf.GGUFReader, path: Path) -> RopeScaling | None:
+    """Llama 3.1 scaling from our llamalab.rope_scaling.* keys, when the file has them."""
+    defaults = vars(RopeScaling())
+    values = {name: _field(reader, path, SCALING_KEY.format(name), None) for name in defaults}
+    if None in values.values():
+        return None
+    return RopeScaling(**{name: type(defaults[name])(value) for name, value in values.items()})
 
 
 def _shortest(value: float) -> float:
@@ -202,7 +212,8 @@ def _scaling_from_factors(factors: torch.Tensor, args: ModelArgs, path: Path) ->
     smooth = (1 / factors - 1 / factor) / (1 - 1 / factor)
     band = ((smooth > 1e-4) & (smooth < 1 - 1e-4)).nonzero().flatten()
     if factor <= 1 or len(band) < 2:
-        raise CheckpointError(f"{path}: rope_freqs does not determine Llama 3.1 scaling; convert from the HF or Meta release")
+        raise CheckpointError(f"{path}: rope_freqs does not determine Llama 3.1 scaling; "
+                              "convert from the HF or Meta release instead")
     x, y = freqs[band] / (2 * math.pi), smooth[band]
     slope = ((y[-1] - y[0]) / (x[-1] - x[0])).item()
     intercept = (y[0] - slope * x[0]).item()  # = -low/(high-low)

@@ -165,8 +165,10 @@ def write(folder: Path, state: StateDict, args: ModelArgs, dtype: torch.dtype | 
     hf_state = to_hf_state_dict(state, args)
     names = list(hf_state)
     if not 1 <= shards <= len(names):
-        raise CheckpointError(f"--shards {shards}: a Hugging Face checkpoint of {len(names)} tensors takes 1 to {len(names)}")
-    files = ["model.safetensors"] if shards == 1 else [f"model-{i:05d}-of-{shards:05d}.safetensors" for i in range(1, shards + 1)]
+        raise CheckpointError(f"--shards {shards}: a checkpoint of {len(names)} tensors takes 1 to {len(names)} shards")
+    files = [f"model-{i:05d}-of-{shards:05d}.safetensors" for i in range(1, shards + 1)]
+    if shards == 1:
+        files = [SINGLE_FILES[0]]
     weight_map, total_bytes = {}, 0
     with progress_bar(len(names), show_progress, "writing safetensors") as bar:
         for i, file in enumerate(files):

@@ -7,7 +7,7 @@ _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 
 def template(key: str) -> tuple[str, str | None]:
-    """'layers.3.attention.wq.weight' -> ('layers.{i}.attention.wq.weight', '3'); (key, None) for a name without a layer."""
+    """'layers.3.attention.wq.weight' -> ('layers.{i}.attention.wq.weight', '3'); (key, None) without a layer."""
     m = _LAYER_INDEX.search(key)
     if m is None:
         return key, None

@@ -34,7 +34,8 @@ _LAYER_MATRICES = (
 )
 LEGACY_ORDER = (
     "tok_embeddings.weight", "layers.{i}.attention_norm.weight", *_LAYER_MATRICES[:4],
-    "layers.{i}.ffn_norm.weight", *_LAYER_MATRICES[4:], "norm.weight", "freq_cis_real", "freq_cis_imag", "output.weight",
+    "layers.{i}.ffn_norm.weight", *_LAYER_MATRICES[4:], "norm.weight",
+    "freq_cis_real", "freq_cis_imag", "output.weight",
 )
 ORDER = (
     "layers.{i}.attention_norm.weight", "layers.{i}.ffn_norm.weight", "norm.weight",
@@ -77,7 +78,8 @@ def read(path: Path) -> tuple[ModelArgs, StateDict]:
     """ModelArgs and weights of a llama2.c .bin of any version (float32 memory-mapped; Q8_0 dequantized)."""
     version, fields, shared, group, offset = _read_header(path)
     if min(fields) <= 0 or fields[0] * fields[2] > path.stat().st_size:  # each layer holds at least dim floats
-        raise CheckpointError(f"{path}: header {fields} does not describe a model of this file's size; not a llama2.c checkpoint")
+        raise CheckpointError(f"{path}: header {fields} does not describe a model of this file's size; "
+                              "not a llama2.c checkpoint")
     dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, max_seq_len = fields
     try:
         args = ModelArgs(dim=dim, hidden_dim=hidden_dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
@@ -125,7 +127,7 @@ def _read_header(path: Path) -> tuple[int, tuple[int, ...], bool, int, int]:
         raise CheckpointError(f"{path}: the 256-byte header is cut short; the file is truncated")
     (version,) = struct.unpack_from("<i", head, 4)
     if version not in (1, 2):
-        raise CheckpointError(f"{path}: llama2.c version {version}; llamalab reads the legacy format and versions 1 and 2")
+        raise CheckpointError(f"{path}: llama2.c version {version}; llamalab reads legacy files and versions 1 and 2")
     fields = LEGACY_HEADER.unpack_from(head, 8)
     shared = bool(head[8 + LEGACY_HEADER.size])
     group = struct.unpack_from("<i", head, 9 + LEGACY_HEADER.size)[0] if version == 2 else 0
@@ -152,7 +154,8 @@ def write(path: Path, state: StateDict, args: ModelArgs, dtype: torch.dtype | st
         raise CheckpointError(f"llama2.c version {version} stores {'q8_0' if version == 2 else 'float32'}, not {dtype}")
     _check_run_c_can_run(args)
     group = group_size(args) if version == 2 else 0
-    fields = (args.dim, args.ffn_hidden_dim, args.n_layers, args.n_heads, args.kv_heads, args.vocab_size, args.max_seq_len)
+    fields = (args.dim, args.ffn_hidden_dim, args.n_layers, args.n_heads, args.kv_heads, args.vocab_size,
+              args.max_seq_len)
     cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
     tensors = {**state, "freq_cis_real": cos, "freq_cis_imag": sin}
     entries = layout(args, version)
@@ -160,7 +163,8 @@ def write(path: Path, state: StateDict, args: ModelArgs, dtype: torch.dtype | st
         if version == 0:
             f.write(LEGACY_HEADER.pack(*fields[:5], args.vocab_size * (1 if args.tie_embeddings else -1), fields[6]))
         else:
-            f.write(struct.pack("<Ii", MAGIC, version) + LEGACY_HEADER.pack(*fields) + struct.pack("<B", args.tie_embeddings))
+            f.write(struct.pack("<Ii", MAGIC, version) + LEGACY_HEADER.pack(*fields))
+            f.write(struct.pack("<B", args.tie_embeddings))
             if version == 2:
                 f.write(struct.pack("<i", group))
             f.write(b"\0" * (HEADER_BYTES - f.tell()))
@@ -184,7 +188,8 @@ def _check_run_c_can_run(args: ModelArgs) -> None:
     if args.norm_eps != RUN_C_NORM_EPS:
         problems.append(f"norm_eps={args.norm_eps:g} (run.c uses {RUN_C_NORM_EPS:g})")
     if problems:
-        raise CheckpointError(f"llama2.c's format cannot hold {', '.join(problems)}; convert to gguf, hf or meta instead")
+        raise CheckpointError(f"llama2.c's format cannot hold {', '.join(problems)}; "
+                              "convert to gguf, hf or meta instead")
 
 
 def _describe(args: ModelArgs) -> str:
@@ -196,7 +201,8 @@ def write_tokenizer_bin(tokenizer_model: Path, path: Path) -> None:
     """llama2.c's tokenizer.bin of a SentencePiece model: max token length, then per token its score, length, bytes."""
     vocab = vocabulary(tokenizer_model)
     if vocab.model != "llama":
-        raise CheckpointError(f"{tokenizer_model}: llama2.c's tokenizer.bin holds a SentencePiece vocabulary, not byte-level BPE")
+        raise CheckpointError(f"{tokenizer_model}: llama2.c's tokenizer.bin holds a SentencePiece vocabulary, "
+                              "not byte-level BPE")
     special = {vocab.bos_id: "\n<s>\n", vocab.eos_id: "\n</s>\n"}  # as llama2.c's tokenizer.py writes them
     tokens = [special.get(i, piece).replace("\u2581", " ").encode("utf-8") for i, piece in enumerate(vocab.tokens)]
     with open(path, "wb") as f:

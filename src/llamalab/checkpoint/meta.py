@@ -33,7 +33,8 @@ PARALLEL_DIM = {
     "layers.{i}.ffn_norm.weight": None,
 }
 IGNORED = {"rope.freqs"}  # Llama 2 checkpoints carry their RoPE frequencies; the model computes its own
-LLAMA31_SCALING = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
+LLAMA31_SCALING = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                              original_max_position_embeddings=8192)  # what params.json's use_scaled_rope means
 
 
 def parallel_dim(key: str, source: str | Path = "checkpoint") -> int | None:
@@ -60,7 +61,8 @@ def rank_slice(pieces: list[torch.Tensor], dim: int | None, rank: int, world: in
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
 
 
-def rank_state_dict(shards: list[StateDict], tp_rank: int = 0, tp_size: int = 1, source: str | Path = "checkpoint") -> StateDict:
+def rank_state_dict(shards: list[StateDict], tp_rank: int = 0, tp_size: int = 1,
+                    source: str | Path = "checkpoint") -> StateDict:
     """The weights of tensor-parallel rank tp_rank of tp_size, from Meta's shards (tp_size=1: the merged model)."""
     names = [k for k in shards[0] if k not in IGNORED]
     for i, shard in enumerate(shards[1:], 1):
@@ -76,7 +78,8 @@ def read(folder: Path, tp_rank: int = 0, tp_size: int = 1) -> tuple[ModelArgs, S
     shards = [load_tensors(f) for f in files]
     args = args_from_params(params, shards[0], folder / "params.json")
     if args.n_heads % tp_size or args.kv_heads % tp_size:
-        raise CheckpointError(f"tensor-parallel size {tp_size} must divide n_heads={args.n_heads} and n_kv_heads={args.kv_heads}")
+        raise CheckpointError(f"tensor-parallel size {tp_size} must divide n_heads={args.n_heads} "
+                              f"and n_kv_heads={args.kv_heads}")
     return args, rank_state_dict(shards, tp_rank, tp_size, folder)
 
 
@@ -86,17 +89,18 @@ def shard_files(folder: Path) -> list[Path]:
         raise CheckpointError(f"{folder}: no consolidated.00.pth beside params.json")
     expected = [folder / f"consolidated.{i:02d}.pth" for i in range(len(files))]
     if files != expected:
-        raise CheckpointError(f"{folder}: shards must be consolidated.00.pth .. consolidated.{len(files) - 1:02d}.pth, found {[f.name for f in files]}")
+        raise CheckpointError(f"{folder}: shards must be consolidated.00.pth .. consolidated.{len(files) - 1:02d}.pth, "
+                              f"found {[f.name for f in files]}")
     return files
 
 
 def args_from_params(params: dict, shard0: StateDict, source: Path) -> ModelArgs:
-    """ModelArgs from Meta's params.json (vocab_size -1 is read from the embedding; tied when output.weight is absent)."""
+    """ModelArgs from Meta's params.json (vocab_size -1: read from the embedding; tied: no output.weight)."""
     if params.get("quantization_args"):
         raise CheckpointError(f"{source}: quantized Meta checkpoints are not supported; use the bf16 release")
     try:
         vocab_size = params.get("vocab_size", -1)
-        if vocab_size <= 0:
+        if vocab_size <= 0 and "tok_embeddings.weight" in shard0:
             vocab_size = shard0["tok_embeddings.weight"].shape[0]
         scaling = None
         if params.get("use_scaled_rope"):
@@ -160,4 +164,5 @@ def _ffn_rule(args: ModelArgs) -> tuple[int, float | None]:
         candidate = args.replace(hidden_dim=None, multiple_of=multiple_of, ffn_dim_multiplier=multiplier)
         if candidate.ffn_hidden_dim == hidden:
             return multiple_of, multiplier
-    raise CheckpointError(f"FFN size {hidden} cannot be written as Meta's multiple_of/ffn_dim_multiplier rule for dim={args.dim}")
+    raise CheckpointError(f"FFN size {hidden} cannot be written as Meta's multiple_of / ffn_dim_multiplier rule "
+                          f"for dim={args.dim}")

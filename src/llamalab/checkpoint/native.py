@@ -19,7 +19,8 @@ FORMAT_VERSION = 1
 def read(folder: Path) -> tuple[ModelArgs, StateDict]:
     config = read_json(folder / CONFIG_FILE)
     if config.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: format_version {config.get('format_version')!r}, this llamalab reads {FORMAT_VERSION}")
+        raise CheckpointError(f"{folder / CONFIG_FILE}: format_version {config.get('format_version')!r}; "
+                              f"this llamalab reads {FORMAT_VERSION}")
     try:
         args = ModelArgs.from_dict(config["model_args"])
     except (KeyError, TypeError, ConfigError) as e:

@@ -93,7 +93,8 @@ def _sentencepiece(tok: SentencePieceTokenizer) -> Vocabulary:
     n = sp.vocab_size()
 
     def token_type(i: int) -> int:
-        for test, kind in ((sp.is_unknown, UNKNOWN), (sp.is_control, CONTROL), (sp.is_unused, UNUSED), (sp.is_byte, BYTE)):
+        checks = ((sp.is_unknown, UNKNOWN), (sp.is_control, CONTROL), (sp.is_unused, UNUSED), (sp.is_byte, BYTE))
+        for test, kind in checks:
             if test(i):
                 return kind
         return NORMAL
@@ -136,7 +137,7 @@ def _is_byte_level_bpe(path: Path) -> bool:
 
 
 def byte_level(token: bytes) -> str:
-    """A token's bytes in GPT-2's byte-level alphabet (every byte a printable character), as tokenizer.json spells it."""
+    """A token's bytes in GPT-2's byte-level alphabet (each byte a printable character), as tokenizer.json has it."""
     return "".join(_BYTE_TO_CHAR[b] for b in token)
 
 
@@ -151,7 +152,7 @@ _BYTE_TO_CHAR = _byte_alphabet()
 
 
 def bpe_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
-    """The merge that made each multi-byte token, in rank order: BPE of its bytes with only lower ranks gives two parts."""
+    """The merge that made each multi-byte token, in rank order: BPE of its bytes with lower ranks ends in two parts."""
     merges = []
     for token in sorted((t for t in ranks if len(t) > 1), key=ranks.get):
         parts = [bytes([b]) for b in token]

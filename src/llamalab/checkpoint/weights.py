@@ -96,11 +96,14 @@ def load_tensors(path: Path) -> StateDict:
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from a checkpoint folder, or CheckpointError naming the file."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing; a checkpoint in this format needs it") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -11,7 +11,8 @@ def add_parser(subparsers):
     p.add_argument("src", help="checkpoint folder (meta, hf, native) or file (.gguf, llama2.c .bin)")
     p.add_argument("dst", help="output folder, or file for llama2c / gguf (written atomically)")
     p.add_argument("--to", required=True, choices=list(FORMATS), help="output format")
-    p.add_argument("--dtype", choices=list(DTYPES), help="cast the weights (q8_0: gguf, llama2c version 2); default: keep")
+    p.add_argument("--dtype", choices=list(DTYPES),
+                   help="cast the weights (q8_0: gguf, llama2c version 2); default: keep them as stored")
     p.add_argument("--shards", type=int, default=1, help="number of files for meta (model-parallel ranks) and hf")
     p.add_argument("--tokenizer", help="tokenizer to ship along (default: the one beside SRC)")
     p.add_argument("--llama2c-version", type=int, choices=(0, 1, 2),

@@ -28,7 +28,7 @@ def random_model(args: ModelArgs, seed: int = 0) -> Transformer:
 
 
 @torch.no_grad()
-def greedy(model: Transformer, prompt: torch.Tensor, steps: int = 8) -> list[int]:
+def greedy(model: Transformer, prompt: torch.Tensor, steps: int = 5) -> list[int]:
     """Greedy continuation of a (1, n) prompt through the KV cache."""
     model.setup_cache(batch_size=1, max_seq_len=prompt.shape[1] + steps)
     logits = model(prompt, start_pos=0)

@@ -109,3 +109,13 @@ def test_loading_maps_the_file_instead_of_copying_it(tmp_path, fmt, model_of_38_
     loaded = load(path)
     assert resident_bytes() - before < size / 4
     assert torch.equal(loaded.tok_embeddings.weight, model.tok_embeddings.weight)
+
+
+@pytest.mark.gpu
+def test_loads_onto_the_gpu_in_bfloat16(tmp_path):
+    model = random_model(CONFIGS["gqa"])
+    loaded = load(save(model, tmp_path / "m", format="hf"), device="cuda", dtype=torch.bfloat16)
+    assert {(p.device.type, p.dtype) for p in loaded.parameters()} == {("cuda", torch.bfloat16)}
+    assert loaded.rope_cos.device.type == "cuda" and loaded.rope_cos.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.allclose(loaded(PROMPT.cuda()).cpu(), model(PROMPT), atol=0.05)

@@ -1,7 +1,5 @@
 """`llamalab convert`: every format to every other, tokenizer along; user errors are one line and exit 2."""
 import shutil
-import subprocess
-import sys
 
 import gguf
 import pytest
@@ -77,10 +75,3 @@ def test_a_truncated_source_is_one_line_exit_2_and_no_output(tmp_path, hf_folder
     err = capsys.readouterr().err
     assert err.startswith("llamalab convert: error: ") and "model.safetensors" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
-
-
-def test_runs_as_a_command(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "llamalab", "convert", str(tmp_path / "nowhere"), str(tmp_path / "x"),
-                             "--to", "hf"], capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.strip().endswith("no such file or folder")
-    assert not (tmp_path / "x").exists()
