@@ -1,5 +1,5 @@
-"""Serving throughput: aggregate generated tokens/s with 1, 8 and 32 concurrent clients against 32 requests
-served one after another, by the same `llamalab serve` process (random weights, stories15M shape by default).
+"""Serving throughput: aggregate generated tokens/s with 8 and 32 concurrent clients against 32 requests
+served one after another (one client), by the same `llamalab serve` process (random weights, stories15M shape).
 
     python bench/serve.py [--preset stories15M] [--requests 32] [--max-tokens 128] [--stream]
 
@@ -82,10 +82,11 @@ async def measure(url: str, prompts: list[str], args) -> dict[str, float]:
     client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
     await serve_all(client, prompts[:2], 2, 8, args.stream)  # warm-up
     rates = {}
-    for name, concurrency in [("sequential", 1), *((f"{c} clients", c) for c in args.clients)]:
+    for name, concurrency in [("sequential", 1), *((f"{c} clients", c) for c in args.clients if c > 1)]:
         tokens, seconds = await serve_all(client, prompts, concurrency, args.max_tokens, args.stream)
         rates[name] = tokens / seconds
-        print(f"{name:>12}: {tokens} tokens in {seconds:6.2f} s = {rates[name]:8.1f} tokens/s "
+        label = f"1 client ({len(prompts)} requests one after another)" if concurrency == 1 else name
+        print(f"{label:>42}: {tokens} tokens in {seconds:6.2f} s = {rates[name]:7.1f} tokens/s "
               f"({rates[name] / rates['sequential']:.2f}x sequential)", flush=True)
     return rates
 
@@ -94,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="stories15M")
     parser.add_argument("--requests", type=int, default=32)
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--clients", type=int, nargs="+", default=[8, 32], help="concurrency levels besides 1")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--prompt-words", type=int, nargs=2, default=(8, 48), help="prompt length range, in words")
     parser.add_argument("--stream", action="store_true", help="stream the answers (server-sent events)")

@@ -8,8 +8,10 @@ from pathlib import Path
 import uvicorn
 
 from llamalab.cli.common import add_model_arguments, load_model, require_tokenizer
+from llamalab.cli.parallel import add_tp_argument
 from llamalab.errors import ConfigError
-from llamalab.serve import Scheduler, create_app
+from llamalab.parallel import is_main_process
+from llamalab.serve import LockstepCalls, Scheduler, create_app, follow
 
 DEFAULT_MAX_SEQ_LEN = 4096  # context per request unless --max-seq-len says otherwise (a 128k cache per slot is huge)
 
@@ -17,6 +19,7 @@ DEFAULT_MAX_SEQ_LEN = 4096  # context per request unless --max-seq-len says othe
 def add_parser(subparsers):
     p = subparsers.add_parser("serve", help="serve a model over the OpenAI API (completions, chat) with continuous batching")
     add_model_arguments(p)
+    add_tp_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1 (use it when binding beyond loopback)")
@@ -34,10 +37,14 @@ def run(args) -> int:
         raise ConfigError("serve runs the eager model (batch sizes change every step); drop --compile")
     model, tokenizer = load_model(args)
     tokenizer = require_tokenizer(tokenizer, "serve")
+    max_seq_len = args.max_seq_len or min(model.args.max_seq_len, DEFAULT_MAX_SEQ_LEN)
+    if not is_main_process():  # with --tp, rank 0 serves and the other ranks repeat its model calls
+        follow(model, args.slots, max_seq_len)
+        return 0
     name = args.served_model_name or (Path(args.model).name if args.model else args.preset)
-    scheduler = Scheduler(model, slots=args.slots, max_waiting=args.max_waiting,
-                          max_seq_len=args.max_seq_len or min(model.args.max_seq_len, DEFAULT_MAX_SEQ_LEN),
-                          vocab_size=min(tokenizer.vocab_size, model.args.vocab_size))
+    scheduler = Scheduler(model, slots=args.slots, max_waiting=args.max_waiting, max_seq_len=max_seq_len,
+                          vocab_size=min(tokenizer.vocab_size, model.args.vocab_size),
+                          calls=LockstepCalls(model) if args.tp > 1 else None)
     if not _is_loopback(args.host) and not args.api_key:
         print(f"llamalab serve: warning: {args.host} is reachable from other machines and no --api-key is set",
               file=sys.stderr)

@@ -16,6 +16,7 @@ import torch
 
 from llamalab.errors import ConfigError, ContextLengthError, ServerBusyError
 from llamalab.generate.sampling import make_generator, sample
+from llamalab.serve.calls import ModelCalls
 from llamalab.serve.request import Request
 
 
@@ -26,7 +27,7 @@ class Scheduler:
     """
 
     def __init__(self, model, slots: int = 32, max_seq_len: int | None = None, max_waiting: int = 256,
-                 vocab_size: int | None = None):
+                 vocab_size: int | None = None, calls: ModelCalls | None = None):
         for name, value, least in (("slots", slots, 1), ("max_waiting", max_waiting, 0), ("max_seq_len", max_seq_len, 2)):
             if value is not None and value < least:
                 raise ConfigError(f"{name} must be at least {least}, got {value}")
@@ -34,6 +35,7 @@ class Scheduler:
         self.slots, self.max_waiting = slots, max_waiting
         self.max_seq_len = max_seq_len or model.args.max_seq_len
         self.vocab_size = vocab_size or model.args.vocab_size  # ids past the tokenizer's are never sampled
+        self.calls = calls or ModelCalls(model)  # LockstepCalls when the model is split over ranks
         self.device = model.tok_embeddings.weight.device
         model.setup_cache(batch_size=slots, max_seq_len=self.max_seq_len)
         self._waiting: collections.deque[Request] = collections.deque()
@@ -68,6 +70,7 @@ class Scheduler:
             self._wakeup.notify()
         if self._thread.is_alive():
             self._thread.join()
+        self.calls.stop()
         self._fail(list(self._waiting) + self._running, "the server is shutting down")
         self._waiting.clear()
         self._running.clear()
@@ -111,11 +114,10 @@ class Scheduler:
         n = len(self._running)
         self._running.append(request)
         if n:
-            self._move_row(0, n, self._running[0].cached)
+            self.calls.move_row(0, n, self._running[0].cached)
             self._running[0], self._running[n] = request, self._running[0]
         request.generator = make_generator(request.params.seed, self.device)
-        tokens = torch.tensor([request.prompt], device=self.device)  # (1, prompt_len)
-        logits = self.model(tokens, start_pos=0, last_only=True)[:, -1]  # (1, vocab)
+        logits = self.calls.prefill(torch.tensor([request.prompt], device=self.device))  # (1, vocab)
         self._advance([request], logits)
 
     def _decode(self) -> None:
@@ -123,7 +125,7 @@ class Scheduler:
         rows = self._running
         tokens = torch.tensor([[r.tokens[-1]] for r in rows], device=self.device)  # (n, 1)
         positions = torch.tensor([r.cached for r in rows], device=self.device)  # (n,)
-        logits = self.model(tokens, start_pos=positions)[:, -1]  # (n, vocab)
+        logits = self.calls.decode(tokens, positions)  # (n, vocab)
         self._advance(rows, logits)
 
     def _advance(self, rows: list[Request], logits: torch.Tensor) -> None:
@@ -145,15 +147,8 @@ class Scheduler:
             if self._running[i].done:
                 last = self._running.pop()
                 if i < len(self._running):
-                    self._move_row(len(self._running), i, last.cached)
+                    self.calls.move_row(len(self._running), i, last.cached)
                     self._running[i] = last
-
-    def _move_row(self, src: int, dst: int, length: int) -> None:
-        """Copy the first `length` positions of KV-cache row src into row dst, in every layer."""
-        for layer in self.model.layers:
-            cache = layer.attention.cache
-            cache.k[dst, :, :length] = cache.k[src, :, :length]
-            cache.v[dst, :, :length] = cache.v[src, :, :length]
 
     def _fail(self, requests: list[Request], message: str) -> None:
         for request in requests:
