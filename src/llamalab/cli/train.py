@@ -1,0 +1,149 @@
+"""`llamalab train`: train a Llama from scratch or fine-tune a saved one (fully or with LoRA), on one
+process or several under torchrun (DDP or FSDP2); settings from flags and/or a TOML / YAML file."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+import typing
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from llamalab.config import ModelArgs
+from llamalab.errors import ConfigError
+from llamalab.parallel import init_distributed
+from llamalab.train.config import TrainConfig, merge_settings, read_config_file
+from llamalab.train.trainer import Trainer, build_trainer
+
+MODEL_FLAG_TYPES = (int, float, bool)  # ModelArgs fields settable by flag (rope_scaling only in a config file)
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "train", help="train a model on prepared token data (from scratch, or fine-tune with --init-from)",
+        description="Train on a folder written by `llamalab data prepare`. Settings come from the defaults, "
+                    "then --config FILE, then the flags. Under `torchrun --nproc-per-node N` the global batch "
+                    "is split over the processes (DDP, or FSDP2 with --parallel fsdp).",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML, YAML or JSON file of settings (flags override it)")
+    group = p.add_argument_group("training")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "model":
+            _add_flag(group, f.name, hints[f.name], f"{f.metadata['help']} (default: {_default(f)})")
+    group = p.add_argument_group("model", "ModelArgs fields for a new model, over the preset's")
+    hints = typing.get_type_hints(ModelArgs)
+    for f in dataclasses.fields(ModelArgs):
+        if _scalar(hints[f.name]) in MODEL_FLAG_TYPES:
+            _add_flag(group, f.name, hints[f.name], None)
+    return p
+
+
+def _scalar(hint) -> type:
+    """int for `int` and `int | None`, list for `list[str]`, ..."""
+    if typing.get_origin(hint) is list:
+        return list
+    return next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _add_flag(group, name: str, hint, help: str | None) -> None:
+    flag, kind = "--" + name.replace("_", "-"), _scalar(hint)
+    if kind is bool:
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
+    elif kind is list:
+        group.add_argument(flag, nargs="+", default=None, metavar="NAME", help=help)
+    else:
+        group.add_argument(flag, type=kind, default=None, metavar=name.upper(), help=help)
+
+
+def config_from_args(args) -> TrainConfig:
+    """Defaults, then the --config file, then the flags given."""
+    settings = read_config_file(args.config) if args.config else {}
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model"]
+    names += [f.name for f in dataclasses.fields(ModelArgs)]
+    return merge_settings(settings, {name: getattr(args, name, None) for name in names})
+
+
+def run(args) -> int:
+    summary = train(config_from_args(args))
+    if summary is None or summary["interrupted"]:
+        return 0 if summary is None else 130
+    print(f"validation loss {summary['val_loss']:.3f} at step {summary['step']}; loss curve: {summary['plot']}")
+    print(f"sample:\n{summary['sample']}")
+    if summary["model"].name == "adapters":
+        print(f"LoRA adapters saved in {summary['model']} (train with --merge for a standalone model)")
+    else:
+        print(f"model saved in {summary['model']}; try: llamalab generate {summary['model']} --prompt \"...\"")
+    return 0
+
+
+def train(cfg: TrainConfig, say=print) -> dict | None:
+    """Set the process up, train, save the model and write a sample; rank 0 returns the run's summary.
+
+    The summary holds the step, losses, the loss-curve PNG, the saved model folder and the sample text.
+    """
+    device = setup_process(cfg)
+    try:
+        main = not dist.is_initialized() or dist.get_rank() == 0
+        say = say if main else (lambda *a, **k: None)
+        trainer = build_trainer(cfg, device)
+        n_params = sum(p.numel() for p in trainer.model.parameters())
+        n_trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        say(f"model: {n_params / 1e6:.2f} M parameters ({n_trained / 1e6:.2f} M trained), "
+            f"{trainer.global_batch} x {cfg.seq_len} tokens a step, {cfg.max_steps} steps on {device}"
+            + (f" x {trainer.world} processes ({cfg.parallel})" if trainer.world > 1 else ""))
+        with stop_on_ctrl_c(trainer, say):
+            summary = trainer.fit()
+        if summary["interrupted"]:
+            say(f"stopped at step {summary['step']}; checkpoint saved in {trainer.checkpoints}. "
+                f"Continue with the same command and --resume")
+            return summary if main else None
+        name = "adapters" if cfg.lora_rank and not cfg.merge else "model"
+        summary["model"] = trainer.save_model(Path(cfg.out_dir) / name)
+        summary["sample"] = trainer.sample()
+        return summary if main else None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup_process(cfg: TrainConfig) -> torch.device:
+    """Join torchrun's process group when there is one, pick the device, seed torch, allow TF32 matmuls."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = init_distributed()
+    elif cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {cfg.device}: no CUDA device here; use --device cpu")
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(trainer: Trainer, say=print):
+    """The first Ctrl-C asks the trainer to save and stop after its current step; a second one aborts."""
+    def handler(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        say("\nCtrl-C: saving a checkpoint after this step (press again to abort without saving)", file=sys.stderr)
+        trainer.request_stop()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,305 @@
+"""The training loop: gradient accumulation, clipping, AdamW with warmup + cosine, validation, samples,
+checkpoints with exact resume; on one process or several (DDP / FSDP2 under torchrun)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from llamalab import checkpoint
+from llamalab.analysis import accelerator_for_device, mfu
+from llamalab.errors import CheckpointError, ConfigError, DataError
+from llamalab.generate.decode import generate
+from llamalab.generate.sampling import SamplingParams
+from llamalab.tokenizer import load_tokenizer
+from llamalab.train.build import build_model, prepare_model, unwrap
+from llamalab.train.checkpoints import checkpoint_path, load_checkpoint, restore, save_checkpoint, saved_steps
+from llamalab.train.config import TrainConfig
+from llamalab.train.data import Batches, TokenData, window_batch, windows
+from llamalab.train.lora import ADAPTER_CONFIG, merge_lora, save_adapters
+from llamalab.train.metrics import MetricsLog, plot_loss, read_metrics
+from llamalab.train.optim import build_optimizer, build_scheduler
+
+AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def next_token_loss(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the logits of a causal pass over inputs (bsz, seqlen) against targets (bsz, seqlen).
+
+    The loss is taken from `module(inputs)` (not `Transformer.loss`) so that DDP and FSDP see a forward call.
+    """
+    logits = module(inputs)  # (bsz, seqlen, vocab) float32
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def build_trainer(cfg: TrainConfig, device: torch.device) -> "Trainer":
+    """Data, model, its preparation (LoRA, checkpointing, DDP / FSDP2, compile) and AdamW, as the config asks.
+
+    To change the model on the way (another parallel plan, say), call these steps yourself.
+    """
+    data = TokenData(cfg.data)
+    model = build_model(cfg, data.vocab_size, device)
+    module = prepare_model(model, cfg, device)
+    optimizer = build_optimizer(module, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    return Trainer(cfg, module, optimizer, data, device)
+
+
+class Trainer:
+    """Trains a prepared module (see `build.prepare_model`) with its optimizer on prepared token data."""
+
+    def __init__(self, cfg: TrainConfig, module: nn.Module, optimizer: torch.optim.Optimizer, data: TokenData,
+                 device: torch.device):
+        self.cfg, self.module, self.optimizer, self.data, self.device = cfg, module, optimizer, data, device
+        self.model = unwrap(module)
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.is_main = self.rank == 0
+        self.scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr, cfg.min_lr)
+        self.global_batch = cfg.batch_size * cfg.grad_accum * self.world
+        self.batches = Batches(data.tokens("train"), cfg.seq_len, self.global_batch, cfg.seed, self.rank, self.world)
+        if windows(data.tokens("val"), cfg.seq_len) < 1:
+            raise DataError(f"the validation split of {data.folder} holds {len(data.tokens('val'))} tokens, fewer "
+                            f"than one sequence of {cfg.seq_len}; prepare with a larger --val-fraction or more text")
+        self.autocast_dtype = AUTOCAST[cfg.dtype]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
+        self.out_dir = Path(cfg.out_dir)
+        self.checkpoints = self.out_dir / "checkpoints"
+        self.step = 0
+        self.stop_requested = False
+        self.peak_flops = _peak_flops(device)
+
+    # -- one step ----------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step over a global batch; returns this process's mean loss (a 0-d tensor, no sync)."""
+        self.module.train()
+        inputs, targets = self.batches.next()  # (batch_size * grad_accum, seq_len) each
+        total = torch.zeros((), device=self.device)
+        micro_batches = zip(inputs.chunk(self.cfg.grad_accum), targets.chunk(self.cfg.grad_accum))
+        for i, (x, y) in enumerate(micro_batches):
+            with self._gradient_sync(last=i == self.cfg.grad_accum - 1), self._autocast():
+                loss = next_token_loss(self.module, x.to(self.device), y.to(self.device)) / self.cfg.grad_accum
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return total
+
+    def _gradient_sync(self, last: bool):
+        """Reduce gradients across processes only on the last micro-batch of a step."""
+        if isinstance(self.module, DistributedDataParallel) and not last:
+            return self.module.no_sync()
+        if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2
+            self.module.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+
+    # -- validation and samples --------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss over the first eval_batches micro-batches of the val split (shared among processes)."""
+        self.module.eval()
+        tokens = self.data.tokens("val")
+        n_windows = min(windows(tokens, self.cfg.seq_len), self.cfg.eval_batches * self.cfg.batch_size)
+        batches = [range(i, min(i + self.cfg.batch_size, n_windows)) for i in range(0, n_windows, self.cfg.batch_size)]
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of token losses, tokens)
+        for rows in batches[self.rank::self.world]:
+            x, y = window_batch(tokens, list(rows), self.cfg.seq_len)
+            with self._autocast():
+                loss = next_token_loss(self.model, x.to(self.device), y.to(self.device))
+            total += torch.tensor([loss.item() * y.numel(), y.numel()], dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(total)
+        return (total[0] / total[1]).item()
+
+    def sample(self, prompt: str | None = None, max_new_tokens: int | None = None, temperature: float = 0.8) -> str:
+        """Text the model continues `prompt` with (every process runs it: FSDP needs them all; the seed is fixed)."""
+        tokenizer = load_tokenizer(self.data.tokenizer_path)
+        prompt = self.cfg.sample_prompt if prompt is None else prompt
+        ids = tokenizer.encode(prompt, bos=tokenizer.bos_id is not None)
+        self.module.eval()
+        max_new = min(max_new_tokens or self.cfg.sample_tokens, self.model.args.max_seq_len - len(ids))
+        try:
+            with self._autocast():
+                [done] = generate(self.model, [ids], max_new, stop_ids=tokenizer.stop_ids,
+                                  sampling=SamplingParams(temperature=temperature, top_p=0.95, seed=self.cfg.seed))
+        finally:
+            self.model.clear_cache()
+        return tokenizer.decode(ids + done.tokens)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path | None:
+        extra = {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "data": self.batches.state_dict(), "config": self.cfg.to_dict(),
+                 "model_args": self.model.args.to_dict()}
+        return save_checkpoint(self.checkpoints, self.step, self.module, self.optimizer, extra, self.cfg.keep_last)
+
+    def resume(self) -> bool:
+        """Continue from the newest checkpoint in out_dir/checkpoints; False when there is none."""
+        steps = saved_steps(self.checkpoints)
+        if not steps:
+            return False
+        state = load_checkpoint(checkpoint_path(self.checkpoints, steps[-1]))
+        if state["model_args"] != self.model.args.to_dict():
+            raise CheckpointError(f"the checkpoints in {self.checkpoints} are of another model shape; "
+                                  "resume with the settings of that run or choose another --out-dir")
+        try:
+            restore(state, self.module, self.optimizer)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"cannot resume from {self.checkpoints}: {e}") from None
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.batches.load_state_dict(state["data"])
+        self.step = state["step"]
+        return True
+
+    # -- the run -----------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train to max_steps (or until `request_stop`), validating, sampling and saving on the way.
+
+        Returns a summary: the last step, train and validation loss, whether it was interrupted.
+        """
+        cfg = self.cfg
+        resumed = self.resume() if cfg.resume else False
+        if not resumed and saved_steps(self.checkpoints):
+            raise ConfigError(f"{self.checkpoints} holds checkpoints of an earlier run; continue it with --resume "
+                              "or choose another --out-dir")
+        log = MetricsLog(self.out_dir / "metrics.jsonl", self.step, self.out_dir / "tensorboard"
+                         if cfg.tensorboard else None) if self.is_main else None
+        tokens_per_step = self.global_batch * cfg.seq_len
+        bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not (cfg.progress and self.is_main),
+                   dynamic_ncols=True, desc="training")
+        summary = {"resumed_from": self.step if resumed else None, "interrupted": False}
+        train_seconds, steps_timed, loss = 0.0, 0, math.nan
+        try:
+            while self.step < cfg.max_steps:
+                start = time.perf_counter()
+                loss_t = self.train_step()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                train_seconds += time.perf_counter() - start
+                steps_timed += 1
+                bar.update()
+                record = {}
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    loss = self._global_mean(loss_t)
+                    tokens_per_s = tokens_per_step * steps_timed / train_seconds
+                    record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                              "tokens": self.step * tokens_per_step, "tokens_per_s": tokens_per_s}
+                    postfix = {"loss": f"{loss:.3f}", "lr": f"{record['lr']:.2e}", "tok/s": f"{tokens_per_s:,.0f}"}
+                    if self.peak_flops:
+                        record["mfu"] = mfu(tokens_per_s / self.world, self.model.args, cfg.seq_len, self.peak_flops)
+                        postfix["mfu"] = f"{100 * record['mfu']:.1f}%"
+                    bar.set_postfix(postfix, refresh=False)
+                    train_seconds, steps_timed = 0.0, 0
+                if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.max_steps:
+                    val = self.evaluate()
+                    record.update({"step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
+                    summary["val_loss"] = val
+                    bar.write(f"step {self.step}: validation loss {val:.3f} (perplexity {record['val_ppl']:.1f})")
+                if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.max_steps:
+                    text = self.sample()
+                    bar.write(f"--- sample at step {self.step} ---\n{text}\n---")
+                if log is not None and record:
+                    log.write(record)
+                stop = self._stop_everywhere()
+                if stop or (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.max_steps:
+                    self.save_checkpoint()
+                if stop:
+                    summary["interrupted"] = True
+                    break
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+        summary.update({"step": self.step, "loss": loss})
+        if self.is_main:
+            summary["plot"] = str(plot_loss(read_metrics(self.out_dir / "metrics.jsonl"),
+                                            self.out_dir / "loss.png", title=f"{self.out_dir.name}"))
+        return summary
+
+    def request_stop(self) -> None:
+        """Ask the loop to save a checkpoint and return after the current step (a Ctrl-C handler calls this)."""
+        self.stop_requested = True
+
+    def _stop_everywhere(self) -> bool:
+        """True when any process was asked to stop, so that all of them stop at the same step."""
+        if self.world == 1:
+            return self.stop_requested
+        flag = torch.tensor([float(self.stop_requested)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _global_mean(self, value: torch.Tensor) -> float:
+        if self.world > 1:
+            value = value.clone()
+            dist.all_reduce(value, op=dist.ReduceOp.AVG)
+        return value.item()
+
+    # -- the result --------------------------------------------------------------------------------
+    def save_model(self, folder: str | Path) -> Path | None:
+        """Write the trained model (native format, with its tokenizer) or, for LoRA without merge, the adapters alone.
+
+        Every process calls it (FSDP gathers the weights); rank 0 writes and returns the folder. A model
+        or adapters this llamalab saved there before are replaced only once the new ones are complete.
+        """
+        state = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.is_main:
+            return None
+        cfg, args, folder = self.cfg, self.model.args, Path(folder)
+        new = folder.with_name(folder.name + ".new")
+        shutil.rmtree(new, ignore_errors=True)  # left by a crash during an earlier save
+        if cfg.lora_rank and not cfg.merge:
+            save_adapters(state, new, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha)
+        else:
+            if cfg.lora_rank:
+                state = merge_lora(state, cfg.lora_rank, cfg.lora_alpha)
+            if args.tie_embeddings:
+                state.pop("output.weight", None)
+            checkpoint.write(state, args.replace(dropout=0.0), new, "native", tokenizer=self.data.tokenizer_path)
+        return _replace_folder(new, folder)
+
+
+def _replace_folder(new: Path, folder: Path) -> Path:
+    """Rename `new` to `folder`; an earlier llamalab output there is removed, anything else is an error."""
+    if folder.exists():
+        ours = any((folder / name).is_file() for name in ("llamalab.json", ADAPTER_CONFIG))
+        if not ours and any(folder.iterdir()):
+            shutil.rmtree(new)
+            raise CheckpointError(f"{folder} exists and is not a llamalab model; move it away or choose another "
+                                  "--out-dir")
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        new.rename(folder)
+        shutil.rmtree(old)
+    else:
+        new.rename(folder)
+    return folder
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    """The accelerator's datasheet peak FLOP/s, for MFU; None where unknown (CPUs)."""
+    if device.type != "cuda":
+        return None
+    accelerator = accelerator_for_device(torch.cuda.get_device_name(device))
+    return accelerator.peak_flops if accelerator else None
