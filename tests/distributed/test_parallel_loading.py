@@ -9,7 +9,8 @@ from llamalab.checkpoint import save
 from llamalab.checkpoint.parts import read_args, read_parts
 from llamalab.config import ModelArgs
 from llamalab.model import Transformer
-from llamalab.parallel import load_tp_model, make_mesh
+from llamalab.parallel.loading import load_tp_model
+from llamalab.parallel.mesh import make_mesh
 
 CONFIGS = {  # GQA with 2 KV heads: at tp=4 each KV head is read by two ranks
     "untied": ModelArgs(dim=64, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=32),

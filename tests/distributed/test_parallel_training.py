@@ -9,7 +9,9 @@ import torch
 from distributed_launch import run_ranks
 from llamalab.config import ModelArgs
 from llamalab.model import Transformer
-from llamalab.parallel import apply_fsdp, apply_tp, make_mesh
+from llamalab.parallel.fsdp import apply_fsdp
+from llamalab.parallel.mesh import make_mesh
+from llamalab.parallel.tensor_parallel import apply_tp
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=32,
                  tie_embeddings=True)

@@ -5,7 +5,8 @@ import torch
 from distributed_launch import run_ranks
 from llamalab.config import ModelArgs
 from llamalab.model import Transformer
-from llamalab.parallel import apply_tp, make_mesh
+from llamalab.parallel.mesh import make_mesh
+from llamalab.parallel.tensor_parallel import apply_tp
 
 TINY = dict(dim=64, n_layers=2, vocab_size=128, multiple_of=32, max_seq_len=32)
 CONFIGS = {

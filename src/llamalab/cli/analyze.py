@@ -11,7 +11,7 @@ from llamalab.analysis.report import Workload, cost_report
 from llamalab.checkpoint.atomic import atomic_output
 from llamalab.config import PRESETS, ModelArgs
 from llamalab.errors import ConfigError
-from llamalab.parallel.tensor_parallel import check_tp_size
+from llamalab.parallel.sizes import check_tp_size
 
 
 def add_parser(subparsers):

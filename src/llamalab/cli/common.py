@@ -6,6 +6,7 @@ import argparse
 import torch
 
 from llamalab.checkpoint import find_tokenizer, load
+from llamalab.cli.parallel import load_tensor_parallel
 from llamalab.config import PRESETS, ModelArgs
 from llamalab.errors import ConfigError, TokenizerError
 from llamalab.generate.compiled import compile_decode_step
@@ -57,6 +58,8 @@ def load_model(args: argparse.Namespace) -> tuple[Transformer, Tokenizer | None]
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
+    if getattr(args, "tp", 1) > 1:  # under torchrun: the model split over the ranks, see cli/parallel.py
+        return load_tensor_parallel(args, dtype).requires_grad_(False), _tokenizer(args)
     if args.preset or args.random_init:
         if args.model or not (args.preset and args.random_init):
             raise ConfigError("use either MODEL (a checkpoint) or --preset NAME --random-init, not both")

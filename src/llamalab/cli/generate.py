@@ -9,15 +9,18 @@ from llamalab.checkpoint import load
 from llamalab.cli.common import (
     add_model_arguments, add_sampling_arguments, decode_step, load_model, require_tokenizer, sampling_params,
 )
+from llamalab.cli.parallel import add_tp_argument
 from llamalab.errors import ConfigError
 from llamalab.generate.decode import Completion, Generation
 from llamalab.generate.speculative import SpeculativeGeneration
 from llamalab.generate.text import stream_text
+from llamalab.parallel.mesh import is_main_process
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser("generate", help="continue a prompt, streaming the generated text")
     add_model_arguments(p)
+    add_tp_argument(p)
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="text to continue (BOS is added)")
     prompt.add_argument("--prompt-ids", metavar="IDS", help="token ids to continue instead, e.g. 1,450,4996")
@@ -39,9 +42,12 @@ def run(args) -> int:
         generation = SpeculativeGeneration(model, draft, [prompt], args.max_new_tokens, args.lookahead, **options)
     else:
         generation = Generation(model, [prompt], args.max_new_tokens, step=decode_step(model, args), **options)
+    printing = is_main_process()  # with --tp every rank generates; rank 0 prints
     for delta in deltas(generation, tokenizer, args.stop):
-        if not args.json:
+        if printing and not args.json:
             print(delta, end="", flush=True)
+    if not printing:
+        return 0
     (completion,) = generation.completions
     report = result(completion, generation.timings, tokenizer is not None)
     if args.json:

@@ -11,7 +11,8 @@ from llamalab.checkpoint.parts import read_args, read_parts
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
 from llamalab.model import Transformer
-from llamalab.parallel import apply_tp, check_tp_size, init_distributed, load_tp_model, make_mesh
+from llamalab.parallel.mesh import init_distributed, make_mesh
+from llamalab.parallel.sizes import check_tp_size
 
 
 def add_tp_argument(parser: argparse.ArgumentParser) -> None:
@@ -22,20 +23,24 @@ def add_tp_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_tensor_parallel(args: argparse.Namespace, dtype: torch.dtype) -> Transformer:
     """The model of MODEL (each rank reading only its part) or of --preset --random-init, split over args.tp ranks."""
+    from llamalab.parallel.loading import load_tp_model  # DTensor takes 2 s to import: only when --tp asks
+    from llamalab.parallel.tensor_parallel import apply_tp
+
     if args.quantize:
         raise ConfigError("--quantize does not combine with --tp; drop one of them")
     if bool(args.model) == bool(args.preset and args.random_init):
         raise ConfigError("give MODEL (a checkpoint folder or file), or --preset NAME --random-init")
-    device = init_distributed(torch.device(args.device).type)
     model_args = ModelArgs.from_preset(args.preset) if args.random_init else read_args(args.model)
     check_tp_size(model_args, args.tp)  # before any weight is read or made
+    device = init_distributed(torch.device(args.device).type)
     tp_mesh = make_mesh(tp=args.tp, device_type=device.type)["tp"]
     share_seed(args)
     if args.model:
         return load_tp_model(model_args, tp_mesh, partial(read_parts, args.model), device, dtype)
+    torch.manual_seed(args.seed)  # the weights of the same seed without --tp
     with device:
         model = Transformer(model_args).to(dtype).eval()
-    return apply_tp(model, tp_mesh)  # rank 0's random weights are the ones kept
+    return apply_tp(model, tp_mesh)
 
 
 def share_seed(args: argparse.Namespace) -> None:

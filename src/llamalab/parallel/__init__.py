@@ -1,14 +1,28 @@
 """Model parallelism with torch.distributed, applied to a built model from outside it.
 
-Tensor parallelism (`apply_tp`), FSDP2 (`apply_fsdp`), both on a 2-D (dp_shard, tp) mesh (`make_mesh`),
-and loading a checkpoint straight into a tensor-parallel model, each rank reading only its part.
-"""
-from llamalab.parallel.fsdp import apply_fsdp
-from llamalab.parallel.loading import Part, load_local_shards, load_tp_model, local_parts
-from llamalab.parallel.mesh import init_distributed, is_main_process, make_mesh
-from llamalab.parallel.tensor_parallel import apply_tp, block_plan, check_tp_size, model_plan, replicate_kv_heads
+- `mesh`: the torchrun process group and the 2-D (dp_shard, tp) device mesh; `is_main_process`.
+- `sizes`: `check_tp_size`, the TP sizes a model splits into (from its ModelArgs alone).
+- `tensor_parallel`: `apply_tp`, the Megatron plan by module name, optional sequence parallelism.
+- `fsdp`: `apply_fsdp`, FSDP2 `fully_shard` with one unit per block.
+- `loading`: `load_tp_model`, a checkpoint straight into a tensor-parallel model, each rank reading its part.
 
-__all__ = [
-    "Part", "apply_fsdp", "apply_tp", "block_plan", "check_tp_size", "init_distributed", "is_main_process",
-    "load_local_shards", "load_tp_model", "local_parts", "make_mesh", "model_plan", "replicate_kv_heads",
-]
+The names are importable from here; each module is imported when first used, because DTensor
+(tensor_parallel, fsdp, loading) takes about 2 s to import and most commands never need it.
+"""
+import importlib
+
+_MODULE_OF = {
+    "init_distributed": "mesh", "make_mesh": "mesh", "is_main_process": "mesh",
+    "check_tp_size": "sizes",
+    "apply_tp": "tensor_parallel", "block_plan": "tensor_parallel", "model_plan": "tensor_parallel",
+    "replicate_kv_heads": "tensor_parallel",
+    "apply_fsdp": "fsdp",
+    "Part": "loading", "load_local_shards": "loading", "load_tp_model": "loading", "local_parts": "loading",
+}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)

@@ -34,8 +34,8 @@ def make_mesh(tp: int = 1, dp_shard: int = 1, device_type: str | None = None) ->
     world_size = dist.get_world_size()
     if tp < 1 or dp_shard < 1 or tp * dp_shard != world_size:
         raise ConfigError(
-            f"--dp-shard {dp_shard} x --tp {tp} = {dp_shard * tp} must equal the number of processes {world_size}; "
-            f"launch with `torchrun --nproc-per-node {dp_shard * tp}` or change the sizes"
+            f"data-parallel {dp_shard} x tensor-parallel {tp} needs {dp_shard * tp} processes, not the {world_size} "
+            f"torchrun started; launch `torchrun --nproc-per-node {dp_shard * tp} ...` or change the sizes"
         )
     return init_device_mesh(device.type, (dp_shard, tp), mesh_dim_names=("dp_shard", "tp"))
 

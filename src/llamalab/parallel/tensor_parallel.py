@@ -1,7 +1,7 @@
 """Tensor parallelism (Megatron-style) applied to a built Transformer from outside, keyed by module name.
 
 Column-parallel wq/wk/wv/w1/w3 and row-parallel wo/w2 leave one all-reduce per attention and one per
-feed-forward; the embedding is split by vocabulary rows and the output head by vocabulary columns.
+feed-forward; the embedding and the output head are both split by vocabulary.
 Each rank keeps n_heads/tp query heads and n_kv_heads/tp key/value heads, so its KV cache is 1/tp.
 """
 from __future__ import annotations
@@ -21,27 +21,9 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
 from llamalab.model import Attention, Transformer
-
-
-def check_tp_size(args: ModelArgs, tp: int, training: bool = False) -> None:
-    """Raise ConfigError unless the model splits evenly over tp ranks; call it before loading any weight."""
-    sizes = {"n_heads": args.n_heads, "dim": args.dim, "ffn_hidden_dim": args.ffn_hidden_dim,
-             "vocab_size": args.vocab_size}
-    for name, size in sizes.items():
-        if size % tp:
-            raise ConfigError(f"tensor-parallel size {tp} does not divide {name}={size}; choose a --tp that divides it")
-    kv = args.kv_heads
-    if kv % tp == 0:
-        return
-    if tp % kv:
-        raise ConfigError(f"tensor-parallel size {tp} and n_kv_heads={kv} do not divide one another; "
-                          "choose a --tp that divides n_kv_heads or is a multiple of it")
-    if training:
-        raise ConfigError(f"n_kv_heads={kv} is smaller than --tp {tp}: key/value heads are replicated for "
-                          f"inference only; for training use --tp {kv} or less (add --dp-shard for the rest)")
+from llamalab.parallel.sizes import check_tp_size
 
 
 def block_plan(sequence_parallel: bool = False) -> dict[str, ParallelStyle]:

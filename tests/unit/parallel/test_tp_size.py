@@ -5,7 +5,8 @@ import pytest
 
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
-from llamalab.parallel import check_tp_size, load_tp_model
+from llamalab.parallel.loading import load_tp_model
+from llamalab.parallel.sizes import check_tp_size
 
 ARGS = ModelArgs(dim=96, n_layers=1, n_heads=6, n_kv_heads=2, vocab_size=96, hidden_dim=192)
 
