@@ -9,7 +9,7 @@ import torch
 from distributed_launch import run_ranks
 from llamalab.config import ModelArgs
 from llamalab.model import Transformer
-from llamalab.parallel.fsdp import apply_fsdp
+from llamalab.parallel.fsdp import apply_fsdp_tp
 from llamalab.parallel.mesh import make_mesh
 from llamalab.parallel.tensor_parallel import apply_tp
 
@@ -38,11 +38,7 @@ def sgd_step(model: Transformer, batch: torch.Tensor) -> tuple[torch.Tensor, tor
 def parallel_step(dp_shard: int, tp: int) -> dict:
     """Split the model over a (dp_shard, tp) mesh, step on this rank's rows of the batch; full loss and weights."""
     mesh = make_mesh(tp=tp, dp_shard=dp_shard)
-    model = seeded_model()
-    if tp > 1:
-        apply_tp(model, mesh["tp"], sequence_parallel=True)
-    if dp_shard > 1:
-        apply_fsdp(model, mesh["dp_shard"])
+    model = apply_fsdp_tp(seeded_model(), mesh)
     rows = BATCH.shape[0] // dp_shard
     dp_rank = mesh["dp_shard"].get_local_rank()
     loss, norm = sgd_step(model, BATCH[dp_rank * rows:(dp_rank + 1) * rows])

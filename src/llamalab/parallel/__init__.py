@@ -3,7 +3,7 @@
 - `mesh`: the torchrun process group and the 2-D (dp_shard, tp) device mesh; `is_main_process`.
 - `sizes`: `check_tp_size`, the TP sizes a model splits into (from its ModelArgs alone).
 - `tensor_parallel`: `apply_tp`, the Megatron plan by module name, optional sequence parallelism.
-- `fsdp`: `apply_fsdp`, FSDP2 `fully_shard` with one unit per block.
+- `fsdp`: `apply_fsdp`, FSDP2 `fully_shard` with one unit per block; `apply_fsdp_tp`, FSDP2 x TP for training.
 - `loading`: `load_tp_model`, a checkpoint straight into a tensor-parallel model, each rank reading its part.
 
 The names are importable from here; each module is imported when first used, because DTensor
@@ -16,7 +16,7 @@ _MODULE_OF = {
     "check_tp_size": "sizes",
     "apply_tp": "tensor_parallel", "block_plan": "tensor_parallel", "model_plan": "tensor_parallel",
     "replicate_kv_heads": "tensor_parallel",
-    "apply_fsdp": "fsdp",
+    "apply_fsdp": "fsdp", "apply_fsdp_tp": "fsdp",
     "Part": "loading", "load_local_shards": "loading", "load_tp_model": "loading", "local_parts": "loading",
 }
 __all__ = sorted(_MODULE_OF)

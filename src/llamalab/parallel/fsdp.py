@@ -7,6 +7,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from llamalab.model import Transformer
+from llamalab.parallel.tensor_parallel import apply_tp
 
 
 def apply_fsdp(model: Transformer, dp_mesh: DeviceMesh, param_dtype: torch.dtype | None = None) -> Transformer:
@@ -19,4 +20,18 @@ def apply_fsdp(model: Transformer, dp_mesh: DeviceMesh, param_dtype: torch.dtype
         fully_shard(block, mesh=dp_mesh, mp_policy=policy)
     fully_shard(model, mesh=dp_mesh, mp_policy=policy)  # embedding, final norm and head
     register_fsdp_forward_method(model, "loss")  # `loss` bypasses forward(): gather the root's weights for it too
+    return model
+
+
+def apply_fsdp_tp(model: Transformer, mesh: DeviceMesh, param_dtype: torch.dtype | None = None) -> Transformer:
+    """The training layout on a (dp_shard, tp) mesh: tensor parallelism with sequence parallelism inside each
+    tp group, then FSDP2 across them (each only where its size is above 1).
+
+    Call it before LoRA adapters or activation-checkpoint wrappers rename the modules the TP plan names.
+    Data is split over the dp_shard ranks only: the tp ranks of a group train on the same batch.
+    """
+    if mesh["tp"].size() > 1:
+        apply_tp(model, mesh["tp"], sequence_parallel=True)
+    if mesh["dp_shard"].size() > 1:
+        apply_fsdp(model, mesh["dp_shard"], param_dtype)
     return model
