@@ -8,6 +8,7 @@ step is a single forward pass over n rows, each row at its own position.
 from __future__ import annotations
 
 import collections
+import contextlib
 import sys
 import threading
 import traceback
@@ -89,22 +90,28 @@ class Scheduler:
                         return
                     admitted = [self._waiting.popleft()
                                 for _ in range(min(self.slots - len(self._running), len(self._waiting)))]
-                try:
-                    self._step(admitted)
-                except Exception as e:  # a bug or out of memory: fail these requests, keep serving
-                    traceback.print_exc(file=sys.stderr)
-                    self._fail(self._running + admitted, f"generation failed: {type(e).__name__}: {e}")
-                    self._running.clear()
+                self._step(admitted)
 
     def _step(self, admitted: list[Request]) -> None:
         """Prefill the newcomers, then decode one token for every running request."""
         for request in admitted:
             if not request.cancelled:
-                self._prefill(request)
+                with self._failing([request]):
+                    self._prefill(request)
         self._release()
         if self._running:
-            self._decode()
+            with self._failing(list(self._running)):
+                self._decode()
             self._release()
+
+    @contextlib.contextmanager
+    def _failing(self, requests: list[Request]):
+        """If the model call inside raises (out of memory, a bug), end these requests with the error and go on."""
+        try:
+            yield
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            self._fail(requests, f"generation failed: {type(e).__name__}: {e}")
 
     def _prefill(self, request: Request) -> None:
         """Write the prompt's keys and values into the free row n and sample the first token.

@@ -105,15 +105,14 @@ def texts():
 
 @pytest.fixture(scope="module")
 def launch(tokenizer):
-    """launch(slowdown=0, slots=, max_waiting=, api_key=, ...) -> a LiveServer of a fresh copy of the tiny
-    model (the scheduler owns the model it serves), every forward pass made `slowdown` seconds longer."""
+    """launch(wrap=None, slots=, max_waiting=, api_key=, ...) -> a LiveServer of a fresh copy of the tiny model
+    (the scheduler owns the model it serves), its forward replaced by wrap(forward) when given."""
     started = []
 
-    def launch(slowdown: float = 0.0, **options) -> LiveServer:
+    def launch(wrap=None, **options) -> LiveServer:
         model = tiny_model(tokenizer.vocab_size)
-        if slowdown:
-            forward = model.forward
-            model.forward = lambda *args, **kwargs: time.sleep(slowdown) or forward(*args, **kwargs)
+        if wrap is not None:
+            model.forward = wrap(model.forward)
         limits = {k: options.pop(k) for k in ("slots", "max_waiting", "max_seq_len") if k in options}
         started.append(LiveServer(create_app(Scheduler(model, **limits), tokenizer, "tiny", **options)))
         return started[-1]

@@ -38,7 +38,11 @@ def test_32_concurrent_clients_each_get_what_they_get_alone(server, greedy_refer
 @pytest.fixture(scope="module")
 def slow_server(launch):
     """One slot, one waiting place, 30 ms per forward pass: requests stay running long enough to watch."""
-    return launch(slowdown=0.03, slots=1, max_waiting=1)
+
+    def slowed(forward):
+        return lambda *args, **kwargs: time.sleep(0.03) or forward(*args, **kwargs)
+
+    return launch(wrap=slowed, slots=1, max_waiting=1)
 
 
 def running(server) -> int:

@@ -1,5 +1,6 @@
 """Malformed and hostile requests get an OpenAI-style 4xx error; the server keeps serving everyone else."""
 import threading
+import time
 
 import httpx
 import openai
@@ -119,3 +120,35 @@ def test_api_key_is_required_when_set(launch):
     assert assert_openai_error(httpx.get(server.url + "/models"), 401)["code"] == "invalid_api_key"  # no key at all
     assert openai.OpenAI(base_url=server.url, api_key="sesame", max_retries=0).models.list().data[0].id == "tiny"
     assert httpx.get(server.root + "/health").status_code == 200  # health checks need no key
+
+
+def test_a_request_that_breaks_the_model_fails_alone(launch, greedy_reference, tokenizer):
+    prompt_ids = tokenizer.encode(PROMPT, bos=True)
+
+    def failing_on_long_prompts(forward):
+        def checked(tokens, *args, **kwargs):
+            if tokens.shape[1] > len(prompt_ids):
+                raise RuntimeError("simulated out of memory")
+            time.sleep(0.005)  # the stream stays running while the other request fails
+            return forward(tokens, *args, **kwargs)
+        return checked
+
+    server = launch(wrap=failing_on_long_prompts)
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
+    tokens, _ = greedy_reference(prompt_ids, 80, stop_ids=())
+    streamed = []
+
+    def stream():
+        chunks = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=80, temperature=0, stream=True,
+                                           extra_body={"ignore_eos": True})
+        streamed.append("".join(c.choices[0].text for c in chunks))
+
+    worker = threading.Thread(target=stream)
+    worker.start()
+    while httpx.get(server.root + "/health").json()["running"] == 0:
+        time.sleep(0.01)
+    with pytest.raises(openai.InternalServerError, match="simulated out of memory"):
+        client.completions.create(model="tiny", prompt=f"{PROMPT} {PROMPT}", max_tokens=5)
+    worker.join(timeout=60)
+    assert streamed == [tokenizer.decode(tokens)]
+    assert httpx.get(server.root + "/health").json()["running"] == 0
