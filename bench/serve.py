@@ -25,8 +25,8 @@ import openai
 
 from llamalab.tokenizer import train_sentencepiece
 
-WORDS = ("once upon a time there was a little girl named lily who loved to play in the park with her dog max "
-         "and the sun was bright and warm so they ran far away into the deep green woods to find a big red ball").split()
+WORDS = ("once upon a time there was a little girl named lily who loved to play in the park with her dog max and "
+         "the sun was bright and warm so they ran far away into the deep green woods to find a big red ball").split()
 
 
 def texts(n: int, seed: int, words: tuple[int, int]) -> list[str]:
@@ -117,7 +117,8 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     best = max(args.clients)
-    print(f"ratio at {best} clients vs sequential: {rates[f'{best} clients'] / rates['sequential']:.2f}x (target >= 5x)")
+    ratio = rates[f"{best} clients"] / rates["sequential"]
+    print(f"ratio at {best} clients vs sequential: {ratio:.2f}x (target >= 5x)")
 
 
 if __name__ == "__main__":

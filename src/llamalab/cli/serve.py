@@ -17,7 +17,7 @@ DEFAULT_MAX_SEQ_LEN = 4096  # context per request unless --max-seq-len says othe
 
 
 def add_parser(subparsers):
-    p = subparsers.add_parser("serve", help="serve a model over the OpenAI API (completions, chat) with continuous batching")
+    p = subparsers.add_parser("serve", help="serve a model over the OpenAI API with continuous batching")
     add_model_arguments(p)
     add_tp_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -25,7 +25,7 @@ def add_parser(subparsers):
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1 (use it when binding beyond loopback)")
     p.add_argument("--slots", type=int, default=32, help="requests decoded together (rows of the KV cache)")
     p.add_argument("--max-seq-len", type=int,
-                   help=f"context of each request, prompt included (default: the model's, at most {DEFAULT_MAX_SEQ_LEN})")
+                   help=f"context of a request, prompt included (default: the model's, at most {DEFAULT_MAX_SEQ_LEN})")
     p.add_argument("--max-waiting", type=int, default=256, help="requests allowed to wait for a slot; more get 429")
     p.add_argument("--max-body-mb", type=float, default=4.0, help="largest request body accepted (413 beyond)")
     p.add_argument("--served-model-name", help="the model id clients see (default: MODEL's name, or the preset)")

@@ -114,7 +114,7 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str, api_
 # -- producing the answer ------------------------------------------------------------------------------
 async def _events(request: Request, queue: asyncio.Queue, responses: Responses,
                   include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events of a streamed request; when the client leaves, Starlette cancels this and the slot is freed."""
+    """Server-sent events of a streamed request; if the client leaves, Starlette cancels this and the slot is freed."""
     try:
         while True:
             output = await queue.get()
@@ -194,8 +194,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def validation_error(_, e: RequestValidationError):
         errors = e.errors()
         if errors and errors[0]["type"] == "json_invalid":
-            detail = errors[0].get("ctx", {}).get("error", "")
-            return APIError(400, f"the body is not valid JSON ({detail} at character {errors[0]['loc'][-1]})").response()
+            detail, where = errors[0].get("ctx", {}).get("error", ""), errors[0]["loc"][-1]
+            return APIError(400, f"the body is not valid JSON ({detail} at character {where})").response()
         fields = [".".join(str(part) for part in err["loc"][1:]) or "body" for err in errors]
         problems = [f"{field}: {err['msg']}" for field, err in zip(fields, errors)][:3]
         return APIError(400, "invalid request: " + "; ".join(problems), param=fields[0] if fields else None).response()

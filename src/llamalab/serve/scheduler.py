@@ -29,7 +29,8 @@ class Scheduler:
 
     def __init__(self, model, slots: int = 32, max_seq_len: int | None = None, max_waiting: int = 256,
                  vocab_size: int | None = None, calls: ModelCalls | None = None):
-        for name, value, least in (("slots", slots, 1), ("max_waiting", max_waiting, 0), ("max_seq_len", max_seq_len, 2)):
+        limits = (("slots", slots, 1), ("max_waiting", max_waiting, 0), ("max_seq_len", max_seq_len, 2))
+        for name, value, least in limits:
             if value is not None and value < least:
                 raise ConfigError(f"{name} must be at least {least}, got {value}")
         self.model = model.eval()

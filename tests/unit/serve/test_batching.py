@@ -11,11 +11,11 @@ def test_32_concurrent_clients_each_get_what_they_get_alone(server, greedy_refer
     prompts = texts(32, seed=7)  # 5 to 17 words: different lengths, so rows sit at different positions
     expected = []
     for prompt in prompts:
-        tokens, _ = greedy_reference(tokenizer.encode(prompt, bos=True), 24, tokenizer.stop_ids)
+        tokens, _ = greedy_reference(tokenizer.encode(prompt, bos=True), 16, tokenizer.stop_ids)
         expected.append(tokenizer.decode([t for t in tokens if t not in tokenizer.stop_ids]))
 
     async def complete(client, i):  # half the clients stream, half wait for the whole text
-        options = dict(model="tiny", prompt=prompts[i], max_tokens=24, temperature=0)
+        options = dict(model="tiny", prompt=prompts[i], max_tokens=16, temperature=0)
         if i % 2:
             return "".join([c.choices[0].text async for c in await client.completions.create(stream=True, **options)])
         return (await client.completions.create(**options)).choices[0].text
@@ -62,7 +62,7 @@ LONG = {"model": "tiny", "prompt": "once upon a time", "max_tokens": 100, "ignor
 
 
 def first_event(lines) -> str:
-    """The first server-sent event of an `iter_lines()` iterator (hold on to the iterator: dropping it closes the stream)."""
+    """The first server-sent event from `iter_lines()` (hold on to the iterator: dropping it closes the stream)."""
     return next(line for line in lines if line.startswith("data:"))
 
 
