@@ -13,10 +13,15 @@ import torch.multiprocessing as mp
 
 
 def run_ranks(fn, world_size: int, *args, timeout: float = 120.0) -> list:
-    """fn(*args) on ranks 0..world_size-1 (forked, RANK/WORLD_SIZE/LOCAL_RANK set); each rank's return value."""
+    """fn(*args) on ranks 0..world_size-1 (RANK/WORLD_SIZE/LOCAL_RANK set); each rank's return value.
+
+    The ranks are forked (they start at once, with everything imported), unless this process has
+    started CUDA, which a forked child cannot use: then they are spawned.
+    """
+    start_method = "spawn" if torch.cuda.is_initialized() else "fork"
     with tempfile.TemporaryDirectory() as tmp:
         context = mp.start_processes(_rank_main, args=(world_size, _free_port(), tmp, fn, args),
-                                     nprocs=world_size, join=False, start_method="fork")
+                                     nprocs=world_size, join=False, start_method=start_method)
         deadline = time.monotonic() + timeout
         while not context.join(timeout=1.0):
             if time.monotonic() > deadline:

@@ -3,9 +3,10 @@ from functools import partial
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from distributed_launch import run_ranks
-from llamalab.checkpoint import save
+from llamalab.checkpoint import load, save
 from llamalab.checkpoint.parts import read_args, read_parts
 from llamalab.config import ModelArgs
 from llamalab.model import Transformer
@@ -30,11 +31,12 @@ def random_model(args: ModelArgs) -> Transformer:
     return model
 
 
-def tp_logits(path: str, tp: int) -> torch.Tensor:
+def tp_logits(path: str, tp: int, device: str = "cpu") -> torch.Tensor:
     """Logits of TOKENS from the checkpoint at `path` loaded over tp ranks (runs in each rank)."""
-    model = load_tp_model(read_args(path), make_mesh(tp=tp)["tp"], partial(read_parts, path))
+    mesh = make_mesh(tp=tp, device_type=torch.device(device).type)
+    model = load_tp_model(read_args(path), mesh["tp"], partial(read_parts, path), device, torch.float32)
     with torch.no_grad():
-        return model(TOKENS)
+        return model(TOKENS.to(device)).cpu()
 
 
 @pytest.mark.parametrize("format, config, shards, tp", [
@@ -48,3 +50,19 @@ def test_checkpoint_loaded_at_any_tensor_parallel_size_gives_the_model_s_logits(
         expected = model(TOKENS)
     for rank, logits in enumerate(run_ranks(tp_logits, tp, path, tp)):
         torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0, msg=f"rank {rank}")
+
+
+def nccl_and_plain_logits(path: str) -> dict:
+    """On GPU 0: the checkpoint loaded through NCCL at tp=1, and loaded plainly (runs in the one rank)."""
+    with torch.no_grad():
+        plain = load(path, device="cuda", dtype=torch.float32)(TOKENS.cuda()).cpu()
+    return dict(tp=tp_logits(path, 1, "cuda"), plain=plain, backend=dist.get_backend())
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_nccl_path_gives_the_plain_model_s_logits(tmp_path):
+    # one GPU allows one NCCL rank: this checks the NCCL group, the CUDA mesh and the loading path, not the split
+    path = str(save(random_model(CONFIGS["untied"]), tmp_path / "m", format="meta", shards=2))
+    (got,) = run_ranks(nccl_and_plain_logits, 1, path)
+    assert got["backend"] == "nccl"
+    torch.testing.assert_close(got["tp"], got["plain"], atol=1e-5, rtol=0)

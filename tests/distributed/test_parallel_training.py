@@ -37,7 +37,7 @@ def sgd_step(model: Transformer, batch: torch.Tensor) -> tuple[torch.Tensor, tor
 
 def parallel_step(dp_shard: int, tp: int) -> dict:
     """Split the model over a (dp_shard, tp) mesh, step on this rank's rows of the batch; full loss and weights."""
-    mesh = make_mesh(tp=tp, dp_shard=dp_shard)
+    mesh = make_mesh(tp=tp, dp_shard=dp_shard, device_type="cpu")
     model = apply_fsdp_tp(seeded_model(), mesh)
     rows = BATCH.shape[0] // dp_shard
     dp_rank = mesh["dp_shard"].get_local_rank()
@@ -65,7 +65,7 @@ def test_one_training_step_matches_one_process(dp_shard, tp):
 
 
 def sequence_parallel_loss(length: int) -> None:
-    model = apply_tp(seeded_model(), make_mesh(tp=2)["tp"], sequence_parallel=True)
+    model = apply_tp(seeded_model(), make_mesh(tp=2, device_type="cpu")["tp"], sequence_parallel=True)
     model.loss(BATCH[:, :length], BATCH[:, 1:length + 1])
 
 

@@ -48,7 +48,7 @@ def outputs(model: Transformer) -> dict:
 
 def tp_outputs(name: str, tp: int) -> dict:
     """`outputs` of the model split over tp ranks (runs in each rank)."""
-    return outputs(apply_tp(seeded_model(CONFIGS[name]), make_mesh(tp=tp)["tp"]))
+    return outputs(apply_tp(seeded_model(CONFIGS[name]), make_mesh(tp=tp, device_type="cpu")["tp"]))
 
 
 @pytest.mark.parametrize("tp", [2, 4])
