@@ -1,4 +1,5 @@
 """`llamalab generate MODEL --tp 2` on the 2 ranks of a torchrun-style group prints one result: the model's greedy tokens."""
+import argparse
 import contextlib
 import io
 import json
@@ -9,6 +10,8 @@ import torch
 from distributed_launch import run_ranks
 from llamalab.checkpoint import save
 from llamalab.cli.main import build_parser, main
+from llamalab.cli.parallel import share_seed
+from llamalab.parallel.mesh import init_distributed
 from llamalab.config import ModelArgs
 from llamalab.model import Transformer
 
@@ -58,3 +61,15 @@ def test_tp_size_that_does_not_divide_the_heads_is_one_error_line(two_shard_chec
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["llamalab generate: error: tensor-parallel size 3 does not divide n_heads=4; "
                    "choose a --tp that divides it"]
+
+
+def shared_seed() -> int:
+    init_distributed("cpu")
+    args = argparse.Namespace(seed=None)
+    share_seed(args)
+    return args.seed
+
+
+def test_without_seed_every_rank_samples_with_rank_0_s_seed():
+    seeds = run_ranks(shared_seed, 2)
+    assert seeds[0] == seeds[1] and isinstance(seeds[0], int)

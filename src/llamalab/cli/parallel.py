@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 from functools import partial
 
 import torch
@@ -46,6 +47,6 @@ def load_tensor_parallel(args: argparse.Namespace, dtype: torch.dtype) -> Transf
 def share_seed(args: argparse.Namespace) -> None:
     """Every rank must sample the same tokens: without --seed, rank 0 chooses one seed for all."""
     if args.seed is None:
-        seed = [int(torch.randint(2**31, ())) if dist.get_rank() == 0 else None]
+        seed = [secrets.randbits(31) if dist.get_rank() == 0 else None]  # OS entropy: torch's default seed is fixed
         dist.broadcast_object_list(seed, src=0)
         args.seed = seed[0]
