@@ -5,7 +5,7 @@ but are not implemented (n > 1, penalties, echo, ...) are rejected by `unsupport
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -29,6 +29,7 @@ class GenerationBody(BaseModel):
     n: int = 1
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
     # beyond OpenAI, under the names vLLM gives them
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0, le=1)
@@ -48,14 +49,14 @@ class GenerationBody(BaseModel):
     def stop_strings(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
+    # fields of the API this server does not implement, with the values that leave them unused
+    UNSUPPORTED: ClassVar[dict[str, tuple]] = {
+        "n": (1,), "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "logit_bias": (None, {}),
+    }
+
     def unsupported(self) -> str | None:
         """The name of a field set to a value this server cannot honour, if any."""
-        if self.n != 1:
-            return "n"
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                return name
-        return None
+        return next((name for name, unused in self.UNSUPPORTED.items() if getattr(self, name) not in unused), None)
 
 
 class CompletionBody(GenerationBody):
@@ -65,14 +66,7 @@ class CompletionBody(GenerationBody):
     suffix: str | None = None
     best_of: int | None = None
 
-    def unsupported(self) -> str | None:
-        if self.echo:
-            return "echo"
-        if self.suffix:
-            return "suffix"
-        if self.best_of not in (None, 1):
-            return "best_of"
-        return super().unsupported()
+    UNSUPPORTED = {**GenerationBody.UNSUPPORTED, "echo": (False,), "suffix": (None, ""), "best_of": (None, 1)}
 
 
 class TextPart(BaseModel):
@@ -95,3 +89,7 @@ class ChatBody(GenerationBody):
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[dict] | None = None
+    response_format: dict | None = None
+
+    UNSUPPORTED = {**GenerationBody.UNSUPPORTED, "tools": (None, []), "response_format": (None, {"type": "text"})}

@@ -70,6 +70,8 @@ def test_wrong_types_and_values_are_a_400_naming_the_field(server, path, body, f
 @pytest.mark.parametrize("path, body", [
     ("/completions", {"prompt": PROMPT, "n": 2}),
     ("/completions", {"prompt": PROMPT, "echo": True}),
+    ("/completions", {"prompt": PROMPT, "logit_bias": {"42": 100}}),
+    ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}),
     ("/completions", {"prompt": [PROMPT, PROMPT]}),
     ("/completions", {"prompt": [1, 2, 10**6]}),  # a token id past the vocabulary
     ("/completions", {"prompt": []}),
