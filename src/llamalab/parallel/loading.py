@@ -15,7 +15,8 @@ from torch.distributed.tensor import DTensor, Shard
 from llamalab.config import ModelArgs
 from llamalab.errors import CheckpointError
 from llamalab.model import Transformer
-from llamalab.parallel.tensor_parallel import apply_tp, check_tp_size
+from llamalab.parallel.sizes import check_tp_size
+from llamalab.parallel.tensor_parallel import apply_tp
 
 Part = tuple[int, int, int] | None
 PartReader = Callable[[dict[str, Part]], dict[str, torch.Tensor]]
@@ -55,7 +56,7 @@ def load_local_shards(model: Transformer, tensors: dict[str, torch.Tensor]) -> N
 
 
 def load_tp_model(args: ModelArgs, tp_mesh: DeviceMesh, read_parts: PartReader, device: torch.device | str = "cpu",
-                  dtype: torch.dtype | None = None, sequence_parallel: bool = False) -> Transformer:
+                  dtype: torch.dtype | None = None) -> Transformer:
     """An inference model split over `tp_mesh` whose weights come from `read_parts` (only this rank's parts).
 
     The TP size is checked against `args` before anything is read; dtype None keeps the checkpoint's.
@@ -63,7 +64,7 @@ def load_tp_model(args: ModelArgs, tp_mesh: DeviceMesh, read_parts: PartReader, 
     check_tp_size(args, tp_mesh.size())
     with torch.device("meta"):
         model = Transformer(args).eval()
-    apply_tp(model, tp_mesh, sequence_parallel)
+    apply_tp(model, tp_mesh)
     tensors = read_parts(local_parts(model))  # memory-mapped: the bytes are read by the copy below
     dtype = dtype or tensors["tok_embeddings.weight"].dtype
     model.to(dtype=dtype).to_empty(device=device)
