@@ -1,0 +1,114 @@
+"""Weight-only int4: groups of `group_size` weights along the input dimension share a scale and a zero.
+
+A weight is stored as a 4-bit code q in 0..15 standing for (q - 8) * scale + zero (`zero` is the
+value of the middle code), two codes a byte: the low nibble holds the even input column.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llamalab.errors import ConfigError
+
+CPU_KERNEL_TILES = 2  # inner k-tiles argument of PyTorch's CPU int4 packing (any of 1, 2, 4, 8 works)
+CPU_KERNEL_GROUP_SIZES = (32, 64, 128, 256)  # the group sizes PyTorch's CPU int4 kernel accepts
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, in) float weight → packed codes uint8 (out, in/2), scales and zeros float32 (out, in/group_size).
+
+    Each group maps its [min, max] onto the 16 codes (asymmetric min-max rounding).
+    """
+    out_features, in_features = weight.shape
+    check_group_size(in_features, group_size)
+    groups = weight.float().reshape(out_features, in_features // group_size, group_size)  # (out, n_groups, group)
+    low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+    scales = ((high - low) / 15).clamp(min=1e-10)
+    codes = torch.round((groups - low[..., None]) / scales[..., None]).clamp(0, 15).to(torch.uint8)
+    codes = codes.reshape(out_features, in_features)
+    packed = codes[:, 0::2] | (codes[:, 1::2] << 4)  # (out, in/2)
+    return packed, scales, low + 8 * scales
+
+
+def check_group_size(in_features: int, group_size: int) -> None:
+    if group_size <= 0 or in_features % group_size != 0 or in_features % 2 != 0:
+        raise ConfigError(
+            f"int4 group_size={group_size} must divide in_features={in_features} (an even number); "
+            "choose a group size such as 32, 64 or 128 that divides it"
+        )
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 (out, in/2) → the codes 0..15 as uint8 (out, in)."""
+    return torch.stack((packed & 0xF, packed >> 4), dim=-1).flatten(-2)  # (out, in/2, 2) → (out, in)
+
+
+class Int4Linear(nn.Module):
+    """A bias-free nn.Linear with group-wise int4 weights.
+
+    On CPU (group size 32, 64, 128 or 256 and out_features a multiple of 16) the product runs in PyTorch's int4 kernel with
+    bfloat16 activations, on a copy of the codes in that kernel's layout; elsewhere the weight is
+    dequantized on the fly (`reference_forward`).
+    """
+
+    def __init__(self, in_features: int, out_features: int, group_size: int = 128, device=None):
+        super().__init__()
+        check_group_size(in_features, group_size)
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        n_groups = in_features // group_size
+        self.register_buffer("weight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, n_groups, dtype=torch.float32, device=device))
+        self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.float32, device=device))
+        self.register_buffer("cpu_weight", torch.empty(0, dtype=torch.uint8), persistent=False)
+        self.register_buffer("cpu_scales_and_zeros", torch.empty(0, dtype=torch.bfloat16), persistent=False)
+        self.register_load_state_dict_post_hook(_repack_after_load)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear, group_size: int = 128) -> "Int4Linear":
+        module = cls(linear.in_features, linear.out_features, group_size, device=linear.weight.device)
+        module.weight, module.scales, module.zeros = quantize_int4(linear.weight, group_size)
+        module.pack_for_cpu()
+        return module
+
+    @torch.no_grad()
+    def pack_for_cpu(self) -> None:
+        """Copy the codes, scales and zeros into the layout of PyTorch's CPU int4 kernel (when it applies)."""
+        fits = self.group_size in CPU_KERNEL_GROUP_SIZES and self.out_features % 16 == 0
+        if self.weight.device.type != "cpu" or not fits:
+            self.cpu_weight = torch.empty(0, dtype=torch.uint8, device=self.weight.device)
+            return
+        codes = unpack_int4(self.weight).to(torch.int32)  # (out, in)
+        self.cpu_weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, CPU_KERNEL_TILES)
+        scales_and_zeros = torch.stack((self.scales, self.zeros), dim=-1)  # (out, n_groups, 2)
+        self.cpu_scales_and_zeros = scales_and_zeros.transpose(0, 1).to(torch.bfloat16).contiguous()  # (n_groups, out, 2)
+
+    def _apply(self, fn, recurse=True):
+        # after .to(device) / .to_empty() the kernel copy must follow the codes
+        super()._apply(fn, recurse)
+        self.pack_for_cpu()
+        return self
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight (out, in) the codes stand for."""
+        codes = unpack_int4(self.weight).float().view(self.out_features, -1, self.group_size)  # (out, n_groups, group)
+        weight = (codes - 8) * self.scales[..., None] + self.zeros[..., None]
+        return weight.view(self.out_features, self.in_features)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantize().to(x.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or self.cpu_weight.numel() == 0:
+            return self.reference_forward(x)
+        x2d = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (tokens, in)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(x2d, self.cpu_weight, self.group_size, self.cpu_scales_and_zeros)
+        return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 group_size={self.group_size}"
+
+
+def _repack_after_load(module: Int4Linear, incompatible_keys) -> None:
+    module.pack_for_cpu()
