@@ -23,6 +23,11 @@ def make_texts(n_lines: int, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture
+def meta_llama3_pattern():
+    return META_LLAMA3_PATTERN
+
+
+@pytest.fixture
 def sample_texts():
     """make_texts(n_lines, seed): lines of random words with accents, CJK, emoji and digits."""
     return make_texts

@@ -8,8 +8,6 @@ from llamalab.errors import ChatFormatError
 from llamalab.tokenizer import (HFTokenizer, SentencePieceTokenizer, TiktokenTokenizer, encode_dialog,
                                 encode_llama2_dialog, encode_llama3_dialog, load_tokenizer)
 
-from conftest import META_LLAMA3_PATTERN
-
 DIALOG = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Hi there"},
@@ -45,8 +43,8 @@ def test_llama2_format_is_metas(sp_model_path):
     assert encode_dialog(tok, DIALOG) == expected  # chosen from the tokenizer: no header tokens → Llama 2
 
 
-def test_llama3_format_is_metas(llama3_sized_tiktoken_path, bpe_ranks):
-    plain = tiktoken.Encoding("ref", pat_str=META_LLAMA3_PATTERN, mergeable_ranks=bpe_ranks, special_tokens={}).encode
+def test_llama3_format_is_metas(llama3_sized_tiktoken_path, bpe_ranks, meta_llama3_pattern):
+    plain = tiktoken.Encoding("ref", pat_str=meta_llama3_pattern, mergeable_ranks=bpe_ranks, special_tokens={}).encode
     expected = [128000]
     for role, content in [("system", "You are terse."), ("user", "Hi there"), ("assistant", "Hello!"), ("user", "How are you?")]:
         expected += [128006] + plain(role) + [128007] + plain("\n\n") + plain(content) + [128009]

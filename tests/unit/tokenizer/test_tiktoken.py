@@ -7,8 +7,6 @@ import tokenizers
 from llamalab.errors import TokenizerError
 from llamalab.tokenizer import TiktokenTokenizer
 
-from conftest import META_LLAMA3_PATTERN
-
 TEXTS = ["the cat sat", "  two  spaces \n\n new line", "café crème brûlée", "東京 and 北京", "emoji 😀🎉!",
          "digits 1234567", "I'M HERE, it's", "Ωmega ß", ""]
 
@@ -28,9 +26,9 @@ def test_special_tokens_sit_at_meta_llama3_ids(llama3_sized_tiktoken_path):
     assert tok.stop_ids == {128001, 128009}
 
 
-def test_wrapper_equals_tiktoken_with_metas_pattern(tiktoken_model_path, bpe_ranks):
+def test_wrapper_equals_tiktoken_with_metas_pattern(tiktoken_model_path, bpe_ranks, meta_llama3_pattern):
     tok = TiktokenTokenizer(tiktoken_model_path)
-    reference = tiktoken.Encoding("ref", pat_str=META_LLAMA3_PATTERN, mergeable_ranks=bpe_ranks, special_tokens={})
+    reference = tiktoken.Encoding("ref", pat_str=meta_llama3_pattern, mergeable_ranks=bpe_ranks, special_tokens={})
     n = len(bpe_ranks)
     for text in TEXTS:
         ids = reference.encode(text)
