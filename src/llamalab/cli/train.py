@@ -16,9 +16,7 @@ import torch.distributed as dist
 
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
-from llamalab.parallel import init_distributed
 from llamalab.train.config import TrainConfig, merge_settings, read_config_file
-from llamalab.train.trainer import Trainer, build_trainer
 
 MODEL_FLAG_TYPES = (int, float, bool)  # ModelArgs fields settable by flag (rope_scaling only in a config file)
 
@@ -91,6 +89,8 @@ def train(cfg: TrainConfig, say=print) -> dict | None:
 
     The summary holds the step, losses, the loss-curve PNG, the saved model folder and the sample text.
     """
+    from llamalab.train.trainer import build_trainer  # heavy (distributed, FSDP): only when training starts
+
     device = setup_process(cfg)
     try:
         main = not dist.is_initialized() or dist.get_rank() == 0
@@ -119,6 +119,8 @@ def train(cfg: TrainConfig, say=print) -> dict | None:
 def setup_process(cfg: TrainConfig) -> torch.device:
     """Join torchrun's process group when there is one, pick the device, seed torch, allow TF32 matmuls."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from llamalab.parallel import init_distributed
+
         device = init_distributed()
     elif cfg.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -134,7 +136,7 @@ def setup_process(cfg: TrainConfig) -> torch.device:
 
 
 @contextlib.contextmanager
-def stop_on_ctrl_c(trainer: Trainer, say=print):
+def stop_on_ctrl_c(trainer, say=print):
     """The first Ctrl-C asks the trainer to save and stop after its current step; a second one aborts."""
     def handler(signum, frame):
         if trainer.stop_requested:
