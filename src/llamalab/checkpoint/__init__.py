@@ -53,13 +53,7 @@ def detect_format(path: str | Path) -> str:
 
 def read(path: str | Path, max_seq_len: int | None = None) -> tuple[ModelArgs, StateDict]:
     """ModelArgs and Meta-named weights of any checkpoint, checked against each other (tensors memory-mapped)."""
-    path = Path(path)
-    fmt = detect_format(path)
-    if fmt in FOLDER_FORMATS and not path.is_dir():
-        path = path.parent
-    args, state = FORMATS[fmt].read(path)
-    if max_seq_len is not None:
-        args = args.replace(max_seq_len=max_seq_len)
+    args, state = _read_unchecked(Path(path), max_seq_len)
     check_state_dict(state, args, path)
     return args, state
 
@@ -67,8 +61,14 @@ def read(path: str | Path, max_seq_len: int | None = None) -> tuple[ModelArgs, S
 def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None,
          max_seq_len: int | None = None) -> Transformer:
     """A Transformer with the weights of any checkpoint; dtype None keeps the file's (dequantized: float32)."""
-    args, state = read(path, max_seq_len)
-    return build_model(args, state, device, dtype)
+    args, state = _read_unchecked(Path(path), max_seq_len)
+    return build_model(args, state, device, dtype, source=path)  # checks them against the model it builds
+
+
+def _read_unchecked(path: Path, max_seq_len: int | None) -> tuple[ModelArgs, StateDict]:
+    fmt = detect_format(path)
+    args, state = FORMATS[fmt].read(path if fmt not in FOLDER_FORMATS or path.is_dir() else path.parent)
+    return (args if max_seq_len is None else args.replace(max_seq_len=max_seq_len)), state
 
 
 def save(model: Transformer, path: str | Path, format: str = "native", dtype: torch.dtype | str | None = None,

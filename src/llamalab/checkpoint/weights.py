@@ -29,10 +29,11 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
     return DTYPES[dtype]
 
 
-def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+def expected_shapes(args: ModelArgs, model: Transformer | None = None) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every weight a checkpoint of `args` holds (no output.weight when tied)."""
-    with torch.device("meta"):
-        model = Transformer(args)
+    if model is None:
+        with torch.device("meta"):
+            model = Transformer(args)
     return {k: tuple(v.shape) for k, v in model_state_dict(model).items()}
 
 
@@ -44,9 +45,9 @@ def model_state_dict(model: Transformer) -> StateDict:
     return state
 
 
-def check_state_dict(state: StateDict, args: ModelArgs, source: str | Path) -> None:
-    """Raise CheckpointError naming `source` when the tensor names or shapes disagree with the config."""
-    expected = expected_shapes(args)
+def check_state_dict(state: StateDict, args: ModelArgs, source: str | Path, model: Transformer | None = None) -> None:
+    """Raise CheckpointError naming `source` when the tensor names or shapes disagree with the config (or `model`)."""
+    expected = expected_shapes(args, model)
     unknown = sorted(set(state) - set(expected))
     if unknown:
         raise CheckpointError(f"{source}: unknown tensor name(s) {_few(unknown)} for a LLaMA model of this config")
@@ -62,11 +63,13 @@ def check_state_dict(state: StateDict, args: ModelArgs, source: str | Path) -> N
             )
 
 
-def build_model(args: ModelArgs, state: StateDict, device="cpu", dtype: torch.dtype | None = None) -> Transformer:
+def build_model(args: ModelArgs, state: StateDict, device="cpu", dtype: torch.dtype | None = None,
+                source: str | Path = "the weights") -> Transformer:
     """A Transformer built on the meta device whose parameters ARE the given tensors (moved/cast only if asked)."""
-    dtype = dtype or state["tok_embeddings.weight"].dtype
     with torch.device("meta"):
         model = Transformer(args)
+    check_state_dict(state, args, source, model)
+    dtype = dtype or state["tok_embeddings.weight"].dtype
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}  # no copy when already there
     if args.tie_embeddings:
         state["output.weight"] = state["tok_embeddings.weight"]
