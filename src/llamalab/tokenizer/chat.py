@@ -25,8 +25,8 @@ Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content":
 
 def encode_dialog(tokenizer: Tokenizer, messages: list[Message]) -> list[int]:
     """Ids of a dialog ready for generating the assistant's reply, in the tokenizer's chat format."""
-    _check_messages(messages)
     if tokenizer.chat_template:
+        _check_messages(messages)
         text = render_chat_template(tokenizer.chat_template, messages, tokenizer)
         return tokenizer.encode(text, bos=False, allow_special=True)
     if "<|start_header_id|>" in tokenizer.special_tokens:
@@ -36,6 +36,7 @@ def encode_dialog(tokenizer: Tokenizer, messages: list[Message]) -> list[int]:
 
 def encode_llama2_dialog(tokenizer: Tokenizer, messages: list[Message]) -> list[int]:
     """Meta's Llama 2 chat format: `<s>[INST] user [/INST] answer </s>` per exchange, then the open turn."""
+    _check_messages(messages)
     if messages[0]["role"] == "system":
         if len(messages) < 2:
             raise ChatFormatError("a Llama 2 dialog needs a user message after the system message")
@@ -55,6 +56,7 @@ def encode_llama2_dialog(tokenizer: Tokenizer, messages: list[Message]) -> list[
 
 def encode_llama3_dialog(tokenizer: Tokenizer, messages: list[Message]) -> list[int]:
     """Meta's Llama 3 chat format: `<|begin_of_text|>`, each message as header + content + `<|eot_id|>`, an open assistant header."""
+    _check_messages(messages)
     ids = [tokenizer.bos_id]
     for message in messages:
         ids += _llama3_header(tokenizer, message["role"])
