@@ -74,7 +74,8 @@ def _read_unchecked(path: Path, max_seq_len: int | None) -> tuple[ModelArgs, Sta
 def save(model: Transformer, path: str | Path, format: str = "native", dtype: torch.dtype | str | None = None,
          shards: int = 1, tokenizer: str | Path | None = None, show_progress: bool = False, **options) -> Path:
     """Write the model in `format` at `path` (a folder, or a file for llama2c / gguf), atomically."""
-    return write(model_state_dict(model), model.args, path, format, dtype, shards, tokenizer, show_progress, **options)
+    state = {k: v.cpu() for k, v in model_state_dict(model).items()}  # the writers work on CPU tensors
+    return write(state, model.args, path, format, dtype, shards, tokenizer, show_progress, **options)
 
 
 def convert(src: str | Path, dst: str | Path, format: str, dtype: torch.dtype | str | None = None, shards: int = 1,

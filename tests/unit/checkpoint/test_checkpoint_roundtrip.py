@@ -112,10 +112,12 @@ def test_loading_maps_the_file_instead_of_copying_it(tmp_path, fmt, model_of_38_
 
 
 @pytest.mark.gpu
-def test_loads_onto_the_gpu_in_bfloat16(tmp_path):
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_saves_from_and_loads_onto_the_gpu(tmp_path, fmt):
     model = random_model(CONFIGS["gqa"])
-    loaded = load(save(model, tmp_path / "m", format="hf"), device="cuda", dtype=torch.bfloat16)
+    path = save(model.cuda(), tmp_path / f"m{SUFFIX[fmt]}", format=fmt)
+    loaded = load(path, device="cuda", dtype=torch.bfloat16)
     assert {(p.device.type, p.dtype) for p in loaded.parameters()} == {("cuda", torch.bfloat16)}
     assert loaded.rope_cos.device.type == "cuda" and loaded.rope_cos.dtype == torch.float32
     with torch.no_grad():
-        assert torch.allclose(loaded(PROMPT.cuda()).cpu(), model(PROMPT), atol=0.05)
+        assert torch.allclose(loaded(PROMPT.cuda()).float(), model(PROMPT.cuda()), atol=0.05)
