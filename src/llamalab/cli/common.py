@@ -11,6 +11,7 @@ from llamalab.config import PRESETS, ModelArgs
 from llamalab.errors import ConfigError, TokenizerError
 from llamalab.generate.compiled import compile_decode_step
 from llamalab.generate.decode import Step, eager_step
+from llamalab.generate.fast import column_major_weights
 from llamalab.generate.sampling import SamplingParams
 from llamalab.model import Transformer
 from llamalab.quantize import SCHEMES, quantize_model
@@ -74,6 +75,8 @@ def load_model(args: argparse.Namespace) -> tuple[Transformer, Tokenizer | None]
     model.requires_grad_(False)
     if args.quantize:
         quantize_model(model, args.quantize)
+    if device.type == "cpu":
+        column_major_weights(model)  # faster matrix-vector products when decoding on CPU
     return model, _tokenizer(args)
 
 

@@ -11,12 +11,12 @@ import torch
 from llamalab.generate.decode import Step
 
 
-def compile_decode_step(model: torch.nn.Module, mode: str | None = None) -> Step:
+def compile_decode_step(model: torch.nn.Module, mode: str | None = None, backend: str = "inductor") -> Step:
     """A compiled (tokens (bsz, 1), start_pos) -> logits (bsz, vocab) step; mode None picks per device."""
     device = model.tok_embeddings.weight.device
-    graphs = device.type == "cuda" and mode in (None, "reduce-overhead", "max-autotune")
-    mode = mode or ("reduce-overhead" if device.type == "cuda" else "default")
-    compiled = torch.compile(_next_token_logits, mode=mode, fullgraph=True, dynamic=False)
+    graphs = backend == "inductor" and device.type == "cuda" and mode in (None, "reduce-overhead", "max-autotune")
+    mode = mode or ("reduce-overhead" if graphs else None)
+    compiled = torch.compile(_next_token_logits, mode=mode, backend=backend, fullgraph=True, dynamic=False)
 
     def step(tokens: torch.Tensor, start_pos: int | torch.Tensor) -> torch.Tensor:
         if isinstance(start_pos, int):

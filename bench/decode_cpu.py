@@ -1,0 +1,112 @@
+"""CPU decode speed of llamalab against Hugging Face `transformers` on the same weights, in the same run.
+
+    python bench/decode_cpu.py [--presets stories15M stories110M] [--threads 2] [--new-tokens 128] [--rounds 3]
+
+Batch 1, float32, random weights, a short prompt, greedy decoding. The peer is `LlamaForCausalLM.generate`
+holding exactly our weights (converted with `to_hf_state_dict`). Decode speed excludes the prefill on both
+sides: ours is (n - 1) / decode time, HF's is (n - 1) / (time(n tokens) - time(1 token)). Every variant
+runs `--rounds` times, interleaved with the others so that load from other processes hits all of them
+alike; the best round counts. Variants: `eager` (the model as built), `fast` (`column_major_weights`),
+`int8` (`quantize_model(..., "int8")`), `compiled` (`--compile`: `compile_decode_step` on `fast`).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+from llamalab.checkpoint.hf import hf_config, to_hf_state_dict
+from llamalab.checkpoint.weights import model_state_dict
+from llamalab.config import ModelArgs
+from llamalab.generate.compiled import compile_decode_step
+from llamalab.generate.decode import Generation, eager_step
+from llamalab.generate.fast import column_major_weights
+from llamalab.generate.sampling import SamplingParams
+from llamalab.model import Transformer
+from llamalab.quantize import quantize_model
+
+GREEDY = SamplingParams(temperature=0)
+
+
+def llamalab_tokens_per_s(model: Transformer, step, prompt: list[int], new_tokens: int) -> float:
+    generation = Generation(model, [prompt], new_tokens, GREEDY, step=step)
+    list(generation)
+    return (new_tokens - 1) / generation.timings["decode_s"]
+
+
+@torch.inference_mode()
+def hf_tokens_per_s(hf_model, prompt: list[int], new_tokens: int) -> float:
+    ids = torch.tensor([prompt])
+
+    def seconds(n: int) -> float:
+        start = time.perf_counter()
+        hf_model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        return time.perf_counter() - start
+
+    return (new_tokens - 1) / (seconds(new_tokens) - seconds(1))
+
+
+def hf_twin(model: Transformer):
+    """`LlamaForCausalLM` holding the same weights (HF's half-split rotary layout)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf = LlamaForCausalLM(LlamaConfig(**hf_config(model.args))).eval()
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model_state_dict(model), model.args), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    return hf
+
+
+def variants(model: Transformer, compile: bool) -> dict:
+    """name -> (model, decode step) of each llamalab configuration measured."""
+    fast = column_major_weights(copy.deepcopy(model))
+    out = {"eager": (model, eager_step(model)), "fast": (fast, eager_step(fast))}
+    int8 = quantize_model(copy.deepcopy(model), "int8")
+    out["int8"] = (int8, eager_step(int8))
+    if compile:
+        out["compiled"] = (fast, compile_decode_step(fast))
+    return out
+
+
+def bench_preset(preset: str, new_tokens: int, rounds: int, compile: bool) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs.from_preset(preset)).eval().requires_grad_(False)
+    hf = hf_twin(model)
+    prompt = torch.randint(3, model.args.vocab_size, (16,)).tolist()
+    with torch.inference_mode():
+        ours, theirs = model(torch.tensor([prompt])), hf(torch.tensor([prompt])).logits
+    assert torch.allclose(ours, theirs, atol=1e-4), "the HF twin does not compute the same logits"
+    runs = {"hf": lambda: hf_tokens_per_s(hf, prompt, new_tokens)}
+    for name, (m, step) in variants(model, compile).items():
+        m.setup_cache(1, len(prompt) + new_tokens)
+        llamalab_tokens_per_s(m, step, prompt, 4)  # warm-up (compilation)
+        runs[name] = lambda m=m, step=step: llamalab_tokens_per_s(m, step, prompt, new_tokens)
+    best = {name: 0.0 for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            best[name] = max(best[name], run())
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["stories15M", "stories110M"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also measure the torch.compile'd decode step")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"batch 1, float32 (int8: weight-only), {args.threads} threads, {args.new_tokens} new tokens, "
+          f"best of {args.rounds} interleaved rounds")
+    for preset in args.presets:
+        best = bench_preset(preset, args.new_tokens, args.rounds, args.compile)
+        hf = best.pop("hf")
+        print(f"{preset:<12} HF transformers generate {hf:8.1f} tokens/s")
+        for name, tps in best.items():
+            print(f"{preset:<12} llamalab {name:<15} {tps:8.1f} tokens/s  {tps / hf:5.2f}x HF")
+
+
+if __name__ == "__main__":
+    main()
