@@ -72,12 +72,17 @@ def load_model(args: argparse.Namespace) -> tuple[Transformer, Tokenizer | None]
         model = load(args.model, device=device, dtype=dtype)
     else:
         raise ConfigError("give MODEL (a checkpoint folder or file), or --preset NAME --random-init")
-    model.requires_grad_(False)
-    if args.quantize:
-        quantize_model(model, args.quantize)
-    if device.type == "cpu":
-        column_major_weights(model)  # faster matrix-vector products when decoding on CPU
-    return model, _tokenizer(args)
+    return prepare_for_inference(model, args.quantize), _tokenizer(args)
+
+
+def prepare_for_inference(model: Transformer, quantize: str | None = None) -> Transformer:
+    """No gradients, the optional weight-only quantization, and on CPU the faster column-major weight layout."""
+    model.eval().requires_grad_(False)
+    if quantize:
+        quantize_model(model, quantize)
+    if model.tok_embeddings.weight.device.type == "cpu":
+        column_major_weights(model)
+    return model
 
 
 def decode_step(model: Transformer, args: argparse.Namespace) -> Step:

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 from llamalab.checkpoint import load
 from llamalab.cli.common import (
-    add_model_arguments, add_sampling_arguments, decode_step, load_model, require_tokenizer, sampling_params,
+    add_model_arguments, add_sampling_arguments, decode_step, load_model, prepare_for_inference, require_tokenizer,
+    sampling_params,
 )
 from llamalab.cli.parallel import add_tp_argument
 from llamalab.errors import ConfigError
@@ -38,7 +39,8 @@ def run(args) -> int:
     options = dict(sampling=sampling_params(args), stop_ids=tokenizer.stop_ids if tokenizer else (),
                    truncate=args.truncate)
     if args.draft:
-        draft = load(args.draft, device=model.tok_embeddings.weight.device, dtype=model.tok_embeddings.weight.dtype)
+        weight = model.tok_embeddings.weight
+        draft = prepare_for_inference(load(args.draft, device=weight.device, dtype=weight.dtype))
         generation = SpeculativeGeneration(model, draft, [prompt], args.max_new_tokens, args.lookahead, **options)
     else:
         generation = Generation(model, [prompt], args.max_new_tokens, step=decode_step(model, args), **options)
