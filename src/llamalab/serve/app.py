@@ -92,18 +92,16 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str, api_
         if (field := body.unsupported()) is not None:
             raise APIError(400, f"'{field}' is not supported by this server; leave it at its default", param=field)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Output] = asyncio.Queue()
-        request = Request(
-            prompt, max_tokens, tokenizer, sink=lambda out: loop.call_soon_threadsafe(queue.put_nowait, out),
-            params=body.sampling_params(), stop=body.stop_strings(), top_logprobs=top_logprobs,
-            ignore_eos=body.ignore_eos,
-        )
+        received = Streamed(loop) if body.stream else Collected(loop)
+        request = Request(prompt, max_tokens, tokenizer, received.add, params=body.sampling_params(),
+                          stop=body.stop_strings(), top_logprobs=top_logprobs, ignore_eos=body.ignore_eos)
         scheduler.submit(request)
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(_events(request, queue, responses, include_usage), media_type="text/event-stream",
+            return StreamingResponse(_events(request, received, responses, include_usage),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        outputs = await _collect(request, queue, http)
+        outputs = await _wait(request, received, http)
         if outputs[-1].error is not None:
             raise APIError(500, outputs[-1].error, type="server_error")
         return responses.whole(outputs, usage(len(prompt), len(request.tokens)))
@@ -112,46 +110,69 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str, api_
 
 
 # -- producing the answer ------------------------------------------------------------------------------
-async def _events(request: Request, queue: asyncio.Queue, responses: Responses,
+class Streamed:
+    """The outputs of a streamed request, handed from the scheduler thread to the event loop one by one."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.queue = loop, asyncio.Queue()
+
+    def add(self, output: Output) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, output)
+
+    async def next(self) -> list[Output]:
+        """The next output and every other one already there."""
+        outputs = [await self.queue.get()]
+        while not self.queue.empty():
+            outputs.append(self.queue.get_nowait())
+        return outputs
+
+
+async def _events(request: Request, streamed: Streamed, responses: Responses,
                   include_usage: bool) -> AsyncIterator[str]:
     """Server-sent events of a streamed request; if the client leaves, Starlette cancels this and the slot is freed."""
     try:
-        while True:
-            output = await queue.get()
-            if output.error is not None:
-                yield _event(APIError(500, output.error, type="server_error").body())
-                break
-            if (chunk := responses.chunk(output)) is not None:
-                yield _event(chunk)
-            if output.finish_reason is not None:
-                if include_usage:
-                    yield _event(responses.usage_chunk(usage(len(request.prompt), len(request.tokens))))
-                break
+        finished = False
+        while not finished:
+            outputs = await streamed.next()  # what the scheduler produced meanwhile goes out in one write
+            events = []
+            for output in outputs:
+                if output.error is not None:
+                    events.append(_event(APIError(500, output.error, type="server_error").body()))
+                elif (chunk := responses.chunk(output)) is not None:
+                    events.append(_event(chunk))
+                finished = output.finish_reason is not None
+            if finished and include_usage:
+                events.append(_event(responses.usage_chunk(usage(len(request.prompt), len(request.tokens)))))
+            if events:
+                yield "".join(events)
         yield "data: [DONE]\n\n"
     finally:
         request.cancel()
 
 
-async def _collect(request: Request, queue: asyncio.Queue, http: HTTPRequest) -> list[Output]:
+class Collected:
+    """The outputs of a non-streamed request, gathered in the scheduler thread; the event loop is woken once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.outputs, self.done = loop, [], asyncio.Event()
+
+    def add(self, output: Output) -> None:
+        self.outputs.append(output)
+        if output.finish_reason is not None:
+            self.loop.call_soon_threadsafe(self.done.set)
+
+
+async def _wait(request: Request, collected: Collected, http: HTTPRequest) -> list[Output]:
     """All outputs of a non-streamed request; every DISCONNECT_POLL_S, check that the client is still there."""
-    loop = asyncio.get_running_loop()
-    outputs: list[Output] = []
-    getter, next_check = None, loop.time() + DISCONNECT_POLL_S
     try:
-        while not outputs or outputs[-1].finish_reason is None:
-            getter = getter or asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter}, timeout=max(0.0, next_check - loop.time()))
-            if getter.done():
-                outputs.append(getter.result())
-                getter = None
-            if loop.time() >= next_check:
+        while True:
+            try:
+                await asyncio.wait_for(collected.done.wait(), DISCONNECT_POLL_S)
+                return collected.outputs
+            except TimeoutError:
                 if await http.is_disconnected():
-                    raise APIError(499, "the client closed the connection")
-                next_check = loop.time() + DISCONNECT_POLL_S
-        return outputs
+                    raise APIError(499, "the client closed the connection") from None
     finally:
-        if getter is not None:
-            getter.cancel()
         request.cancel()
 
 
