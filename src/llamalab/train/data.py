@@ -145,17 +145,17 @@ def prepare(
     dtype = token_dtype(tok.vocab_size)
     workers = workers or min(os.cpu_count() or 1, 8)
 
-    stream = out_dir / f".tokens.tmp-{os.getpid()}"
+    stream = out_dir / f".tokens.tmp-{os.getpid()}"  # every token, before the split
     n_tokens = n_docs = 0
     size = sum(p.stat().st_size for p in files)
-    with stream.open("wb") as f, tqdm(total=size, unit="B", unit_scale=True, desc="tokenizing",
-                                      disable=not progress) as bar:
-        for docs, n_bytes, ids in _encode_all(documents(files), tok.path, workers):
-            f.write(ids.astype(dtype).tobytes())
-            n_tokens += len(ids)
-            n_docs += docs
-            bar.update(n_bytes)
     try:
+        with stream.open("wb") as f, tqdm(total=size, unit="B", unit_scale=True, desc="tokenizing",
+                                          disable=not progress) as bar:
+            for docs, n_bytes, ids in _encode_all(documents(files), tok.path, workers):
+                f.write(ids.astype(dtype).tobytes())
+                n_tokens += len(ids)
+                n_docs += docs
+                bar.update(n_bytes)
         if n_tokens == 0:
             raise DataError(f"the inputs ({', '.join(map(str, inputs))}) contain no text")
         tokens = np.memmap(stream, dtype=dtype, mode="r")
@@ -163,6 +163,9 @@ def prepare(
         splits = {"train": _write_shards(tokens[: n_tokens - n_val], out_dir, "train"),
                   "val": _write_shards(tokens[n_tokens - n_val:], out_dir, "val")}
         del tokens
+    except OSError as e:
+        raise DataError(f"could not write the token shards in {out_dir} ({e.strerror or e}); "
+                        "free some disk space or choose another --out") from None
     finally:
         stream.unlink(missing_ok=True)
 

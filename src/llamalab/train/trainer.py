@@ -215,10 +215,10 @@ class Trainer:
                     val = self.evaluate()
                     record.update({"step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
                     summary["val_loss"] = val
-                    bar.write(f"step {self.step}: validation loss {val:.3f} (perplexity {record['val_ppl']:.1f})")
+                    self._say(f"step {self.step}: validation loss {val:.3f} (perplexity {record['val_ppl']:.1f})")
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.max_steps:
                     text = self.sample()
-                    bar.write(f"--- sample at step {self.step} ---\n{text}\n---")
+                    self._say(f"--- sample at step {self.step} ---\n{text}\n---")
                 if log is not None and record:
                     log.write(record)
                 stop = self._stop_everywhere()
@@ -232,10 +232,17 @@ class Trainer:
             if log is not None:
                 log.close()
         summary.update({"step": self.step, "loss": loss})
+        if "val_loss" not in summary and not summary["interrupted"]:  # resumed a run that had already ended
+            summary["val_loss"] = self.evaluate()
         if self.is_main:
             summary["plot"] = str(plot_loss(read_metrics(self.out_dir / "metrics.jsonl"),
                                             self.out_dir / "loss.png", title=f"{self.out_dir.name}"))
         return summary
+
+    def _say(self, text: str) -> None:
+        """Print above the progress bar, from rank 0 only."""
+        if self.is_main:
+            tqdm.write(text)
 
     def request_stop(self) -> None:
         """Ask the loop to save a checkpoint and return after the current step (a Ctrl-C handler calls this)."""
