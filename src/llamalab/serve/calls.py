@@ -6,6 +6,8 @@ it; the other ranks run `follow`, which receives the calls and repeats them.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 
@@ -23,9 +25,13 @@ class ModelCalls:
         """Write one prompt (1, prompt_len) into KV-cache row 0; its next-token logits (1, vocab)."""
         return self.model(tokens, start_pos=0, last_only=True)[:, -1]
 
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """One token (n, 1) per row 0..n-1, each at its own position (n,); next-token logits (n, vocab)."""
-        return self.model(tokens, start_pos=positions)[:, -1]
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
+        """One token (n, 1) per row 0..n-1, each at its own position (n,); next-token logits (n, vocab).
+
+        `length` > every position: attention reads only that many cache positions, not the whole cache.
+        """
+        with self._cache_window(length):
+            return self.model(tokens, start_pos=positions)[:, -1]
 
     def move_row(self, src: int, dst: int, length: int) -> None:
         """Copy the first `length` positions of KV-cache row src into row dst, in every layer."""
@@ -37,6 +43,19 @@ class ModelCalls:
     def stop(self) -> None:
         """No more calls will come."""
 
+    @contextlib.contextmanager
+    def _cache_window(self, length: int):
+        """Show the model the first `length` positions of each layer's KV cache (views: writes reach the cache)."""
+        caches = [layer.attention.cache for layer in self.model.layers]
+        whole = [(cache.k, cache.v) for cache in caches]
+        for cache, (k, v) in zip(caches, whole):
+            cache.k, cache.v = k[:, :, :length], v[:, :, :length]  # (slots, n_kv_heads, length, head_dim)
+        try:
+            yield
+        finally:
+            for cache, (k, v) in zip(caches, whole):
+                cache.k, cache.v = k, v
+
 
 class LockstepCalls(ModelCalls):
     """Rank 0's calls: each is first broadcast, so that the ranks running `follow` do the same."""
@@ -46,10 +65,10 @@ class LockstepCalls(ModelCalls):
         dist.broadcast(tokens, src=0)
         return super().prefill(tokens)
 
-    def decode(self, tokens, positions):
-        self._announce(DECODE, tokens.shape[0])
+    def decode(self, tokens, positions, length):
+        self._announce(DECODE, tokens.shape[0], length)
         dist.broadcast(torch.cat([tokens, positions[:, None]], dim=1), src=0)  # (n, 2)
-        return super().decode(tokens, positions)
+        return super().decode(tokens, positions, length)
 
     def move_row(self, src, dst, length):
         self._announce(MOVE, src, dst, length)
@@ -86,4 +105,4 @@ def follow(model, slots: int, max_seq_len: int) -> None:
             if op == PREFILL:
                 calls.prefill(payload)
             else:
-                calls.decode(payload[:, :1], payload[:, 1])
+                calls.decode(payload[:, :1], payload[:, 1], length=b)

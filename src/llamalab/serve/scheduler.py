@@ -132,8 +132,9 @@ class Scheduler:
         """One forward pass over all running rows, each fed its last token at its own position."""
         rows = self._running
         tokens = torch.tensor([[r.tokens[-1]] for r in rows], device=self.device)  # (n, 1)
-        positions = torch.tensor([r.cached for r in rows], device=self.device)  # (n,)
-        logits = self.calls.decode(tokens, positions)  # (n, vocab)
+        cached = [r.cached for r in rows]
+        positions = torch.tensor(cached, device=self.device)  # (n,)
+        logits = self.calls.decode(tokens, positions, length=max(cached) + 1)  # (n, vocab)
         self._advance(rows, logits)
 
     def _advance(self, rows: list[Request], logits: torch.Tensor) -> None:
