@@ -62,8 +62,8 @@ def run_dir(name: str) -> str:
 
 
 def train_variant(name: str, variant: Variant, base: ModelArgs, cfg: TrainConfig, data: TokenData,
-                  device: torch.device, decode_tokens: int = 64) -> dict:
-    """Train one variant at the reference's parameter count; return its row of the results (see `run_ablation`)."""
+                  device: torch.device) -> tuple[dict, VariantTransformer]:
+    """Train one variant at the reference's parameter count; return its row of the results and the trained model."""
     args = matched_args(base, variant)
     torch.manual_seed(cfg.seed)
     with torch.device(device):
@@ -75,8 +75,7 @@ def train_variant(name: str, variant: Variant, base: ModelArgs, cfg: TrainConfig
     shutil.rmtree(trainer.checkpoints, ignore_errors=True)  # a variant is not a loadable model: keep the metrics only
     metrics = Path(cfg.out_dir) / "metrics.jsonl"
     speeds = [r["tokens_per_s"] for r in read_metrics(metrics) if "tokens_per_s" in r]
-    prompt = data.tokens("val")[: cfg.seq_len // 4].tolist()
-    return {
+    row = {
         "name": name,
         "variant": dataclasses.asdict(variant),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -88,24 +87,30 @@ def train_variant(name: str, variant: Variant, base: ModelArgs, cfg: TrainConfig
         "train_loss": summary["loss"],
         "tokens_per_s": statistics.median(speeds),
         "kv_cache_bytes_per_token": kv_cache_bytes(args, dtype=DTYPE_NAMES[model.tok_embeddings.weight.dtype]),
-        "decode_tokens_per_s": decode_tokens_per_s(model, prompt, min(decode_tokens, cfg.seq_len - len(prompt))),
         "metrics": str(metrics),
     }
+    return row, model
 
 
 @torch.no_grad()
-def decode_tokens_per_s(model: VariantTransformer, prompt: list[int], new_tokens: int, runs: int = 3) -> float:
-    """Greedy decoding speed on the KV cache, batch 1: tokens per second after the prompt's prefill, the best
-    of `runs` runs after one that allocates the cache and warms up."""
-    model.eval()
-    speeds = []
-    for _ in range(runs + 1):
-        generation = Generation(model, [prompt], new_tokens, sampling=SamplingParams(temperature=0.0))
-        for _ in generation:
-            pass
-        speeds.append((len(generation.completions[0].tokens) - 1) / generation.timings["decode_s"])
-    model.clear_cache()
-    return max(speeds[1:])
+def decode_speeds(models: list[VariantTransformer], prompt: list[int], new_tokens: int, rounds: int = 3) -> list[float]:
+    """Greedy decoding speed of each model on its KV cache, batch 1: new tokens per second after the prefill.
+
+    The models take turns (one warm-up run each, then `rounds` timed runs; the fastest counts), so that
+    a change in the machine's load falls on all of them alike.
+    """
+    best = [0.0] * len(models)
+    for timed in range(rounds + 1):
+        for i, model in enumerate(models):
+            generation = Generation(model.eval(), [prompt], new_tokens, sampling=SamplingParams(temperature=0.0))
+            for _ in generation:
+                pass
+            if timed:
+                speed = (len(generation.completions[0].tokens) - 1) / generation.timings["decode_s"]
+                best[i] = max(best[i], speed)
+    for model in models:
+        model.clear_cache()
+    return best
 
 
 def run_ablation(variants: dict[str, Variant], base: ModelArgs, cfg: TrainConfig, device: torch.device,
@@ -115,11 +120,18 @@ def run_ablation(variants: dict[str, Variant], base: ModelArgs, cfg: TrainConfig
     of the logged steps, KV-cache bytes per token and greedy decode tokens/s."""
     data = TokenData(cfg.data)
     base = base.replace(vocab_size=data.vocab_size, max_seq_len=cfg.seq_len)
-    results = []
+    results, models = [], []
     for i, (name, variant) in enumerate(variants.items(), 1):
         say(f"[{i}/{len(variants)}] {name}")
         run_cfg = dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir) / run_dir(name)))
-        results.append(train_variant(name, variant, base, run_cfg, data, device))
+        result, model = train_variant(name, variant, base, run_cfg, data, device)
+        results.append(result)
+        models.append(model)
+    say("decoding speed")
+    prompt = data.tokens("val")[: cfg.seq_len // 4].tolist()
+    speeds = decode_speeds(models, prompt, new_tokens=min(64, cfg.seq_len - len(prompt)))
+    for result, speed in zip(results, speeds):
+        result["decode_tokens_per_s"] = speed
     return results
 
 

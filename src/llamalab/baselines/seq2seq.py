@@ -124,7 +124,7 @@ class Seq2SeqTransformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Xavier-uniform matrices, zero biases, embeddings N(0, 1/dim): scaled by √dim they match the positions' size."""
+        """Xavier-uniform matrices, zero biases, embeddings N(0, 1/dim): times √dim, the size of the positions."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)

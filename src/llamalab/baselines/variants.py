@@ -76,8 +76,8 @@ def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
 class VariantBlock(TransformerBlock):
     """LLaMA's block with the variant's norm, feed-forward and norm position."""
 
-    def __init__(self, layer_id: int, args: ModelArgs, variant: Variant):
-        super().__init__(layer_id, args)
+    def __init__(self, layer_id: int, args: ModelArgs, variant: Variant, attention_impl: str = "sdpa"):
+        super().__init__(layer_id, args, attention_impl)
         if variant.ffn != "swiglu":
             self.feed_forward = MLP(args.dim, args.ffn_hidden_dim, variant.ffn, bias=False, dropout=args.dropout)
         self.attention_norm = make_norm(variant.norm, args.dim, args.norm_eps)
@@ -97,9 +97,11 @@ class VariantTransformer(Transformer):
     def __init__(self, args: ModelArgs, variant: Variant, attention_impl: str = "sdpa"):
         self.variant = variant  # read by init_rope while Transformer.__init__ runs
         super().__init__(args, attention_impl)
-        self.layers = nn.ModuleList(VariantBlock(i, args, variant) for i in range(args.n_layers))
+        # the LLaMA blocks Transformer.__init__ built give way to the variant's
+        self.layers = nn.ModuleList(VariantBlock(i, args, variant, attention_impl) for i in range(args.n_layers))
         # post-norm blocks end normalised already; the original Transformer has no final norm
-        self.norm = make_norm(variant.norm, args.dim, args.norm_eps) if variant.norm_position == "pre" else nn.Identity()
+        pre_norm = variant.norm_position == "pre"
+        self.norm = make_norm(variant.norm, args.dim, args.norm_eps) if pre_norm else nn.Identity()
         if variant.positions == "learned":
             self.pos_embeddings = nn.Embedding(args.max_seq_len, args.dim)
         elif variant.positions == "sinusoidal":

@@ -22,8 +22,8 @@ def add_parser(subparsers):
                     "feed-forward width absorbs the difference), then prints validation loss, training and "
                     "decoding speed and KV-cache bytes per token, and plots the loss curves.",
     )
-    p.add_argument("--budget-tokens", type=int, default=1_000_000, metavar="N",
-                   help="training tokens per variant (default: 1,000,000)")
+    p.add_argument("--budget-tokens", type=int, default=500_000, metavar="N",
+                   help="training tokens per variant (default: 500,000)")
     p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, metavar="SPEC",
                    help=f"names ({', '.join(NAMED_VARIANTS)}) or LLaMA with changes as key=value[,key=value] "
                         f"({choices}); default: llama, each change undone alone, gpt2, vaswani")
@@ -31,15 +31,16 @@ def add_parser(subparsers):
                                                  "(default: the embedded story corpus, prepared in OUT/data)")
     p.add_argument("--out", type=Path, default=Path("runs/ablate"), metavar="DIR",
                    help="one folder of metrics per variant, ablation.json and ablation.png (default: runs/ablate)")
-    p.add_argument("--dim", type=int, default=128, help="width of every variant (default: 128)")
-    p.add_argument("--n-layers", type=int, default=4, help="blocks (default: 4)")
-    p.add_argument("--n-heads", type=int, default=8, help="query heads; gqa keeps one KV head per 4 (default: 8)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per training sequence (default: 128)")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per step (default: 16)")
+    p.add_argument("--dim", type=int, default=128, metavar="N", help="width of every variant (default: 128)")
+    p.add_argument("--n-layers", type=int, default=4, metavar="N", help="blocks (default: 4)")
+    p.add_argument("--n-heads", type=int, default=8, metavar="N",
+                   help="query heads; gqa keeps one KV head per 4 (default: 8)")
+    p.add_argument("--seq-len", type=int, default=128, metavar="N", help="tokens per training sequence (default: 128)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="sequences per step (default: 16)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of every run (default: 3e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order (default: 0)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, ...")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -50,7 +51,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     variants = {spec: parse_variant(spec) for spec in args.variants}
     base = ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, multiple_of=32,
-                     max_seq_len=args.seq_len, tie_embeddings=True)
+                     max_seq_len=args.seq_len)
     # with --json, stdout carries the JSON alone: the trainer's messages go to stderr
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         data = args.data or story_data(args.out / "data", seed=args.seed)

@@ -96,7 +96,8 @@ def test_layernorm_mlp_block_matches_torch_transformer_layer(norm_position, acti
                                         norm_first=norm_position == "pre", bias=False).eval()
     with torch.no_grad():
         attention = ours.attention
-        theirs.self_attn.in_proj_weight.copy_(torch.cat([attention.wq.weight, attention.wk.weight, attention.wv.weight]))
+        qkv = [attention.wq.weight, attention.wk.weight, attention.wv.weight]
+        theirs.self_attn.in_proj_weight.copy_(torch.cat(qkv))
         theirs.self_attn.out_proj.weight.copy_(attention.wo.weight)
         theirs.linear1.weight.copy_(ours.feed_forward.w1.weight)
         theirs.linear2.weight.copy_(ours.feed_forward.w2.weight)
