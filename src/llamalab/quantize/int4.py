@@ -12,7 +12,9 @@ from torch import nn
 from llamalab.errors import ConfigError
 
 CPU_KERNEL_TILES = 2  # inner k-tiles argument of PyTorch's CPU int4 packing (any of 1, 2, 4, 8 works)
-CPU_KERNEL_GROUP_SIZES = (32, 64, 128, 256)  # the group sizes PyTorch's CPU int4 kernel accepts
+KERNEL_GROUP_SIZES = (32, 64, 128, 256)  # the group sizes PyTorch's int4 kernels accept
+# PyTorch's int4 kernel of each device: (x bf16 (tokens, in), packed codes, group size, scales and zeros) -> (tokens, out)
+KERNELS = {"cpu": "_weight_int4pack_mm_for_cpu", "cuda": "_weight_int4pack_mm"}
 
 
 def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -47,9 +49,10 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 class Int4Linear(nn.Module):
     """A bias-free nn.Linear with group-wise int4 weights.
 
-    On CPU (group size 32, 64, 128 or 256 and out_features a multiple of 16) the product runs in PyTorch's int4 kernel with
-    bfloat16 activations, on a copy of the codes in that kernel's layout; elsewhere the weight is
-    dequantized on the fly (`reference_forward`).
+    Where PyTorch has an int4 kernel for the shape (CPU: out_features a multiple of 16; CUDA from Ampere
+    on: out_features a multiple of 8, in_features of 32; group size 32, 64, 128 or 256) the product runs
+    in it with bfloat16 activations, on a copy of the codes in that kernel's layout; elsewhere the weight
+    is dequantized on the fly (`reference_forward`).
     """
 
     def __init__(self, in_features: int, out_features: int, group_size: int = 128, device=None):
@@ -60,8 +63,8 @@ class Int4Linear(nn.Module):
         self.register_buffer("weight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
         self.register_buffer("scales", torch.ones(out_features, n_groups, dtype=torch.float32, device=device))
         self.register_buffer("zeros", torch.zeros(out_features, n_groups, dtype=torch.float32, device=device))
-        self.register_buffer("cpu_weight", torch.empty(0, dtype=torch.uint8), persistent=False)
-        self.register_buffer("cpu_scales_and_zeros", torch.empty(0, dtype=torch.bfloat16), persistent=False)
+        self.register_buffer("kernel_weight", torch.empty(0, dtype=torch.uint8), persistent=False)
+        self.register_buffer("kernel_scales_and_zeros", torch.empty(0, dtype=torch.bfloat16), persistent=False)
         self.register_load_state_dict_post_hook(_repack_after_load)
 
     @classmethod
@@ -69,25 +72,32 @@ class Int4Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear, group_size: int = 128) -> "Int4Linear":
         module = cls(linear.in_features, linear.out_features, group_size, device=linear.weight.device)
         module.weight, module.scales, module.zeros = quantize_int4(linear.weight, group_size)
-        module.pack_for_cpu()
+        module.pack_for_kernel()
         return module
 
     @torch.no_grad()
-    def pack_for_cpu(self) -> None:
-        """Copy the codes, scales and zeros into the layout of PyTorch's CPU int4 kernel (when it applies)."""
-        fits = self.group_size in CPU_KERNEL_GROUP_SIZES and self.out_features % 16 == 0
-        if self.weight.device.type != "cpu" or not fits:
-            self.cpu_weight = torch.empty(0, dtype=torch.uint8, device=self.weight.device)
+    def pack_for_kernel(self) -> None:
+        """Copy the codes, scales and zeros into the layout of the int4 kernel of the weight's device (when it applies)."""
+        device = self.weight.device
+        self.kernel_weight = torch.empty(0, dtype=torch.uint8, device=device)
+        if self.group_size not in KERNEL_GROUP_SIZES:
             return
-        codes = unpack_int4(self.weight).to(torch.int32)  # (out, in)
-        self.cpu_weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, CPU_KERNEL_TILES)
+        tiles = _cuda_inner_k_tiles(device, self.in_features, self.out_features)
+        if device.type == "cpu" and self.out_features % 16 == 0:
+            codes = unpack_int4(self.weight).to(torch.int32)  # (out, in)
+            self.kernel_weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, CPU_KERNEL_TILES)
+        elif tiles:
+            swapped = (self.weight << 4) | (self.weight >> 4)  # (out, in/2): the CUDA kernel wants the even column high
+            self.kernel_weight = torch.ops.aten._convert_weight_to_int4pack(swapped, tiles)
+        else:
+            return
         scales_and_zeros = torch.stack((self.scales, self.zeros), dim=-1)  # (out, n_groups, 2)
-        self.cpu_scales_and_zeros = scales_and_zeros.transpose(0, 1).to(torch.bfloat16).contiguous()  # (n_groups, out, 2)
+        self.kernel_scales_and_zeros = scales_and_zeros.transpose(0, 1).to(torch.bfloat16).contiguous()  # (n_groups, out, 2)
 
     def _apply(self, fn, recurse=True):
         # after .to(device) / .to_empty() the kernel copy must follow the codes
         super()._apply(fn, recurse)
-        self.pack_for_cpu()
+        self.pack_for_kernel()
         return self
 
     def dequantize(self) -> torch.Tensor:
@@ -100,15 +110,24 @@ class Int4Linear(nn.Module):
         return F.linear(x, self.dequantize().to(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or self.cpu_weight.numel() == 0:
+        if self.kernel_weight.numel() == 0:
             return self.reference_forward(x)
-        x2d = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (tokens, in)
-        out = torch.ops.aten._weight_int4pack_mm_for_cpu(x2d, self.cpu_weight, self.group_size, self.cpu_scales_and_zeros)
+        x2d = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # (tokens, in)
+        kernel = getattr(torch.ops.aten, KERNELS[x.device.type])
+        out = kernel(x2d, self.kernel_weight, self.group_size, self.kernel_scales_and_zeros)
         return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 group_size={self.group_size}"
 
 
+def _cuda_inner_k_tiles(device: torch.device, in_features: int, out_features: int) -> int | None:
+    """The inner k-tiles of the CUDA int4 packing for this shape (8, 4 or 2: in_features / 16 must divide by
+    it); None off CUDA, before Ampere or where out_features is not a multiple of 8."""
+    if device.type != "cuda" or out_features % 8 != 0 or torch.cuda.get_device_capability(device) < (8, 0):
+        return None
+    return next((tiles for tiles in (8, 4, 2) if in_features % (16 * tiles) == 0), None)
+
+
 def _repack_after_load(module: Int4Linear, incompatible_keys) -> None:
-    module.pack_for_cpu()
+    module.pack_for_kernel()

@@ -50,12 +50,13 @@ def test_int8_linear_cpu_kernel_matches_the_dequantized_product(shape):
     assert relative_error(module.reference_forward(x), exact) < 1e-6
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
-def test_int4_linear_cpu_kernel_matches_the_dequantized_product(group_size):
-    linear = nn.Linear(256, 48, bias=False)
+def test_int4_linear_kernel_matches_the_dequantized_product(group_size, device):
+    linear = nn.Linear(256, 48, bias=False, device=device)
     module = Int4Linear.from_linear(linear, group_size)
-    assert module.cpu_weight.numel() > 0  # the CPU kernel path is taken
-    x = torch.randn(2, 3, 256)
+    assert module.kernel_weight.numel() > 0  # the device's int4 kernel is taken
+    x = torch.randn(2, 3, 256, device=device)
     codes = unpack_int4(module.weight).double().view(48, -1, group_size)
     weight_hat = ((codes - 8) * module.scales.double()[..., None] + module.zeros.double()[..., None]).view(48, 256)
     exact = x.double() @ weight_hat.T
@@ -63,9 +64,16 @@ def test_int4_linear_cpu_kernel_matches_the_dequantized_product(group_size):
     assert relative_error(module.reference_forward(x), exact) < 1e-6
 
 
-def test_int4_shapes_outside_the_cpu_kernel_use_the_reference_path():
+def test_int4_kernel_takes_a_strided_bfloat16_input():
+    """The last position of a bf16 batch (what `last_only` feeds the head) is a strided view."""
+    module = Int4Linear.from_linear(nn.Linear(64, 32, bias=False), group_size=32)
+    x = torch.randn(3, 5, 64).to(torch.bfloat16)[:, -1:]  # (3, 1, 64), row stride 5 * 64
+    assert torch.allclose(module(x).float(), module.reference_forward(x.float()), rtol=2e-2, atol=2e-2)
+
+
+def test_int4_shapes_outside_the_kernels_use_the_reference_path():
     module = Int4Linear.from_linear(nn.Linear(64, 20, bias=False), group_size=16)  # 20 rows, group 16: no kernel
-    assert module.cpu_weight.numel() == 0
+    assert module.kernel_weight.numel() == 0
     x = torch.randn(3, 64)
     assert torch.equal(module(x), module.reference_forward(x))
 
