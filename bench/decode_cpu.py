@@ -6,23 +6,28 @@ Batch 1, float32, random weights, a short prompt, greedy decoding. The peer is `
 holding exactly our weights (converted with `to_hf_state_dict`). Decode speed excludes the prefill on both
 sides: ours is (n - 1) / decode time, HF's is (n - 1) / (time(n tokens) - time(1 token)). Every variant
 runs `--rounds` times, interleaved with the others so that load from other processes hits all of them
-alike; the best round counts. Variants: `eager` (the model as built), `fast` (`column_major_weights`),
-`int8` (`quantize_model(..., "int8")`), `compiled` (`--compile`: `compile_decode_step` on `fast`).
+alike; the best round counts. Idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE unless set): on cores
+shared with other processes, spinning threads stall every parallel op of both peers.
+Variants: `eager` (the model as built), `fast` (`column_major_weights`), `int8` (`quantize_model(...,
+"int8")`), and with `--compile`: `compiled` (`compile_decode_step` after `matvec_linears`) and
+`int8 compiled` (`compile_decode_step` of the int8 model).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP: set before importing torch
+import torch  # noqa: E402
 
 from llamalab.checkpoint.hf import hf_config, to_hf_state_dict
 from llamalab.checkpoint.weights import model_state_dict
 from llamalab.config import ModelArgs
 from llamalab.generate.compiled import compile_decode_step
 from llamalab.generate.decode import Generation, eager_step
-from llamalab.generate.fast import column_major_weights
+from llamalab.generate.fast import column_major_weights, matvec_linears
 from llamalab.generate.sampling import SamplingParams
 from llamalab.model import Transformer
 from llamalab.quantize import quantize_model
@@ -65,7 +70,9 @@ def variants(model: Transformer, compile: bool) -> dict:
     int8 = quantize_model(copy.deepcopy(model), "int8")
     out["int8"] = (int8, eager_step(int8))
     if compile:
-        out["compiled"] = (fast, compile_decode_step(fast))
+        matvec = matvec_linears(copy.deepcopy(model))
+        out["compiled"] = (matvec, compile_decode_step(matvec))
+        out["int8 compiled"] = (int8, compile_decode_step(int8))
     return out
 
 

@@ -11,7 +11,7 @@ from llamalab.config import PRESETS, ModelArgs
 from llamalab.errors import ConfigError, TokenizerError
 from llamalab.generate.compiled import compile_decode_step
 from llamalab.generate.decode import Step, eager_step
-from llamalab.generate.fast import column_major_weights
+from llamalab.generate.fast import column_major_weights, matvec_linears
 from llamalab.generate.sampling import SamplingParams
 from llamalab.model import Transformer
 from llamalab.quantize import SCHEMES, quantize_model
@@ -72,16 +72,16 @@ def load_model(args: argparse.Namespace) -> tuple[Transformer, Tokenizer | None]
         model = load(args.model, device=device, dtype=dtype)
     else:
         raise ConfigError("give MODEL (a checkpoint folder or file), or --preset NAME --random-init")
-    return prepare_for_inference(model, args.quantize), _tokenizer(args)
+    return prepare_for_inference(model, args.quantize, args.compile), _tokenizer(args)
 
 
-def prepare_for_inference(model: Transformer, quantize: str | None = None) -> Transformer:
-    """No gradients, the optional weight-only quantization, and on CPU the faster column-major weight layout."""
+def prepare_for_inference(model: Transformer, quantize: str | None = None, compile: bool = False) -> Transformer:
+    """No gradients, the optional weight-only quantization, and on CPU the decode fast path (see generate/fast.py)."""
     model.eval().requires_grad_(False)
     if quantize:
         quantize_model(model, quantize)
     if model.tok_embeddings.weight.device.type == "cpu":
-        column_major_weights(model)
+        matvec_linears(model) if compile else column_major_weights(model)
     return model
 
 

@@ -5,7 +5,7 @@ from generate_models import peaked_model
 
 from llamalab.generate.compiled import compile_decode_step
 from llamalab.generate.decode import generate
-from llamalab.generate.fast import column_major_weights
+from llamalab.generate.fast import MatVecLinear, column_major_weights, matvec_linears
 from llamalab.generate.sampling import SamplingParams
 
 GREEDY = SamplingParams(temperature=0)
@@ -32,21 +32,38 @@ def test_column_major_model_generates_the_same_tokens():
     assert [c.tokens for c in generate(model, prompts, 10, sampling=GREEDY)] == expected
 
 
-def compiled_matches_eager(device, backend):
+def compiled_matches_eager(device, backend, prompts):
     model = peaked_model().to(device)
-    prompts = [[1, 2, 3], [1, 9, 8, 7, 6]]
     expected = [c.tokens for c in generate(model, prompts, 8, sampling=GREEDY)]
-    model.setup_cache(2, 64)
+    if device == "cpu":
+        matvec_linears(model)
+    model.setup_cache(len(prompts), 64)
     step = compile_decode_step(model, backend=backend)
     for _ in range(2):  # the second run replays the compiled step (CUDA graph on GPU)
         assert [c.tokens for c in generate(model, prompts, 8, sampling=GREEDY, step=step)] == expected
 
 
-def test_decode_step_traces_as_one_static_graph_on_cpu():
-    """Dynamo captures the whole step (fullgraph) with static shapes; aot_eager skips inductor's slow codegen."""
-    compiled_matches_eager("cpu", "aot_eager")
+@pytest.mark.parametrize("prompts", [[[1, 2, 3]], [[1, 2, 3], [1, 9, 8, 7, 6]]])
+def test_decode_step_traces_as_one_static_graph_on_cpu(prompts):
+    """Dynamo captures the whole step (fullgraph, static shapes) with MatVecLinear's multiply-and-sum;
+    the aot_eager backend runs the captured graph without inductor's slow code generation."""
+    compiled_matches_eager("cpu", "aot_eager", prompts)
 
 
 @pytest.mark.gpu
 def test_compiled_decode_step_generates_the_same_tokens_on_gpu():
-    compiled_matches_eager("cuda", "inductor")
+    compiled_matches_eager("cuda", "inductor", [[1, 2, 3], [1, 9, 8, 7, 6]])
+
+
+def test_matvec_linears_keep_values_ties_and_state_dict_names():
+    model = peaked_model(tie_embeddings=True)
+    tokens = torch.randint(0, 97, (1, 6))
+    with torch.no_grad():
+        expected = model(tokens)
+    names = sorted(model.state_dict())
+    matvec_linears(column_major_weights(model))
+    assert type(model.layers[0].feed_forward.w2) is MatVecLinear and model.output.weight.is_contiguous()
+    assert model.output.weight is model.tok_embeddings.weight and sorted(model.state_dict()) == names
+    with torch.no_grad():
+        assert torch.allclose(model(tokens), expected, atol=1e-5)
+
