@@ -29,7 +29,8 @@ def run(args) -> int:
     if min(args.batch_size, args.prompt_len, args.new_tokens, args.repeats) < 1:
         raise ConfigError("--batch-size, --prompt-len, --new-tokens and --repeats must be positive")
     model, _ = load_model(args)
-    report = benchmark(model, decode_step(model, args), args.batch_size, args.prompt_len, args.new_tokens, args.repeats)
+    step = decode_step(model, args, args.batch_size, args.prompt_len + args.new_tokens)
+    report = benchmark(model, step, args.batch_size, args.prompt_len, args.new_tokens, args.repeats)
     report["model"] = args.model or args.preset
     if args.json:
         print(json.dumps(report))

@@ -12,7 +12,7 @@ from llamalab.generate.decode import Generation
 from llamalab.generate.text import stream_text
 from llamalab.tokenizer import encode_dialog
 
-COMPILED_CACHE_LEN = 4096  # positions of the KV cache a --compile'd chat allocates up front
+COMPILED_CACHE_LEN = 4096  # KV cache positions a --compile'd chat allocates once (at most the context)
 HELP = "/reset clears the history, /exit (or end of input) quits"
 
 
@@ -27,9 +27,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     model, tokenizer = load_model(args)
     tokenizer = require_tokenizer(tokenizer, "chat")
-    step, sampling = decode_step(model, args), sampling_params(args)
-    if args.compile:  # one KV cache shape for the whole conversation: the step compiles once
-        model.setup_cache(1, min(model.args.max_seq_len, COMPILED_CACHE_LEN))
+    step, sampling = decode_step(model, args, cache_len=COMPILED_CACHE_LEN), sampling_params(args)
     interactive = sys.stdin.isatty()
     system = [{"role": "system", "content": args.system}] if args.system else []
     history = list(system)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -10,7 +11,7 @@ from llamalab.cli.parallel import load_tensor_parallel
 from llamalab.config import PRESETS, ModelArgs
 from llamalab.errors import ConfigError, TokenizerError
 from llamalab.generate.compiled import compile_decode_step
-from llamalab.generate.decode import Step, eager_step
+from llamalab.generate.decode import Generation, Step, eager_step
 from llamalab.generate.fast import column_major_weights, matvec_linears
 from llamalab.generate.sampling import SamplingParams
 from llamalab.model import Transformer
@@ -85,9 +86,16 @@ def prepare_for_inference(model: Transformer, quantize: str | None = None, compi
     return model
 
 
-def decode_step(model: Transformer, args: argparse.Namespace) -> Step:
-    """The decode step the arguments ask for: compiled with --compile, else eager."""
-    return compile_decode_step(model) if args.compile else eager_step(model)
+def decode_step(model: Transformer, args: argparse.Namespace, batch_size: int = 1, cache_len: int | None = None) -> Step:
+    """The decode step the arguments ask for: eager, or with --compile compiled now on a KV cache of
+    (batch_size, cache_len) allocated once, so that the generations that reuse it never wait for compilation."""
+    if not args.compile:
+        return eager_step(model)
+    print("compiling the decode step ...", file=sys.stderr, flush=True)
+    step = compile_decode_step(model)
+    model.setup_cache(batch_size, min(cache_len or model.args.max_seq_len, model.args.max_seq_len))
+    list(Generation(model, [[0]] * batch_size, 2, SamplingParams(temperature=0), step=step))
+    return step
 
 
 def _tokenizer(args: argparse.Namespace) -> Tokenizer | None:

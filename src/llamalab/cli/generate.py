@@ -43,7 +43,8 @@ def run(args) -> int:
         draft = prepare_for_inference(load(args.draft, device=weight.device, dtype=weight.dtype))
         generation = SpeculativeGeneration(model, draft, [prompt], args.max_new_tokens, args.lookahead, **options)
     else:
-        generation = Generation(model, [prompt], args.max_new_tokens, step=decode_step(model, args), **options)
+        step = decode_step(model, args, cache_len=len(prompt) + args.max_new_tokens)
+        generation = Generation(model, [prompt], args.max_new_tokens, step=step, **options)
     printing = is_main_process()  # with --tp every rank generates; rank 0 prints
     for delta in deltas(generation, tokenizer, args.stop):
         if printing and not args.json:
