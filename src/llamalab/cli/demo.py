@@ -5,11 +5,13 @@ tokenizes it, trains a small Llama from scratch, saves it, and prints a story th
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
-from llamalab.cli.train import train
+from llamalab.cli.train import setup_process, train
 from llamalab.errors import ConfigError
 from llamalab.train.config import TrainConfig
 from llamalab.train.data import prepare, train_tokenizer
@@ -21,6 +23,7 @@ MODEL = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, multiple_of=32, tie_e
 TRAINING = dict(seq_len=256, batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=50, weight_decay=0.1,
                 eval_every=100, eval_batches=8, log_every=10, save_every=0, keep_last=1,
                 sample_prompt="Once upon a time", sample_tokens=250)
+PROBE_STEPS = 5
 
 
 def add_parser(subparsers):
@@ -28,15 +31,32 @@ def add_parser(subparsers):
     p.add_argument("--out", type=Path, default=Path("llamalab-demo"), metavar="DIR",
                    help="folder for the corpus, data, checkpoints and the model (default: llamalab-demo)")
     p.add_argument("--stories", type=int, default=20000, metavar="N", help="stories in the corpus (default: 20000)")
-    p.add_argument("--steps", type=int, default=1000, metavar="N", help="training steps (default: 1000)")
+    p.add_argument("--minutes", type=float, default=3.5, metavar="M",
+                   help="training time to aim for: the number of steps is set from the speed measured here "
+                        "(default: 3.5)")
+    p.add_argument("--steps", type=int, metavar="N", help="train exactly N steps instead")
     p.add_argument("--seed", type=int, default=0, help="seed of the corpus, the weights and the sample")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
+def steps_that_fit(cfg: TrainConfig, seconds: float) -> int:
+    """How many steps of this run take about `seconds` here, timed on a throwaway copy (300 to 3000)."""
+    from llamalab.train.trainer import build_trainer  # heavy: only when the demo runs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = build_trainer(dataclasses.replace(cfg, out_dir=tmp), setup_process(cfg))
+        probe.train_step()  # warm-up
+        start = time.perf_counter()
+        for _ in range(PROBE_STEPS):
+            probe.train_step()
+        per_step = (time.perf_counter() - start) / PROBE_STEPS
+    return int(min(3000, max(300, seconds / (per_step * 1.05))))  # 5 %: the validation passes
+
+
 def run(args) -> int:
-    if args.stories < 100 or args.steps < 1:
-        raise ConfigError("the demo needs --stories 100 or more and --steps 1 or more")
+    if args.stories < 100 or (args.steps is not None and args.steps < 1) or args.minutes <= 0:
+        raise ConfigError("the demo needs --stories 100 or more, --steps 1 or more and --minutes above 0")
     start = time.perf_counter()
     out: Path = args.out
     print(f"llamalab demo: a small Llama trained from scratch on this machine, in {out}/\n")
@@ -56,10 +76,15 @@ def run(args) -> int:
           f"validation tokens ({time.perf_counter() - t:.1f} s)")
 
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the demo always trains afresh
-    cfg = TrainConfig(data=str(out / "data"), out_dir=str(out), model=MODEL, max_steps=args.steps,
+    cfg = TrainConfig(data=str(out / "data"), out_dir=str(out), model=MODEL, max_steps=args.steps or 1,
                       seed=args.seed, progress=not args.no_progress, **TRAINING)
-    print(f"[4/4] training (dim {MODEL['dim']}, {MODEL['n_layers']} layers, {MODEL['n_heads']} heads, "
-          f"context {cfg.seq_len}); the validation loss should fall from about 7 to below 1.5\n")
+    if args.steps is None:
+        cfg.max_steps = steps_that_fit(cfg, 60 * args.minutes)
+        print(f"[4/4] training for about {args.minutes:g} minutes: {cfg.max_steps} steps at the speed measured here")
+    else:
+        print(f"[4/4] training for {cfg.max_steps} steps")
+    print(f"      (dim {MODEL['dim']}, {MODEL['n_layers']} layers, {MODEL['n_heads']} heads, context {cfg.seq_len}); "
+          "the validation loss falls from about 7 to below 1 as it learns to write\n")
     summary = train(cfg)
     if summary["interrupted"]:
         return 130

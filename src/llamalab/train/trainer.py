@@ -131,7 +131,7 @@ class Trainer:
             dist.all_reduce(total)
         return (total[0] / total[1]).item()
 
-    def sample(self, prompt: str | None = None, max_new_tokens: int | None = None, temperature: float = 0.8) -> str:
+    def sample(self, prompt: str | None = None, max_new_tokens: int | None = None, temperature: float = 0.6) -> str:
         """Text the model continues `prompt` with (every process runs it: FSDP needs them all; the seed is fixed)."""
         tokenizer = load_tokenizer(self.data.tokenizer_path)
         prompt = self.cfg.sample_prompt if prompt is None else prompt
@@ -141,7 +141,7 @@ class Trainer:
         try:
             with self._autocast():
                 [done] = generate(self.model, [ids], max_new, stop_ids=tokenizer.stop_ids,
-                                  sampling=SamplingParams(temperature=temperature, top_p=0.95, seed=self.cfg.seed))
+                                  sampling=SamplingParams(temperature=temperature, top_p=0.9, seed=self.cfg.seed))
         finally:
             self.model.clear_cache()
         return tokenizer.decode(ids + done.tokens)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+from llamalab import checkpoint
 from llamalab.cli.main import build_parser, main
 from llamalab.cli.train import config_from_args
 from llamalab.train.metrics import read_metrics
@@ -114,3 +115,13 @@ def test_a_run_killed_and_resumed_repeats_the_uninterrupted_losses_bit_for_bit(c
     expected = curve("whole")
     assert [r["step"] for r in expected if "loss" in r] == list(range(1, 31))
     assert curve("killed") == expected  # train and validation losses, learning rates: identical floats
+
+
+def test_the_demo_runs_the_whole_pipeline_and_says_how_to_use_the_model(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--stories", "300", "--steps", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    model = tmp_path / "demo" / "model"
+    assert f"The model is saved in {model}/" in out and f"llamalab generate {model} --prompt" in out
+    assert "A story the model wrote" in out and "Final validation loss" in out
+    assert [r["step"] for r in read_metrics(tmp_path / "demo" / "metrics.jsonl") if "val_loss" in r] == [3]
+    assert checkpoint.load(model).args.dim == 128
