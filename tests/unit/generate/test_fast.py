@@ -43,11 +43,10 @@ def compiled_matches_eager(device, backend, prompts):
         assert [c.tokens for c in generate(model, prompts, 8, sampling=GREEDY, step=step)] == expected
 
 
-@pytest.mark.parametrize("prompts", [[[1, 2, 3]], [[1, 2, 3], [1, 9, 8, 7, 6]]])
-def test_decode_step_traces_as_one_static_graph_on_cpu(prompts):
+def test_decode_step_traces_as_one_static_graph_on_cpu():
     """Dynamo captures the whole step (fullgraph, static shapes) with MatVecLinear's multiply-and-sum;
     the aot_eager backend runs the captured graph without inductor's slow code generation."""
-    compiled_matches_eager("cpu", "aot_eager", prompts)
+    compiled_matches_eager("cpu", "aot_eager", [[1, 2, 3]])
 
 
 @pytest.mark.gpu
