@@ -13,7 +13,7 @@ from llamalab.errors import ConfigError
 
 CPU_KERNEL_TILES = 2  # inner k-tiles argument of PyTorch's CPU int4 packing (any of 1, 2, 4, 8 works)
 KERNEL_GROUP_SIZES = (32, 64, 128, 256)  # the group sizes PyTorch's int4 kernels accept
-# PyTorch's int4 kernel of each device: (x bf16 (tokens, in), packed codes, group size, scales and zeros) -> (tokens, out)
+# PyTorch's int4 kernel of each device: (x bf16 (tokens, in), packed codes, group size, scales and zeros) -> out
 KERNELS = {"cpu": "_weight_int4pack_mm_for_cpu", "cuda": "_weight_int4pack_mm"}
 
 
@@ -77,7 +77,7 @@ class Int4Linear(nn.Module):
 
     @torch.no_grad()
     def pack_for_kernel(self) -> None:
-        """Copy the codes, scales and zeros into the layout of the int4 kernel of the weight's device (when it applies)."""
+        """Copy the codes, scales and zeros into the layout of the int4 kernel of the weight's device, if it has one."""
         device = self.weight.device
         self.kernel_weight = torch.empty(0, dtype=torch.uint8, device=device)
         if self.group_size not in KERNEL_GROUP_SIZES:

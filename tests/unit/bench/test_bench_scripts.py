@@ -1,0 +1,105 @@
+"""The GPU benchmarks of issue 10 run end to end on a CPU (the tiny debug shape) and report what the issue asks
+for, with MFU and bandwidth figures that follow from the model's own parameter shapes."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from llamalab.config import ModelArgs
+from llamalab.model import Transformer
+
+BENCH = Path(__file__).resolve().parents[3] / "bench"
+COMMON = ["--device", "cpu", "--preset", "debug", "--threads", "1", "--peak-tflops", "1", "--json"]
+RUNS = {
+    "gpu_decode": ["--new-tokens", "8", "--rounds", "1", "--batch-sizes", "2", "--prefill-len", "16"],
+    "gpu_train": ["--batch-size", "2", "--seq-len", "64", "--steps", "2", "--warmup", "1"],
+}
+PEAK = 1e12
+
+
+@pytest.fixture(scope="module")
+def reports():
+    """Each script's JSON report; the two run side by side."""
+    runs = {name: subprocess.Popen([sys.executable, str(BENCH / f"{name}.py"), *COMMON, *extra],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name, extra in RUNS.items()}
+    out = {}
+    for name, run in runs.items():
+        stdout, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr[-3000:]
+        out[name] = json.loads(stdout)
+    return out
+
+
+def matmul_weights(args: ModelArgs) -> tuple[int, int]:
+    """(weights of the blocks' linear layers, weights of the output head) of a built model."""
+    model = Transformer(args)
+    blocks = sum(m.weight.numel() for m in model.layers.modules() if isinstance(m, nn.Linear))
+    return blocks, model.output.weight.numel()
+
+
+def test_decode_bench_measures_every_part_against_its_peers(reports):
+    report = reports["gpu_decode"]
+    rows = {(r["part"], r["variant"], r["batch"]): r for r in report["rows"]}
+    assert set(rows) == {
+        ("decode", "llamalab compiled", 1), ("decode", "llamalab compiled, no host sync", 1),
+        ("decode", "llamalab eager", 1), ("decode", "hf eager", 1), ("decode", "hf static cache", 1),
+        ("quant", "llamalab compiled bf16", 1), ("quant", "llamalab compiled int8", 1),
+        ("quant", "llamalab compiled int4", 1), ("batch", "llamalab compiled", 2),
+        ("prefill", "llamalab eager, 16 tokens", 1),
+    }
+    assert all(r["tokens_per_s"] > 0 for r in report["rows"])
+    assert all(r["compile_s"] > 0 for (part, variant, _), r in rows.items() if "compiled" in variant)
+    ratios = report["ratios"]["debug"]
+    assert set(ratios) == {"compiled / bandwidth limit", "compiled / hf eager", "compiled / hf static cache",
+                           "no host sync / compiled", "int8 / bf16", "int4 / bf16"}
+    ours = rows["decode", "llamalab compiled", 1]["tokens_per_s"]
+    assert ratios["compiled / hf eager"] == pytest.approx(ours / rows["decode", "hf eager", 1]["tokens_per_s"])
+
+
+def test_decode_bench_limit_is_the_bytes_a_step_reads_over_the_measured_copy_bandwidth(reports):
+    report = reports["gpu_decode"]
+    args = ModelArgs.from_preset("debug")
+    info = report["presets"]["debug"]
+    assert info["context_len"] == info["prompt_len"] + info["new_tokens"] // 2
+    weights = sum(p.numel() for p in Transformer(args).parameters()) * 2  # bf16
+    kv_cache = 2 * args.n_layers * args.kv_heads * args.head_dim * 2 * info["context_len"]
+    assert info["bytes_per_token"] == weights + kv_cache
+    limit = report["copy_bandwidth_gb_s"] * 1e9 / info["bytes_per_token"]
+    assert info["limit_tokens_per_s"] == pytest.approx(limit)
+    compiled = next(r for r in report["rows"] if r["variant"] == "llamalab compiled" and r["batch"] == 1)
+    assert compiled["mbu"] == pytest.approx(compiled["tokens_per_s"] / limit)
+    assert report["ratios"]["debug"]["compiled / bandwidth limit"] == pytest.approx(compiled["mbu"])
+
+
+def test_decode_bench_mfu_counts_the_matmuls_of_a_decode_step_and_of_the_prefill(reports):
+    report = reports["gpu_decode"]
+    args = ModelArgs.from_preset("debug")
+    blocks, head = matmul_weights(args)
+    context = report["presets"]["debug"]["context_len"]
+    step = 2 * (blocks + head) + 4 * args.n_layers * args.dim * context  # one query against `context` keys
+    batch = next(r for r in report["rows"] if r["part"] == "batch")
+    assert batch["mfu"] == pytest.approx(batch["tokens_per_s"] * step / PEAK)
+    n = 16
+    prefill = 2 * n * blocks + 2 * head + 4 * args.n_layers * args.dim * n * n  # logits of the last position only
+    row = next(r for r in report["rows"] if r["part"] == "prefill")
+    assert row["mfu"] == pytest.approx(row["tokens_per_s"] / n * prefill / PEAK)
+
+
+def test_train_bench_times_our_step_and_the_hf_step_with_mfu(reports):
+    report = reports["gpu_train"]
+    assert [r["variant"] for r in report["rows"]] == ["llamalab", "hf"]
+    ours, hf = report["rows"]
+    tokens = report["batch_size"] * report["seq_len"]
+    for row in report["rows"]:
+        assert row["tokens_per_s"] == pytest.approx(tokens / (row["step_ms"] / 1000))
+        assert row["activation_checkpointing"] is False and row["peak_memory_gb"] is None  # a CPU: no memory limit
+    assert report["ratio"] == pytest.approx(ours["tokens_per_s"] / hf["tokens_per_s"])
+    args = ModelArgs.from_preset("debug", vocab_size=320)  # the bench's corpus has 320 token ids
+    blocks, head = matmul_weights(args)
+    per_token = 6 * (blocks + head) + 12 * args.n_layers * args.dim * report["seq_len"]
+    assert ours["mfu"] == pytest.approx(ours["tokens_per_s"] * per_token / PEAK)
