@@ -144,9 +144,9 @@ def plot_curves(results: list[dict]) -> Figure:
         tokens_per_step = result["tokens"] / result["steps"]
         train = [(r["step"] * tokens_per_step, r["loss"]) for r in records if "loss" in r]
         val = [(r["step"] * tokens_per_step, r["val_loss"]) for r in records if "val_loss" in r]
-        color = f"C{i % 10}"
+        color, style = f"C{i % 10}", "o-" if i < 10 else "s--"  # ten colours, then dashed lines
         ax.plot(*zip(*train), color=color, alpha=0.25, linewidth=1)
-        ax.plot(*zip(*val), "o-", color=color, markersize=3, label=f"{result['name']} ({result['val_loss']:.3f})")
+        ax.plot(*zip(*val), style, color=color, markersize=3, label=f"{result['name']} ({result['val_loss']:.3f})")
     ax.set(xlabel="training tokens", ylabel="cross-entropy loss (nats/token)",
            title="ablation at equal parameters and tokens: validation (dots), training (faint)")
     ax.set_ylim(top=min(ax.get_ylim()[1], 2 * max(r["val_loss"] for r in results)))
