@@ -38,7 +38,7 @@ def add_parser(subparsers):
     p.add_argument("--seq-len", type=int, default=128, metavar="N", help="tokens per training sequence (default: 128)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="sequences per step (default: 16)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of every run (default: 3e-3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order (default: 0)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, ...")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -54,7 +54,7 @@ def run(args) -> int:
                      max_seq_len=args.seq_len)
     # with --json, stdout carries the JSON alone: the trainer's messages go to stderr
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        data = args.data or story_data(args.out / "data", seed=args.seed)
+        data = args.data or story_data(args.out / "data")  # one corpus whatever --seed
         cfg = ablation_config(data, args.out, args.budget_tokens, args.seq_len, args.batch_size, args.lr, args.seed,
                               progress=not args.no_progress)
         results = run_ablation(variants, base, cfg, torch.device(args.device))
