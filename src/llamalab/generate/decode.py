@@ -82,7 +82,7 @@ class Generation:
         self.generators = [make_generator(p.seed, device) for p in rows]
         if all(g is None for g in self.generators):
             self.generators = None
-        # every row's tokens so far, -1 after its end: the repetition penalty's history
+        # each row's prompt, then (for the repetition penalty) its new tokens; -1 after its end
         self.history = torch.full((len(prompts), self.cache_len), -1, dtype=torch.long, device=device)
         for row, p in enumerate(prompts):
             self.history[row, : len(p)] = torch.tensor(p)
@@ -157,7 +157,8 @@ class Generation:
         c = self.completions[row]
         if c.finish_reason is not None:
             return []
-        self.history[row, self.lengths[row] + len(c.tokens)] = token
+        if self.penalize:  # only the penalty reads the history; on a GPU each write is a kernel launch per row
+            self.history[row, self.lengths[row] + len(c.tokens)] = token
         if token in self.stop_ids:
             c.finish_reason = "stop"
             return []

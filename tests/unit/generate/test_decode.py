@@ -6,7 +6,7 @@ from generate_models import peaked_model
 from llamalab.errors import ConfigError, ContextLengthError
 from llamalab.generate import decode
 from llamalab.generate.decode import Generation, generate
-from llamalab.generate.sampling import SamplingParams
+from llamalab.generate.sampling import SamplingParams, apply_repetition_penalty
 
 GREEDY = SamplingParams(temperature=0)
 
@@ -37,6 +37,21 @@ def test_greedy_equals_argmax_of_full_sequence_logits(model):
     (c,) = generate(model, [prompt], 12, sampling=GREEDY)
     assert c.tokens == full_forward_greedy(model, prompt, 12)
     assert c.finish_reason == "length"
+
+
+def test_repetition_penalty_covers_the_prompt_and_the_generated_tokens(model):
+    """Greedy with a penalty equals a cache-free loop penalising every token of the sequence so far."""
+    prompts, penalty = [[1, 17, 33, 5], [2, 9]], 3.0
+    expected = []
+    with torch.no_grad():
+        for prompt in prompts:
+            seq = list(prompt)
+            for _ in range(10):
+                logits = apply_repetition_penalty(model(torch.tensor([seq]))[:, -1], torch.tensor([seq]), penalty)
+                seq.append(int(logits.argmax()))
+            expected.append(seq[len(prompt):])
+    got = generate(model, prompts, 10, sampling=SamplingParams(temperature=0, repetition_penalty=penalty))
+    assert [c.tokens for c in got] == expected
 
 
 def test_ragged_batch_equals_each_prompt_alone(model):
