@@ -33,7 +33,9 @@ def add_parser(subparsers):
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name != "model":
-            _add_flag(group, f.name, hints[f.name], f"{f.metadata['help']} (default: {_default(f)})")
+            default = _default(f)
+            shown = "" if default in (None, "") else f" (default: {default})"
+            _add_flag(group, f.name, hints[f.name], f.metadata["help"] + shown, f.metadata["choices"])
     group = p.add_argument_group("model", "ModelArgs fields for a new model, over the preset's")
     hints = typing.get_type_hints(ModelArgs)
     for f in dataclasses.fields(ModelArgs):
@@ -53,14 +55,16 @@ def _default(f: dataclasses.Field):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def _add_flag(group, name: str, hint, help: str | None) -> None:
+def _add_flag(group, name: str, hint, help: str | None, choices=None) -> None:
+    """--name-with-dashes: --x/--no-x for a bool, several values for a list; default None = not given."""
     flag, kind = "--" + name.replace("_", "-"), _scalar(hint)
     if kind is bool:
         group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help)
     elif kind is list:
         group.add_argument(flag, nargs="+", default=None, metavar="NAME", help=help)
     else:
-        group.add_argument(flag, type=kind, default=None, metavar=name.upper(), help=help)
+        group.add_argument(flag, type=kind, default=None, choices=choices, metavar=None if choices else name.upper(),
+                           help=help)
 
 
 def config_from_args(args) -> TrainConfig:

@@ -19,11 +19,15 @@ from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
 
 
-def setting(default: Any, help: str):
-    """A TrainConfig field with the one-line help its command-line flag shows."""
+AUTOCAST_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None):
+    """A TrainConfig field with the one-line help (and the choices) its command-line flag shows."""
+    metadata = {"help": help, "choices": choices}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -52,10 +56,10 @@ class TrainConfig:
     grad_clip: float = setting(1.0, "largest global gradient norm (0: no clipping)")
     # numerics and speed
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
-    dtype: str = setting("float32", "autocast dtype: float32, bfloat16 or float16 (with a gradient scaler)")
+    dtype: str = setting("float32", "autocast dtype (float16 adds a gradient scaler)", AUTOCAST_DTYPES)
     compile: bool = setting(False, "torch.compile the model")
     activation_checkpointing: bool = setting(False, "recompute each block in the backward pass to save memory")
-    parallel: str = setting("ddp", "data parallelism under torchrun: ddp or fsdp")
+    parallel: str = setting("ddp", "data parallelism under torchrun", ("ddp", "fsdp"))
     # fine-tuning with LoRA (lora_rank 0: every weight trains)
     lora_rank: int = setting(0, "rank of LoRA adapters (0: full training)")
     lora_alpha: float = setting(16.0, "LoRA scale numerator: the update is alpha/rank * B A")
@@ -90,7 +94,7 @@ class TrainConfig:
             raise ConfigError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.dtype not in AUTOCAST_DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.dtype!r}")
-        if self.parallel not in ("ddp", "fsdp"):
+        if self.parallel not in ("ddp", "fsdp"):  # flags check choices; a config file may not
             raise ConfigError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
         if self.merge and not self.lora_rank:
             raise ConfigError("merge folds LoRA adapters into the weights; it needs lora_rank > 0")
@@ -109,7 +113,6 @@ class TrainConfig:
         return cls(**data)
 
 
-AUTOCAST_DTYPES = ("float32", "bfloat16", "float16")
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelArgs)}
 
 

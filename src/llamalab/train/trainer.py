@@ -47,6 +47,8 @@ def build_trainer(cfg: TrainConfig, device: torch.device) -> "Trainer":
 
     To change the model on the way (another parallel plan, say), call these steps yourself.
     """
+    if not cfg.data:
+        raise ConfigError("no training data given: pass --data DIR, a folder written by `llamalab data prepare`")
     data = TokenData(cfg.data)
     model = build_model(cfg, data.vocab_size, device)
     module = prepare_model(model, cfg, device)
