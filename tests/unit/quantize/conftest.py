@@ -15,15 +15,6 @@ def arithmetic_sequences(n: int, length: int, generator: torch.Generator) -> tup
     return tokens[:, :-1], tokens[:, 1:]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one thread is fastest and does not stall when the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def trained_model():
     """A tiny model trained for 40 steps to continue arithmetic sequences (loss ≈ 0.6 from ln 64 ≈ 4.2)."""

@@ -55,15 +55,6 @@ class LiveServer:
         self.thread.join(timeout=30)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A tiny model runs fastest on one thread, and one thread is not slowed by other jobs on the machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory):
     path = tmp_path_factory.mktemp("serve_tokenizer") / "tokenizer.model"
