@@ -1,5 +1,11 @@
-import pytest
-import torch
+import os
+
+# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads of one test
+# process starve the other's (set before torch starts its thread pool).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
