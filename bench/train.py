@@ -5,6 +5,7 @@
 
 Variants (each timed `--steps` steps a round, rounds interleaved, best round reported):
   llamalab fast   bf16 autocast, torch.compile, fused AdamW: how `llamalab train --dtype bfloat16 --compile` runs
+  llamalab fp32c  float32, torch.compile, fused AdamW
   llamalab fp32   eager float32, fused AdamW
   HF fp32         `model(input_ids, labels=...).loss.backward(); AdamW.step()`: the plain HF step
   HF bf16         the same under bf16 autocast
@@ -86,6 +87,8 @@ def main() -> None:
         variants = {
             "llamalab fast": llamalab_step(data, Path(tmp) / "fast", args.batch_size, args.seq_len, "bfloat16",
                                            not args.no_compile),
+            "llamalab fp32c": llamalab_step(data, Path(tmp) / "fp32c", args.batch_size, args.seq_len, "float32",
+                                            not args.no_compile),
             "llamalab fp32": llamalab_step(data, Path(tmp) / "fp32", args.batch_size, args.seq_len, "float32", False),
             "HF fp32": hf_step(data, args.batch_size, args.seq_len, autocast=False),
             "HF bf16": hf_step(data, args.batch_size, args.seq_len, autocast=True),
@@ -107,8 +110,8 @@ def main() -> None:
         print(f"  {name:<14} {seconds * 1000:8.0f} ms/step {tokens / seconds:9,.0f} tokens/s")
     ratio = {name: best["HF fp32"] / best[name] for name in best}
     print(f"\nllamalab fast / HF fp32 (the plain HF step): {ratio['llamalab fast']:.2f}x")
-    print(f"same precision: llamalab fp32 / HF fp32 {ratio['llamalab fp32']:.2f}x, "
-          f"llamalab fast / HF bf16 {best['HF bf16'] / best['llamalab fast']:.2f}x")
+    print(f"same precision: llamalab fp32c / HF fp32 {ratio['llamalab fp32c']:.2f}x, llamalab fp32 / HF fp32 "
+          f"{ratio['llamalab fp32']:.2f}x, llamalab fast / HF bf16 {best['HF bf16'] / best['llamalab fast']:.2f}x")
 
 
 if __name__ == "__main__":

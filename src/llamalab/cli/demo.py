@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -87,12 +88,14 @@ def run(args) -> int:
           "the validation loss falls from about 7 to below 1 as it learns to write\n")
     summary = train(cfg)
     if summary["interrupted"]:
+        print(f"\nStopped at step {summary['step']}. Run `llamalab demo` again to start over.")
         return 130
 
     minutes, seconds = divmod(round(time.perf_counter() - start), 60)
     model = summary["model"]
     print(f"\nA story the model wrote (prompt: {cfg.sample_prompt!r}):\n")
-    print("  " + summary["sample"].replace("\n", "\n  "))
+    for paragraph in summary["sample"].splitlines():
+        print(textwrap.fill(paragraph, width=100, initial_indent="  ", subsequent_indent="  "))
     print(f"\nDone in {minutes} min {seconds} s. Final validation loss {summary['val_loss']:.3f}.")
     print(f"The model is saved in {model}/ (weights, config and tokenizer); its loss curve is {summary['plot']}.")
     print("Try it:")

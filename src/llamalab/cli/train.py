@@ -76,9 +76,14 @@ def config_from_args(args) -> TrainConfig:
 
 
 def run(args) -> int:
-    summary = train(config_from_args(args))
-    if summary is None or summary["interrupted"]:
-        return 0 if summary is None else 130
+    cfg = config_from_args(args)
+    summary = train(cfg)
+    if summary is None:  # not rank 0
+        return 0
+    if summary["interrupted"]:
+        print(f"stopped at step {summary['step']}; checkpoint saved in {Path(cfg.out_dir) / 'checkpoints'}. "
+              "Continue with the same command and --resume")
+        return 130
     print(f"validation loss {summary['val_loss']:.3f} at step {summary['step']}; loss curve: {summary['plot']}")
     print(f"sample:\n{summary['sample']}")
     if summary["model"].name == "adapters":
@@ -88,7 +93,7 @@ def run(args) -> int:
     return 0
 
 
-def train(cfg: TrainConfig, say=print) -> dict | None:
+def train(cfg: TrainConfig) -> dict | None:
     """Set the process up, train, save the model and write a sample; rank 0 returns the run's summary.
 
     The summary holds the step, losses, the loss-curve PNG, the saved model folder and the sample text.
@@ -98,18 +103,16 @@ def train(cfg: TrainConfig, say=print) -> dict | None:
     device = setup_process(cfg)
     try:
         main = not dist.is_initialized() or dist.get_rank() == 0
-        say = say if main else (lambda *a, **k: None)
         trainer = build_trainer(cfg, device)
         n_params = sum(p.numel() for p in trainer.model.parameters())
         n_trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        say(f"model: {n_params / 1e6:.2f} M parameters ({n_trained / 1e6:.2f} M trained), "
-            f"{trainer.global_batch} x {cfg.seq_len} tokens a step, {cfg.max_steps} steps on {device}"
-            + (f" x {trainer.world} processes ({cfg.parallel})" if trainer.world > 1 else ""))
-        with stop_on_ctrl_c(trainer, say):
+        if main:
+            print(f"model: {n_params / 1e6:.2f} M parameters ({n_trained / 1e6:.2f} M trained), "
+                  f"{trainer.global_batch} x {cfg.seq_len} tokens a step, {cfg.max_steps} steps on {device}"
+                  + (f" x {trainer.world} processes ({cfg.parallel})" if trainer.world > 1 else ""))
+        with stop_on_ctrl_c(trainer, announce=main):
             summary = trainer.fit()
         if summary["interrupted"]:
-            say(f"stopped at step {summary['step']}; checkpoint saved in {trainer.checkpoints}. "
-                f"Continue with the same command and --resume")
             return summary if main else None
         name = "adapters" if cfg.lora_rank and not cfg.merge else "model"
         summary["model"] = trainer.save_model(Path(cfg.out_dir) / name)
@@ -140,12 +143,14 @@ def setup_process(cfg: TrainConfig) -> torch.device:
 
 
 @contextlib.contextmanager
-def stop_on_ctrl_c(trainer, say=print):
+def stop_on_ctrl_c(trainer, announce: bool = True):
     """The first Ctrl-C asks the trainer to save and stop after its current step; a second one aborts."""
     def handler(signum, frame):
         if trainer.stop_requested:
             raise KeyboardInterrupt
-        say("\nCtrl-C: saving a checkpoint after this step (press again to abort without saving)", file=sys.stderr)
+        if announce:
+            print("\nCtrl-C: saving a checkpoint after this step (press again to abort without saving)",
+                  file=sys.stderr)
         trainer.request_stop()
 
     previous = signal.signal(signal.SIGINT, handler)

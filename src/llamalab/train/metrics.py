@@ -9,6 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from llamalab.checkpoint.atomic import atomic_output
+from llamalab.errors import ConfigError
 
 
 class MetricsLog:
@@ -16,17 +17,19 @@ class MetricsLog:
     (those of the run being resumed; a fresh run starts at 0 and keeps none)."""
 
     def __init__(self, path: Path, start_step: int = 0, tensorboard_dir: Path | None = None):
+        self.tensorboard = None
+        if tensorboard_dir is not None:
+            try:  # an optional dependency, imported only when asked for
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.tensorboard = SummaryWriter(str(tensorboard_dir))
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(path) if r["step"] <= start_step]
         with atomic_output(path) as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         self.file = path.open("a", encoding="utf-8")
-        self.tensorboard = None
-        if tensorboard_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter  # optional dependency: imported only when asked
-
-            self.tensorboard = SummaryWriter(str(tensorboard_dir))
 
     def write(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record) + "\n")

@@ -5,10 +5,14 @@ import subprocess
 import sys
 import time
 
+import torch
+
 from llamalab import checkpoint
 from llamalab.cli.main import build_parser, main
-from llamalab.cli.train import config_from_args
+from llamalab.cli.train import config_from_args, stop_on_ctrl_c
+from llamalab.train.checkpoints import saved_steps
 from llamalab.train.metrics import read_metrics
+from llamalab.train.trainer import build_trainer
 
 TOML = """
 max_steps = 100
@@ -125,3 +129,22 @@ def test_the_demo_runs_the_whole_pipeline_and_says_how_to_use_the_model(tmp_path
     assert "A story the model wrote" in out and "Final validation loss" in out
     assert [r["step"] for r in read_metrics(tmp_path / "demo" / "metrics.jsonl") if "val_loss" in r] == [3]
     assert checkpoint.load(model).args.dim == 128
+
+
+def test_ctrl_c_saves_a_checkpoint_and_stops_after_the_step(tiny_config, tmp_path):
+    torch.manual_seed(0)
+    trainer = build_trainer(tiny_config(max_steps=50), torch.device("cpu"))
+    train_step = trainer.train_step
+
+    def step_then_ctrl_c():
+        loss = train_step()
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, as the terminal sends on Ctrl-C
+        return loss
+
+    trainer.train_step = step_then_ctrl_c
+    with stop_on_ctrl_c(trainer, announce=False):
+        summary = trainer.fit()
+    assert summary["interrupted"] and summary["step"] == 3
+    assert saved_steps(tmp_path / "run" / "checkpoints") == [3]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is gone again

@@ -167,3 +167,15 @@ def test_bad_settings_are_one_clear_error(tiny_config, corpus, tmp_path):
         tiny_config(model=dict(dims=32))
     with pytest.raises(ConfigError, match="merge"):
         tiny_config(merge=True)
+
+
+@pytest.mark.gpu
+def test_bf16_compiled_training_on_a_gpu_records_mfu(tiny_config, tmp_path):
+    cfg = tiny_config(max_steps=20, device="cuda", dtype="bfloat16", compile=True, lr=2e-2)
+    torch.manual_seed(cfg.seed)
+    trainer = build_trainer(cfg, torch.device("cuda"))
+    trainer.fit()
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert records[-1]["loss"] < records[0]["loss"] - 1.0
+    assert all(0 < r["mfu"] < 1 for r in records if "mfu" in r) or trainer.peak_flops is None
+    assert checkpoint.load(trainer.save_model(tmp_path / "model")).args.dim == 32
