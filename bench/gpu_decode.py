@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 import torch
 import transformers
 from gpu_common import add_device_arguments, emit, release, say, setup, synchronize
+from torch._dynamo.utils import counters
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
@@ -157,11 +158,13 @@ class PresetBench:
         with torch.device(device):
             self.model = Transformer(self.args).to(torch.bfloat16).eval().requires_grad_(False)
         self.steps: dict[tuple[str, int], tuple[Transformer, Step, float]] = {}  # (weights, batch) -> compiled
+        self.graph_skips = 0  # compiled steps inductor did not capture as CUDA graphs (it says why on stderr)
 
     def info(self) -> dict:
         bytes_per_token = inference_bytes(self.args, 1, self.context, "bf16")
         return {"prompt_len": PROMPT_LEN, "new_tokens": self.new_tokens, "context_len": self.context,
-                "bytes_per_token": bytes_per_token, "limit_tokens_per_s": self.bandwidth / bytes_per_token}
+                "bytes_per_token": bytes_per_token, "limit_tokens_per_s": self.bandwidth / bytes_per_token,
+                "cudagraph_skips": self.graph_skips}
 
     def row(self, part: str, variant: str, tokens_per_s: float, batch: int = 1, weights: str = "bf16",
             compile_s: float | None = None) -> Row:
@@ -180,7 +183,9 @@ class PresetBench:
             model.setup_cache(batch, PROMPT_LEN + self.new_tokens)
             say(f"[{self.preset}] compiling the {weights} decode step, batch {batch}")
             step = compile_decode_step(model, backend=self.options.backend)
+            skips = counters["inductor"]["cudagraph_skips"]
             compile_s = seconds(lambda: list(Generation(model, self.prompts[:batch], 4, GREEDY, step=step)))
+            self.graph_skips += counters["inductor"]["cudagraph_skips"] - skips
             self.steps[weights, batch] = (model, step, compile_s)
         return self.steps[weights, batch]
 
@@ -275,7 +280,8 @@ def print_table(report: dict) -> None:
               f"{percent(r['mbu']):>6} {percent(r['mfu']):>6} {compile_s:>9}")
     for preset, info in report["presets"].items():
         print(f"{preset}: bandwidth limit {info['limit_tokens_per_s']:.0f} tokens/s "
-              f"({info['bytes_per_token'] / 1e9:.3f} GB per token at context {info['context_len']})")
+              f"({info['bytes_per_token'] / 1e9:.3f} GB per token at context {info['context_len']}); "
+              f"compiled steps not run as CUDA graphs: {info['cudagraph_skips']}")
         for name, value in report["ratios"][preset].items():
             print(f"  {name:<28} {value:6.2f}x")
 

@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 from test_hf_llama import CONFIGS, hf_model
+from torch._dynamo.utils import counters
 
 from llamalab.checkpoint.hf import from_hf_state_dict
 from llamalab.generate.compiled import compile_decode_step
@@ -97,9 +98,11 @@ def test_compiled_cuda_decode_step_matches_float64(weights):
     tokens = torch.randint(0, CONFIGS["llama2-mha"].vocab_size, (1, 16))
     model.setup_cache(batch_size=1, max_seq_len=32)
     step = compile_decode_step(model)
+    skips = counters["inductor"]["cudagraph_skips"]
     with torch.no_grad():
         reference = reference_model(tokens)[0, 8:]  # (8, vocab)
         model(tokens[:, :8].cuda(), start_pos=0)
         for _ in range(2):  # compile and capture, then replay the CUDA graph
             got = torch.cat([step(tokens[:, i:i + 1].cuda(), i) for i in range(8, 16)])  # (8, vocab)
+    assert counters["inductor"]["cudagraph_skips"] == skips  # the step ran as a CUDA graph (the cache is static)
     assert relative_error(got, reference) < BOUND
