@@ -60,7 +60,8 @@ class Row:
 
 def token_data(folder: Path, batch_size: int, seq_len: int) -> Path:
     """Token shards of generated stories holding a few batches and a validation window."""
-    stories = write_stories(folder / "stories.jsonl", 100 + (batch_size + 2) * seq_len // 200)  # >= 300 tokens each
+    n = 100 + (batch_size + 2) * seq_len // 200  # ~450 tokens a story: twice what batch_size + 2 windows need
+    stories = write_stories(folder / "stories.jsonl", n)
     tokenizer = train_tokenizer([stories], DATA_VOCAB, folder / "tokenizer.model")
     prepare([stories], tokenizer, folder / "data", val_fraction=0.2, workers=1, progress=False)
     return folder / "data"
@@ -76,6 +77,7 @@ def needs_checkpointing(args: ModelArgs, batch_size: int, seq_len: int, precisio
 
 def llamalab_step(args: ModelArgs, preset: str, data: Path, out: Path, options, device: torch.device,
                   checkpointing: bool) -> Callable[[], object]:
+    """Our trainer's step on the preset's shape (its vocabulary kept), bf16 autocast, compiled as asked."""
     cfg = TrainConfig(data=str(data), out_dir=str(out), preset=preset, model={"vocab_size": args.vocab_size},
                       seq_len=options.seq_len, batch_size=options.batch_size, lr=LR, beta1=BETAS[0], beta2=BETAS[1],
                       weight_decay=WEIGHT_DECAY, warmup_steps=0, dtype="bfloat16", compile=options.compile,
