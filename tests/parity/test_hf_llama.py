@@ -33,12 +33,18 @@ def hf_model(args: ModelArgs):
     return model
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_logits_match_transformers(name):
-    args = CONFIGS[name]
+def hf_and_ours(args: ModelArgs):
+    """A random HF model and ours holding the same weights (mapped over by the checkpoint key map)."""
     hf = hf_model(args)
     ours = Transformer(args).eval()
     ours.load_state_dict(from_hf_state_dict(hf.state_dict(), args), strict=not args.tie_embeddings)
+    return hf, ours
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_logits_match_transformers(name):
+    args = CONFIGS[name]
+    hf, ours = hf_and_ours(args)
     tokens = torch.randint(0, args.vocab_size, (2, 48))
     with torch.no_grad():
         expected = hf(tokens).logits
@@ -49,9 +55,7 @@ def test_logits_match_transformers(name):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_kv_cache_decode_matches_transformers(name):
     args = CONFIGS[name]
-    hf = hf_model(args)
-    ours = Transformer(args).eval()
-    ours.load_state_dict(from_hf_state_dict(hf.state_dict(), args), strict=not args.tie_embeddings)
+    hf, ours = hf_and_ours(args)
     tokens = torch.randint(0, args.vocab_size, (1, 20))
     with torch.no_grad():
         expected = hf(tokens).logits
