@@ -6,16 +6,11 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from llamalab.baselines.ablation import DEFAULT_VARIANTS, ablation_config, plot_curves, run_ablation, story_data
-from llamalab.baselines.variants import CHOICES, NAMED_VARIANTS, parse_variant
-from llamalab.checkpoint.atomic import atomic_output
+from llamalab.cli.common import default_device
 from llamalab.config import ModelArgs
 
 
 def add_parser(subparsers):
-    choices = "; ".join(f"{key}: {' '.join(values)}" for key, values in CHOICES.items())
     p = subparsers.add_parser(
         "ablate", help="measure what each LLaMA change buys: train variants at equal parameters and tokens",
         description="Trains every variant with the same trainer, data, token budget and parameter count (the "
@@ -24,9 +19,10 @@ def add_parser(subparsers):
     )
     p.add_argument("--budget-tokens", type=int, default=500_000, metavar="N",
                    help="training tokens per variant (default: 500,000)")
-    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, metavar="SPEC",
-                   help=f"names ({', '.join(NAMED_VARIANTS)}) or LLaMA with changes as key=value[,key=value] "
-                        f"({choices}); default: llama, each change undone alone, gpt2, vaswani")
+    p.add_argument("--variants", nargs="+", metavar="SPEC",
+                   help="names (llama, gpt2, vaswani) or LLaMA with changes as key=value[,key=value] (keys: "
+                        "positions, norm, norm_position, ffn, attention; a wrong value is answered with the allowed "
+                        "ones); default: llama, each change undone alone, gpt2, vaswani")
     p.add_argument("--data", metavar="DIR", help="a folder written by `llamalab data prepare` "
                                                  "(default: the embedded story corpus, prepared in OUT/data)")
     p.add_argument("--out", type=Path, default=Path("runs/ablate"), metavar="DIR",
@@ -39,7 +35,7 @@ def add_parser(subparsers):
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="sequences per step (default: 16)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of every run (default: 3e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order (default: 0)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, ...")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when there is one)")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -47,9 +43,16 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
+    import torch
+
+    from llamalab.baselines.ablation import DEFAULT_VARIANTS, ablation_config, plot_curves, run_ablation, story_data
+    from llamalab.baselines.variants import parse_variant
+    from llamalab.checkpoint.atomic import atomic_output
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = {spec: parse_variant(spec) for spec in args.variants}
+    args.device = args.device or default_device()
+    variants = {spec: parse_variant(spec) for spec in args.variants or DEFAULT_VARIANTS}
     base = ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, multiple_of=32,
                      max_seq_len=args.seq_len)
     # with --json, stdout carries the JSON alone: the trainer's messages go to stderr

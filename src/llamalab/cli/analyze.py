@@ -4,11 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llamalab import checkpoint
 from llamalab.analysis import ACCELERATORS, PRECISIONS, WEIGHT_DTYPES, Accelerator, get_accelerator
-from llamalab.analysis.plot import plot_scaling
 from llamalab.analysis.report import Workload, cost_report
-from llamalab.checkpoint.atomic import atomic_output
 from llamalab.config import PRESETS, ModelArgs
 from llamalab.errors import ConfigError
 from llamalab.parallel.sizes import check_tp_size
@@ -52,9 +49,7 @@ def run(args) -> int:
         check_tp_size(model_args, args.tp, training=args.train)
         reports[name] = cost_report(model_args, seq_len, work, accelerator, args.tokens_per_second)
     if args.plot:
-        figure = plot_scaling(models, work)
-        with atomic_output(args.plot) as tmp:
-            figure.savefig(tmp, format=Path(args.plot).suffix.lstrip(".") or "png", dpi=120)
+        write_plot(args.plot, models, work)
     if args.json:
         print(json.dumps(reports))
     else:
@@ -64,10 +59,23 @@ def run(args) -> int:
     return 0
 
 
+def write_plot(path: str, models: dict[str, ModelArgs], work: Workload) -> None:
+    """Memory and FLOPs per token against context length, as an image (its format from the suffix)."""
+    from llamalab.analysis.plot import plot_scaling  # matplotlib: only when a plot is asked for
+    from llamalab.checkpoint.atomic import atomic_output
+
+    figure = plot_scaling(models, work)
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
+
+
 def _models(args) -> dict[str, ModelArgs]:
     models = {name: ModelArgs.from_preset(name) for name in args.preset}
-    for path in args.checkpoint:
-        models[path], _ = checkpoint.read(path)
+    if args.checkpoint:
+        from llamalab import checkpoint  # torch: only when a checkpoint is read
+
+        for path in args.checkpoint:
+            models[path], _ = checkpoint.read(path)
     if not models:
         raise ConfigError("give a model: --preset NAME or --checkpoint PATH (both repeatable)")
     return models

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import time
-
-import torch
+from typing import TYPE_CHECKING
 
 from llamalab.cli.common import add_model_arguments, decode_step, load_model
 from llamalab.errors import ConfigError
-from llamalab.generate.decode import Generation
-from llamalab.generate.sampling import SamplingParams
-from llamalab.model import Transformer
+
+if TYPE_CHECKING:
+    import torch
+
+    from llamalab.model import Transformer
 
 
 def add_parser(subparsers):
@@ -47,6 +48,11 @@ def run(args) -> int:
 
 def benchmark(model: Transformer, step, batch_size: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
     """Best-of-`repeats` prefill and decode throughput of random prompts, and the bandwidth decoding uses."""
+    import torch
+
+    from llamalab.generate.decode import Generation
+    from llamalab.generate.sampling import SamplingParams
+
     if prompt_len + new_tokens > model.args.max_seq_len:
         raise ConfigError(f"--prompt-len + --new-tokens must fit the context of {model.args.max_seq_len}")
     device = model.tok_embeddings.weight.device
@@ -85,6 +91,8 @@ def decode_bytes(model: Transformer, batch_size: int, context_len: int) -> int:
 
 def copy_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 5) -> float:
     """Bytes per second of the best of `repeats` copies of a large buffer (each copy reads and writes it)."""
+    import torch
+
     src = torch.ones(megabytes * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
     best = float("inf")
@@ -98,5 +106,7 @@ def copy_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 5)
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -8,9 +8,6 @@ from llamalab.cli.common import (
     add_model_arguments, add_sampling_arguments, decode_step, load_model, require_tokenizer, sampling_params,
 )
 from llamalab.errors import ContextLengthError
-from llamalab.generate.decode import Generation
-from llamalab.generate.text import stream_text
-from llamalab.tokenizer import encode_dialog
 
 COMPILED_CACHE_LEN = 4096  # KV cache positions a --compile'd chat allocates once (at most the context)
 HELP = "/reset clears the history, /exit (or end of input) quits"
@@ -71,6 +68,9 @@ def read_line(interactive: bool) -> str | None:
 
 def reply(model, tokenizer, history: list[dict[str, str]], max_new_tokens: int, sampling, step, stop) -> str:
     """Stream the assistant's answer to the dialog, then a tokens/s line; return the answer's text."""
+    from llamalab.generate.decode import Generation
+    from llamalab.generate.text import stream_text
+
     prompt = fit_dialog(tokenizer, history, model.args.max_seq_len)
     generation = Generation(model, [prompt], max_new_tokens, sampling, stop_ids=tokenizer.stop_ids, step=step)
     start, answer = time.perf_counter(), ""
@@ -89,6 +89,8 @@ def reply(model, tokenizer, history: list[dict[str, str]], max_new_tokens: int, 
 
 def fit_dialog(tokenizer, history: list[dict[str, str]], context: int) -> list[int]:
     """The dialog's prompt ids; the oldest exchanges (after the system prompt) are dropped while it fills the context."""
+    from llamalab.tokenizer import encode_dialog
+
     first = 1 if history[0]["role"] == "system" else 0
     while True:
         ids = encode_dialog(tokenizer, history)

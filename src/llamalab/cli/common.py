@@ -3,22 +3,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-import torch
-
-from llamalab.checkpoint import find_tokenizer, load
-from llamalab.cli.parallel import load_tensor_parallel
 from llamalab.config import PRESETS, ModelArgs
 from llamalab.errors import ConfigError, TokenizerError
-from llamalab.generate.compiled import compile_decode_step
-from llamalab.generate.decode import Generation, Step, eager_step
-from llamalab.generate.fast import column_major_weights, matvec_linears
-from llamalab.generate.sampling import SamplingParams
-from llamalab.model import Transformer
-from llamalab.quantize import SCHEMES, quantize_model
-from llamalab.tokenizer import Tokenizer, load_tokenizer
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:  # the heavy modules (torch ~1 s) are imported where a command runs, not for `--help`
+    from llamalab.generate.decode import Step
+    from llamalab.generate.sampling import SamplingParams
+    from llamalab.model import Transformer
+    from llamalab.tokenizer import Tokenizer
+
+DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes
+QUANTIZATIONS = ("int8", "int4")  # llamalab.quantize.SCHEMES, named here so that the parser needs no torch
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,10 +26,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"with --random-init, a published shape instead of MODEL: {', '.join(PRESETS)}")
     parser.add_argument("--random-init", action="store_true", help="random weights (tests and benchmarks)")
     parser.add_argument("--tokenizer", help="tokenizer file or folder (default: the one beside MODEL)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
-    parser.add_argument("--dtype", choices=list(DTYPES), help="weights' dtype (default: bfloat16 on GPU, float32 on CPU)")
-    parser.add_argument("--quantize", choices=SCHEMES, help="weight-only quantization of the linear layers")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
+    parser.add_argument("--dtype", choices=DTYPES, help="weights' dtype (default: bfloat16 on GPU, float32 on CPU)")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, help="weight-only quantization of the linear layers")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow to start)")
     parser.add_argument("--seed", type=int, help="seed of the random weights and of sampling")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -49,17 +45,33 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int 
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
 
 
+def default_device() -> str:
+    """cuda when there is a GPU, else cpu: the default of --device."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    from llamalab.generate.sampling import SamplingParams
+
     return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                           repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
 def load_model(args: argparse.Namespace) -> tuple[Transformer, Tokenizer | None]:
     """The model the arguments name, ready for inference, and its tokenizer (None when there is none)."""
+    import torch
+
+    from llamalab.checkpoint import load
+    from llamalab.cli.parallel import load_tensor_parallel
+    from llamalab.model import Transformer
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.device = args.device or default_device()
     device = torch.device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
     if getattr(args, "tp", 1) > 1:  # under torchrun: the model split over the ranks, see cli/parallel.py
         return load_tensor_parallel(args, dtype).requires_grad_(False), _tokenizer(args)
     if args.preset or args.random_init:
@@ -78,6 +90,9 @@ def load_model(args: argparse.Namespace) -> tuple[Transformer, Tokenizer | None]
 
 def prepare_for_inference(model: Transformer, quantize: str | None = None, compile: bool = False) -> Transformer:
     """No gradients, the optional weight-only quantization, and on CPU the decode fast path (see generate/fast.py)."""
+    from llamalab.generate.fast import column_major_weights, matvec_linears
+    from llamalab.quantize import quantize_model
+
     model.eval().requires_grad_(False)
     if quantize:
         quantize_model(model, quantize)
@@ -89,6 +104,10 @@ def prepare_for_inference(model: Transformer, quantize: str | None = None, compi
 def decode_step(model: Transformer, args: argparse.Namespace, batch_size: int = 1, cache_len: int | None = None) -> Step:
     """The decode step the arguments ask for: eager, or with --compile compiled now on a KV cache of
     (batch_size, cache_len) allocated once, so that the generations that reuse it never wait for compilation."""
+    from llamalab.generate.compiled import compile_decode_step
+    from llamalab.generate.decode import Generation, eager_step
+    from llamalab.generate.sampling import SamplingParams
+
     if not args.compile:
         return eager_step(model)
     print("compiling the decode step ...", file=sys.stderr, flush=True)
@@ -99,6 +118,9 @@ def decode_step(model: Transformer, args: argparse.Namespace, batch_size: int = 
 
 
 def _tokenizer(args: argparse.Namespace) -> Tokenizer | None:
+    from llamalab.checkpoint import find_tokenizer
+    from llamalab.tokenizer import load_tokenizer
+
     if args.tokenizer:
         return load_tokenizer(args.tokenizer)
     path = find_tokenizer(args.model) if args.model else None

@@ -1,17 +1,19 @@
 """`llamalab convert SRC DST --to FORMAT`: rewrite a checkpoint in another format, with a progress bar."""
 from __future__ import annotations
 
-from llamalab.checkpoint import FORMATS, convert, detect_format
-from llamalab.checkpoint.weights import DTYPES
 from llamalab.errors import CheckpointError
+
+# llamalab.checkpoint's FORMATS and DTYPES, named here so that the parser needs no torch
+FORMATS = ("meta", "hf", "llama2c", "gguf", "native")
+DTYPES = ("float32", "float16", "bfloat16", "q8_0")
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser("convert", help="convert a checkpoint between meta, hf, llama2c, gguf and native")
     p.add_argument("src", help="checkpoint folder (meta, hf, native) or file (.gguf, llama2.c .bin)")
     p.add_argument("dst", help="output folder, or file for llama2c / gguf (written atomically)")
-    p.add_argument("--to", required=True, choices=list(FORMATS), help="output format")
-    p.add_argument("--dtype", choices=list(DTYPES),
+    p.add_argument("--to", required=True, choices=FORMATS, help="output format")
+    p.add_argument("--dtype", choices=DTYPES,
                    help="cast the weights (q8_0: gguf, llama2c version 2); default: keep them as stored")
     p.add_argument("--shards", type=int, default=1, help="number of files for meta (model-parallel ranks) and hf")
     p.add_argument("--tokenizer", help="tokenizer to ship along (default: the one beside SRC)")
@@ -21,6 +23,8 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
+    from llamalab.checkpoint import convert, detect_format
+
     options = {}
     if args.llama2c_version is not None:
         if args.to != "llama2c":

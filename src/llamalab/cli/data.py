@@ -4,8 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from llamalab.errors import DataError
-from llamalab.train.data import prepare, train_tokenizer
-from llamalab.train.stories import write_stories
 
 
 def add_parser(subparsers):
@@ -40,6 +38,9 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
+    from llamalab.train.data import prepare, train_tokenizer
+    from llamalab.train.stories import write_stories
+
     if args.action == "stories":
         if args.count < 1:
             raise DataError(f"--count must be at least 1, got {args.count}")

@@ -12,11 +12,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from llamalab.cli.train import setup_process, train
 from llamalab.errors import ConfigError
 from llamalab.train.config import TrainConfig
-from llamalab.train.data import prepare, train_tokenizer
-from llamalab.train.stories import write_stories
 
 VOCAB_SIZE = 1024
 # About a million parameters: big enough to write clean sentences, small enough for two CPU cores.
@@ -43,6 +40,7 @@ def add_parser(subparsers):
 
 def steps_that_fit(cfg: TrainConfig, seconds: float) -> int:
     """How many steps of this run take about `seconds` here, timed on a throwaway copy (300 to 3000)."""
+    from llamalab.cli.train import setup_process
     from llamalab.train.trainer import build_trainer  # heavy: only when the demo runs
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,6 +54,10 @@ def steps_that_fit(cfg: TrainConfig, seconds: float) -> int:
 
 
 def run(args) -> int:
+    from llamalab.cli.train import train  # torch: only when the demo runs
+    from llamalab.train.data import prepare, train_tokenizer
+    from llamalab.train.stories import write_stories
+
     if args.stories < 100 or (args.steps is not None and args.steps < 1) or args.minutes <= 0:
         raise ConfigError("the demo needs --stories 100 or more, --steps 1 or more and --minutes above 0")
     start = time.perf_counter()

@@ -4,18 +4,17 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from llamalab.checkpoint import load
 from llamalab.cli.common import (
     add_model_arguments, add_sampling_arguments, decode_step, load_model, prepare_for_inference, require_tokenizer,
     sampling_params,
 )
 from llamalab.cli.parallel import add_tp_argument
 from llamalab.errors import ConfigError
-from llamalab.generate.decode import Completion, Generation
-from llamalab.generate.speculative import SpeculativeGeneration
-from llamalab.generate.text import stream_text
-from llamalab.parallel.mesh import is_main_process
+
+if TYPE_CHECKING:
+    from llamalab.generate.decode import Completion, Generation
 
 
 def add_parser(subparsers):
@@ -34,6 +33,11 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
+    from llamalab.checkpoint import load
+    from llamalab.generate.decode import Generation
+    from llamalab.generate.speculative import SpeculativeGeneration
+    from llamalab.parallel.mesh import is_main_process
+
     model, tokenizer = load_model(args)
     prompt = prompt_ids(args.prompt, args.prompt_ids, tokenizer, model.args.vocab_size)
     options = dict(sampling=sampling_params(args), stop_ids=tokenizer.stop_ids if tokenizer else (),
@@ -82,6 +86,8 @@ def prompt_ids(text: str | None, ids: str | None, tokenizer, vocab_size: int) ->
 
 def deltas(generation: Generation, tokenizer, stop: list[str]) -> Iterator[str]:
     """Row 0's text deltas; without a tokenizer, its token ids as text."""
+    from llamalab.generate.text import stream_text
+
     if tokenizer is not None:
         return (d[0] for d in stream_text(generation, tokenizer, stop))
     if stop:

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 from llamalab.config import PRESETS, ModelArgs
-from llamalab.model import Transformer
 
 
 def add_parser(subparsers):
@@ -18,6 +15,10 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
+    import torch
+
+    from llamalab.model import Transformer
+
     model_args = ModelArgs.from_preset(args.preset)
     with torch.device("meta"):
         model = Transformer(model_args)

@@ -4,16 +4,16 @@ from __future__ import annotations
 import argparse
 import secrets
 from functools import partial
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
-
-from llamalab.checkpoint.parts import read_args, read_parts
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
-from llamalab.model import Transformer
-from llamalab.parallel.mesh import init_distributed, make_mesh
 from llamalab.parallel.sizes import check_tp_size
+
+if TYPE_CHECKING:
+    import torch
+
+    from llamalab.model import Transformer
 
 
 def add_tp_argument(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,12 @@ def add_tp_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_tensor_parallel(args: argparse.Namespace, dtype: torch.dtype) -> Transformer:
     """The model of MODEL (each rank reading only its part) or of --preset --random-init, split over args.tp ranks."""
+    import torch
+
+    from llamalab.checkpoint.parts import read_args, read_parts
+    from llamalab.model import Transformer
     from llamalab.parallel.loading import load_tp_model  # DTensor takes 2 s to import: only when --tp asks
+    from llamalab.parallel.mesh import init_distributed, make_mesh
     from llamalab.parallel.tensor_parallel import apply_tp
 
     if args.quantize:
@@ -46,6 +51,8 @@ def load_tensor_parallel(args: argparse.Namespace, dtype: torch.dtype) -> Transf
 
 def share_seed(args: argparse.Namespace) -> None:
     """Every rank must sample the same tokens: without --seed, rank 0 chooses one seed for all."""
+    import torch.distributed as dist
+
     if args.seed is None:
         seed = [secrets.randbits(31) if dist.get_rank() == 0 else None]  # OS entropy: torch's default seed is fixed
         dist.broadcast_object_list(seed, src=0)

@@ -5,13 +5,9 @@ import ipaddress
 import sys
 from pathlib import Path
 
-import uvicorn
-
 from llamalab.cli.common import add_model_arguments, load_model, require_tokenizer
 from llamalab.cli.parallel import add_tp_argument
 from llamalab.errors import ConfigError
-from llamalab.parallel import is_main_process
-from llamalab.serve import LockstepCalls, Scheduler, create_app, follow
 
 DEFAULT_MAX_SEQ_LEN = 4096  # context per request unless --max-seq-len says otherwise (a 128k cache per slot is huge)
 
@@ -33,6 +29,11 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
+    import uvicorn
+
+    from llamalab.parallel import is_main_process
+    from llamalab.serve import LockstepCalls, Scheduler, create_app, follow
+
     if args.compile:
         raise ConfigError("serve runs the eager model (batch sizes change every step); drop --compile")
     model, tokenizer = load_model(args)

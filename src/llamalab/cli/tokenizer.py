@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 from llamalab.errors import TokenizerError
-from llamalab.tokenizer import SentencePieceTokenizer, load_tokenizer, train_sentencepiece
 
 
 def add_parser(subparsers):
@@ -34,6 +33,8 @@ def run(args) -> int:
 
 
 def train(args) -> int:
+    from llamalab.tokenizer import SentencePieceTokenizer, train_sentencepiece
+
     for path in args.files:
         if not path.is_file():
             raise TokenizerError(f"training file {path} does not exist")
@@ -46,6 +47,8 @@ def train(args) -> int:
 
 
 def encode(args) -> int:
+    from llamalab.tokenizer import load_tokenizer
+
     tokenizer = load_tokenizer(args.tokenizer)
     ids = tokenizer.encode(args.text, bos=not args.no_bos)
     pieces = [tokenizer.id_to_piece(i) for i in ids]
