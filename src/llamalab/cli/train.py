@@ -26,7 +26,7 @@ def add_parser(subparsers):
         "train", help="train a model on prepared token data (from scratch, or fine-tune with --init-from)",
         description="Train on a folder written by `llamalab data prepare`. Settings come from the defaults, "
                     "then --config FILE, then the flags. Under `torchrun --nproc-per-node N` the global batch "
-                    "is split over the processes (DDP, or FSDP2 with --parallel fsdp).",
+                    "is split over the processes (DDP, FSDP2 with --parallel fsdp, or FSDP2 x TP with --tp).",
     )
     p.add_argument("--config", metavar="FILE", help="TOML, YAML or JSON file of settings (flags override it)")
     group = p.add_argument_group("training")
@@ -85,7 +85,8 @@ def run(args) -> int:
               "Continue with the same command and --resume")
         return 130
     print(f"validation loss {summary['val_loss']:.3f} at step {summary['step']}; loss curve: {summary['plot']}")
-    print(f"sample:\n{summary['sample']}")
+    if summary["sample"] is not None:
+        print(f"sample:\n{summary['sample']}")
     if summary["model"].name == "adapters":
         print(f"LoRA adapters saved in {summary['model']} (train with --merge for a standalone model)")
     else:
@@ -109,7 +110,7 @@ def train(cfg: TrainConfig) -> dict | None:
         if main:
             print(f"model: {n_params / 1e6:.2f} M parameters ({n_trained / 1e6:.2f} M trained), "
                   f"{trainer.global_batch} x {cfg.seq_len} tokens a step, {cfg.max_steps} steps on {device}"
-                  + (f" x {trainer.world} processes ({cfg.parallel})" if trainer.world > 1 else ""))
+                  + (f" x {trainer.world} processes ({_layout(cfg, trainer.world)})" if trainer.world > 1 else ""))
         with stop_on_ctrl_c(trainer, announce=main):
             summary = trainer.fit()
         if summary["interrupted"]:
@@ -121,6 +122,11 @@ def train(cfg: TrainConfig) -> dict | None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _layout(cfg: TrainConfig, world: int) -> str:
+    """How the processes split the work: ddp, fsdp, or fsdp D x tp T."""
+    return f"fsdp {world // cfg.tp} x tp {cfg.tp}" if cfg.tp > 1 else cfg.parallel
 
 
 def setup_process(cfg: TrainConfig) -> torch.device:

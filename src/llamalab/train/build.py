@@ -1,5 +1,6 @@
 """Building what a run trains, step by step, so that a caller can change the model between the steps:
-the model (fresh or loaded), LoRA adapters, activation checkpointing, then data-parallel wrapping."""
+the model (fresh or loaded), tensor parallelism, LoRA adapters, activation checkpointing, then data-parallel
+wrapping."""
 from __future__ import annotations
 
 import torch
@@ -12,7 +13,6 @@ from llamalab import checkpoint
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError, DataError
 from llamalab.model import Transformer
-from llamalab.parallel import apply_fsdp, make_mesh
 from llamalab.train.config import TrainConfig
 from llamalab.train.lora import apply_lora
 
@@ -43,13 +43,14 @@ def build_model(cfg: TrainConfig, vocab_size: int, device: torch.device) -> Tran
             _set_dropout(model, model.args.dropout)
             model.init_rope()
         model.train()
+        check_fits(model.args, cfg, vocab_size)
     else:
         args = model_args(cfg, vocab_size)
         if cfg.preset is not None and "max_seq_len" not in cfg.model:
             args = args.replace(max_seq_len=ModelArgs.from_preset(cfg.preset).max_seq_len)
+        check_fits(args, cfg, vocab_size)
         with torch.device(device):
             model = Transformer(args)
-    check_fits(model.args, cfg, vocab_size)
     return model
 
 
@@ -64,6 +65,10 @@ def check_fits(args: ModelArgs, cfg: TrainConfig, vocab_size: int) -> None:
     if cfg.seq_len > args.max_seq_len:
         raise ConfigError(f"seq_len={cfg.seq_len} exceeds the model's max_seq_len={args.max_seq_len}; "
                           "train on shorter sequences or raise max_seq_len")
+    if cfg.tp > 1:
+        from llamalab.parallel import check_tp_size
+
+        check_tp_size(args, cfg.tp, training=True)
 
 
 def _set_dropout(model: nn.Module, p: float) -> None:
@@ -75,19 +80,24 @@ def _set_dropout(model: nn.Module, p: float) -> None:
 
 
 def prepare_model(model: Transformer, cfg: TrainConfig, device: torch.device) -> nn.Module:
-    """LoRA adapters, activation checkpointing, DDP or FSDP2 when running under torchrun, torch.compile.
+    """FSDP2 x TP (with --tp), LoRA adapters, activation checkpointing, DDP or FSDP2 under torchrun, torch.compile.
 
     Returns the module to train: the model itself, or its DistributedDataParallel wrapper.
     """
+    from llamalab.parallel import apply_fsdp, apply_fsdp_tp, make_mesh  # DTensor: ~2 s to import, only when used
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if cfg.tp > 1:  # before LoRA and checkpoint wrappers rename the modules the TP plan names
+        apply_fsdp_tp(model, make_mesh(tp=cfg.tp, dp_shard=cfg.dp_shard or max(1, world // cfg.tp)))
     if cfg.lora_rank:
         apply_lora(model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha)
     if cfg.activation_checkpointing:
         for i, block in enumerate(model.layers):
             model.layers[i] = checkpoint_wrapper(block)  # its state-dict names are unchanged
     module: nn.Module = model
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if world > 1 and cfg.tp == 1:
         if cfg.parallel == "fsdp":
-            apply_fsdp(model, make_mesh(dp_shard=dist.get_world_size())["dp_shard"])
+            apply_fsdp(model, make_mesh(dp_shard=world)["dp_shard"])
         else:
             module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:

@@ -60,6 +60,8 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile the model")
     activation_checkpointing: bool = setting(False, "recompute each block in the backward pass to save memory")
     parallel: str = setting("ddp", "data parallelism under torchrun", ("ddp", "fsdp"))
+    tp: int = setting(1, "tensor-parallel size under torchrun: FSDP2 x TP on a (processes/tp, tp) mesh")
+    dp_shard: int = setting(0, "FSDP2 size under --tp; processes = dp_shard x tp (0: processes / tp)")
     # fine-tuning with LoRA (lora_rank 0: every weight trains)
     lora_rank: int = setting(0, "rank of LoRA adapters (0: full training)")
     lora_alpha: float = setting(16.0, "LoRA scale numerator: the update is alpha/rank * B A")
@@ -96,6 +98,17 @@ class TrainConfig:
             raise ConfigError(f"dtype must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.dtype!r}")
         if self.parallel not in ("ddp", "fsdp"):  # flags check choices; a config file may not
             raise ConfigError(f"parallel must be ddp or fsdp, got {self.parallel!r}")
+        if self.tp < 1 or self.dp_shard < 0:
+            raise ConfigError(f"need tp >= 1 and dp_shard >= 0, got tp={self.tp}, dp_shard={self.dp_shard}")
+        if self.tp > 1 and self.seq_len % self.tp:
+            raise ConfigError(f"with --tp {self.tp} each rank holds seq_len/tp positions (sequence parallelism): "
+                              f"choose a seq_len that {self.tp} divides, not {self.seq_len}")
+        if self.tp > 1 and self.lora_rank:
+            raise ConfigError("LoRA adapters are not split by tensor parallelism: drop --tp (use --parallel fsdp) "
+                              "or train every weight")
+        if self.tp > 1 and self.sample_every:
+            raise ConfigError("samples are not drawn during a --tp run: set sample_every to 0 and try the saved "
+                              "model with `llamalab generate`")
         if self.merge and not self.lora_rank:
             raise ConfigError("merge folds LoRA adapters into the weights; it needs lora_rank > 0")
         unknown = sorted(set(self.model) - MODEL_FIELDS)

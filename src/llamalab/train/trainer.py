@@ -1,5 +1,5 @@
 """The training loop: gradient accumulation, clipping, AdamW with warmup + cosine, validation, samples,
-checkpoints with exact resume; on one process or several (DDP / FSDP2 under torchrun)."""
+checkpoints with exact resume; on one process or several (DDP, FSDP2 or FSDP2 x TP under torchrun)."""
 from __future__ import annotations
 
 import contextlib
@@ -66,9 +66,11 @@ class Trainer:
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
         self.is_main = self.rank == 0
+        self.dp_rank, self.dp_world = self.rank // cfg.tp, self.world // cfg.tp  # the tp ranks of a group share data
         self.scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr, cfg.min_lr)
-        self.global_batch = cfg.batch_size * cfg.grad_accum * self.world
-        self.batches = Batches(data.tokens("train"), cfg.seq_len, self.global_batch, cfg.seed, self.rank, self.world)
+        self.global_batch = cfg.batch_size * cfg.grad_accum * self.dp_world
+        self.batches = Batches(data.tokens("train"), cfg.seq_len, self.global_batch, cfg.seed, self.dp_rank,
+                               self.dp_world)
         if windows(data.tokens("val"), cfg.seq_len) < 1:
             raise DataError(f"the validation split of {data.folder} holds {len(data.tokens('val'))} tokens, fewer "
                             f"than one sequence of {cfg.seq_len}; prepare with a larger --val-fraction or more text")
@@ -124,17 +126,23 @@ class Trainer:
         n_windows = min(windows(tokens, self.cfg.seq_len), self.cfg.eval_batches * self.cfg.batch_size)
         batches = [range(i, min(i + self.cfg.batch_size, n_windows)) for i in range(0, n_windows, self.cfg.batch_size)]
         total = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of token losses, tokens)
-        for rows in batches[self.rank::self.world]:
+        for rows in batches[self.dp_rank::self.dp_world]:
             x, y = window_batch(tokens, list(rows), self.cfg.seq_len)
             with self._autocast():
                 loss = next_token_loss(self.model, x.to(self.device), y.to(self.device))
             total += torch.tensor([loss.item() * y.numel(), y.numel()], dtype=torch.float64, device=self.device)
         if self.world > 1:
-            dist.all_reduce(total)
+            dist.all_reduce(total)  # each tp group's sums tp times over: the ratio is the same
         return (total[0] / total[1]).item()
 
-    def sample(self, prompt: str | None = None, max_new_tokens: int | None = None, temperature: float = 0.6) -> str:
-        """Text the model continues `prompt` with (every process runs it: FSDP needs them all; the seed is fixed)."""
+    def sample(self, prompt: str | None = None, max_new_tokens: int | None = None,
+               temperature: float = 0.6) -> str | None:
+        """Text the model continues `prompt` with (every process runs it: FSDP needs them all; the seed is fixed).
+
+        None under --tp: sequence parallelism splits the sequence, which one-token decode steps cannot.
+        """
+        if self.cfg.tp > 1:
+            return None
         tokenizer = load_tokenizer(self.data.tokenizer_path)
         prompt = self.cfg.sample_prompt if prompt is None else prompt
         ids = tokenizer.encode(prompt, bos=tokenizer.bos_id is not None)

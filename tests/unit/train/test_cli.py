@@ -80,6 +80,8 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
         (["train", "--config", str(tmp_path / "bad.toml")], "unknown training setting(s) ['max_step']"),
         (["train", "--data", str(tmp_path), "--preset", "debug"], "no prepared data"),
         (["train", "--data", str(tmp_path), "--preset", "debug", "--lr", "-1"], "min_lr <= lr"),
+        (["train", "--preset", "debug", "--tp", "2", "--seq-len", "31"], "choose a seq_len that 2 divides, not 31"),
+        (["train", "--preset", "debug", "--tp", "2", "--lora-rank", "4"], "LoRA adapters are not split"),
         (["data", "prepare", str(tmp_path / "none"), "--vocab-size", "300", "--out", str(tmp_path / "d")],
          "does not exist"),
     ]
