@@ -11,12 +11,12 @@ import sys
 import typing
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
 from llamalab.train.config import TrainConfig, merge_settings, read_config_file
+
+if typing.TYPE_CHECKING:  # torch is imported when training starts, not for `llamalab --help`
+    import torch
 
 MODEL_FLAG_TYPES = (int, float, bool)  # ModelArgs fields settable by flag (rope_scaling only in a config file)
 
@@ -99,6 +99,8 @@ def train(cfg: TrainConfig) -> dict | None:
 
     The summary holds the step, losses, the loss-curve PNG, the saved model folder and the sample text.
     """
+    import torch.distributed as dist
+
     from llamalab.train.trainer import build_trainer  # heavy (distributed, FSDP): only when training starts
 
     device = setup_process(cfg)
@@ -131,6 +133,9 @@ def _layout(cfg: TrainConfig, world: int) -> str:
 
 def setup_process(cfg: TrainConfig) -> torch.device:
     """Join torchrun's process group when there is one, pick the device, seed torch, allow TF32 matmuls."""
+    import torch
+    import torch.distributed as dist
+
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from llamalab.parallel import init_distributed
 

@@ -9,7 +9,7 @@ from llamalab import checkpoint, quantize
 from llamalab.checkpoint import weights
 from llamalab.cli import common, convert
 
-HEAVY = ["torch.distributed.tensor", "fastapi", "uvicorn", "matplotlib"]
+HEAVY = ["torch", "torch.distributed.tensor", "fastapi", "uvicorn", "matplotlib"]  # torch alone takes ~1 s
 
 
 def test_building_the_parser_imports_no_heavy_module():
