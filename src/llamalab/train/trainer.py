@@ -201,6 +201,10 @@ class Trainer:
         summary = {"resumed_from": self.step if resumed else None, "interrupted": False}
         train_seconds, steps_timed, loss = 0.0, 0, math.nan
         try:
+            if cfg.eval_every and self.step == 0:  # where the curve starts: about ln(vocab_size)
+                record = self._validate(summary)
+                if log is not None:
+                    log.write(record)
             while self.step < cfg.max_steps:
                 start = time.perf_counter()
                 loss_t = self.train_step()
@@ -222,10 +226,7 @@ class Trainer:
                     bar.set_postfix(postfix, refresh=False)
                     train_seconds, steps_timed = 0.0, 0
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.max_steps:
-                    val = self.evaluate()
-                    record.update({"step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
-                    summary["val_loss"] = val
-                    self._say(f"step {self.step}: validation loss {val:.3f} (perplexity {record['val_ppl']:.1f})")
+                    record.update(self._validate(summary))
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.max_steps:
                     text = self.sample()
                     self._say(f"--- sample at step {self.step} ---\n{text}\n---")
@@ -248,6 +249,14 @@ class Trainer:
             summary["plot"] = str(plot_loss(read_metrics(self.out_dir / "metrics.jsonl"),
                                             self.out_dir / "loss.png", title=f"{self.out_dir.name}"))
         return summary
+
+    def _validate(self, summary: dict) -> dict:
+        """Evaluate, announce, note in the summary and return the record {step, val_loss, val_ppl}."""
+        val = self.evaluate()
+        summary["val_loss"] = val
+        record = {"step": self.step, "val_loss": val, "val_ppl": math.exp(min(val, 50))}
+        self._say(f"step {self.step}: validation loss {val:.3f} (perplexity {record['val_ppl']:.1f})")
+        return record
 
     def _say(self, text: str) -> None:
         """Print above the progress bar, from rank 0 only."""
