@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import statistics
 import tempfile
 import textwrap
 import time
@@ -46,10 +47,12 @@ def steps_that_fit(cfg: TrainConfig, seconds: float) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         probe = build_trainer(dataclasses.replace(cfg, out_dir=tmp), setup_process(cfg))
         probe.train_step()  # warm-up
-        start = time.perf_counter()
+        times = []
         for _ in range(PROBE_STEPS):
+            start = time.perf_counter()
             probe.train_step()
-        per_step = (time.perf_counter() - start) / PROBE_STEPS
+            times.append(time.perf_counter() - start)
+        per_step = statistics.median(times)  # one step slowed by another program does not count
     return int(min(3000, max(300, seconds / (per_step * 1.05))))  # 5 %: the validation passes
 
 
