@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def _encode_all(docs: Iterator[str], tokenizer: Path, workers: int) -> Iterator[
         _load_worker_tokenizer(str(tokenizer))
         yield from map(_encode_documents, _chunks(docs))
         return
-    ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")  # fork: no re-import
     with ctx.Pool(workers, initializer=_load_worker_tokenizer, initargs=(str(tokenizer),)) as pool:
         yield from pool.imap(_encode_documents, _chunks(docs))
 
