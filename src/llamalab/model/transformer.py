@@ -128,8 +128,9 @@ class Transformer(nn.Module):
                         "positions; shorten the prompt or the generation, or set up a longer cache"
                     )
                 positions = torch.arange(start_pos, start_pos + seqlen, device=tokens.device)[None]  # (1, seqlen)
-                key_positions = torch.arange(start_pos + seqlen, device=tokens.device)
-                mask = None if seqlen == 1 or start_pos == 0 else _visible(key_positions, positions)
+                mask = None  # one new token sees the whole filled cache; a chunk from 0 is plain causal
+                if seqlen > 1 and start_pos > 0:
+                    mask = _visible(torch.arange(start_pos + seqlen, device=tokens.device), positions)
             else:
                 positions = start_pos.view(bsz, 1) + torch.arange(seqlen, device=tokens.device)  # (bsz, seqlen)
                 mask = _visible(torch.arange(cache_len, device=tokens.device), positions)
