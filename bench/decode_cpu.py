@@ -6,8 +6,10 @@ Batch 1, float32, random weights, a short prompt, greedy decoding. The peer is `
 holding exactly our weights (converted with `to_hf_state_dict`). Decode speed excludes the prefill on both
 sides: ours is (n - 1) / decode time, HF's is (n - 1) / (time(n tokens) - time(1 token)). Every variant
 runs `--rounds` times, interleaved with the others so that load from other processes hits all of them
-alike; the best round counts. Idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE unless set): on cores
-shared with other processes, spinning threads stall every parallel op of both peers.
+alike; the best round counts. Both peers run under the same, default OpenMP settings, as a user's process does:
+idle OpenMP threads spin a while before they sleep, which the compiled step (one parallel loop per op, hundreds
+per token) needs: with OMP_WAIT_POLICY=PASSIVE it runs ~3x slower. Set PASSIVE only when the cores are shared
+with other busy processes (spinning threads then wait for a time slice at every parallel op, for both peers).
 Variants: `eager` (the model as built), `fast` (`column_major_weights`), `int8` (`quantize_model(...,
 "int8")`), and with `--compile`: `compiled` (`compile_decode_step` after `matvec_linears`) and
 `int8 compiled` (`compile_decode_step` of the int8 model).
@@ -16,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads OpenMP: set before importing torch
-import torch  # noqa: E402
+import torch
 
 from llamalab.checkpoint.hf import hf_config, to_hf_state_dict
 from llamalab.checkpoint.weights import model_state_dict
