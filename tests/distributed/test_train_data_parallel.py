@@ -22,7 +22,8 @@ from llamalab.train.stories import write_stories
 
 ARGS = ["--dim", "32", "--n-layers", "2", "--n-heads", "4", "--n-kv-heads", "2", "--multiple-of", "16",
         "--tie-embeddings", "--seq-len", "32", "--max-steps", "8", "--warmup-steps", "2", "--lr", "0.01",
-        "--log-every", "1", "--eval-every", "4", "--sample-tokens", "4", "--no-progress"]
+        "--log-every", "1", "--eval-every", "4", "--sample-tokens", "4", "--no-progress",
+        "--dtype", "float32"]  # the tolerances below are float32's (auto would pick bfloat16 on some CPUs)
 VAL_SEQUENCES = 16  # validation windows of each evaluation: eval_batches x batch_size
 
 

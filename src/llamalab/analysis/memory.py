@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 
 from llamalab.analysis.params import count_parameters, linear_shapes
-from llamalab.config import ModelArgs
+from llamalab.config import LOSS_CHUNK_LOGITS, ModelArgs
 from llamalab.errors import ConfigError
 
 # Bytes per element of the dtypes weights, caches and activations are kept in.
@@ -76,13 +76,26 @@ def layer_activation_bytes(args: ModelArgs, tokens: int, dtype: str = "bf16", tp
 
 
 def head_activation_bytes(args: ModelArgs, tokens: int, dtype: str = "bf16", tp: int = 1) -> int:
-    """Bytes saved outside the blocks: final norm, the head's input, fp32 log-softmax of the logits, token ids."""
+    """Bytes saved outside the blocks: the final norm's tensors, the token ids, and the head's share.
+
+    On one rank the chunked head + loss (`model.head_loss`) has computed its gradients in the forward pass
+    and keeps them: the hidden states' (per token) and the head weight's (once). Split by tensor parallelism
+    the head keeps its input, the fp32 log-softmax of its logits and the targets.
+    """
     p, d = dtype_bytes(dtype), args.dim
-    return tokens * (FP32 * d + FP32 + 2 * p * d + FP32 * args.vocab_size // tp + 2 * TOKEN_ID)
+    norm = FP32 * d + FP32 + p * d  # fp32 input, fp32 rsqrt, normed (before the weight)
+    if tp == 1:
+        return tokens * (norm + p * d + TOKEN_ID) + args.vocab_size * d * p
+    return tokens * (norm + p * d + FP32 * args.vocab_size // tp + 2 * TOKEN_ID)
 
 
 def logits_gradient_bytes(args: ModelArgs, tokens: int, tp: int = 1) -> int:
-    """The fp32 gradients of the log-probabilities and of the logits, alive together as backward starts."""
+    """Transient bytes of the loss on top of what is saved: on one rank the fp32 logits of one chunk of tokens (GPU
+    chunk size) and the fp32 sum of the head weight's gradient; split by tensor parallelism the fp32 gradients of
+    the log-probabilities and of the logits, alive together as backward starts."""
+    if tp == 1:
+        chunk = min(tokens, max(1, LOSS_CHUNK_LOGITS["cuda"] // args.vocab_size))
+        return FP32 * args.vocab_size * (chunk + args.dim)
     return 2 * tokens * FP32 * args.vocab_size // tp
 
 

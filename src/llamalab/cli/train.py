@@ -94,6 +94,10 @@ def run(args) -> int:
     return 0
 
 
+def _precision(dtype: str) -> str:
+    return "float32" if dtype == "float32" else f"{dtype} autocast, float32 weights"
+
+
 def train(cfg: TrainConfig) -> dict | None:
     """Set the process up, train, save the model and write a sample; rank 0 returns the run's summary.
 
@@ -112,7 +116,8 @@ def train(cfg: TrainConfig) -> dict | None:
         if main:
             print(f"model: {n_params / 1e6:.2f} M parameters ({n_trained / 1e6:.2f} M trained), "
                   f"{trainer.global_batch} x {cfg.seq_len} tokens a step, {cfg.max_steps} steps on {device}"
-                  + (f" x {trainer.world} processes ({_layout(cfg, trainer.world)})" if trainer.world > 1 else ""))
+                  + (f" x {trainer.world} processes ({_layout(cfg, trainer.world)})" if trainer.world > 1 else "")
+                  + f"; {_precision(trainer.dtype)}")
         with stop_on_ctrl_c(trainer, announce=main):
             summary = trainer.fit()
         if summary["interrupted"]:

@@ -11,6 +11,7 @@ from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError, ContextLengthError
 from llamalab.model.attention import ATTENTION_IMPLS, Attention, KVCache
 from llamalab.model.feed_forward import FeedForward
+from llamalab.model.head_loss import IGNORE_INDEX, head_cross_entropy
 from llamalab.model.norm import RMSNorm
 from llamalab.model.rope import rope_tables
 
@@ -99,13 +100,18 @@ class Transformer(nn.Module):
         return None if cache is None else (cache.k.shape[0], cache.k.shape[2])
 
     # -- forward passes -------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0, last_only: bool = False):
+    def forward(
+        self, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0, last_only: bool = False,
+        targets: torch.Tensor | None = None,
+    ):
         """Logits (bsz, seqlen or 1, vocab) in float32 for tokens (bsz, seqlen) placed at `start_pos`.
 
         With a KV cache (see `setup_cache`) the keys and values are written at the positions and the
         tokens attend to everything before them: prefill a prompt, then decode one token at a time.
         `start_pos` is an int shared by every row, or a (bsz,) tensor giving each row its own start.
         Without a cache, `start_pos` must be 0 and the pass is plain causal attention.
+        With `targets` (bsz, seqlen) it returns their mean cross-entropy instead (-100 is skipped), computed
+        by `head_cross_entropy` without the logits tensor: how training calls the model.
         """
         bsz, seqlen = tokens.shape
         cache = self.cache_shape
@@ -136,18 +142,22 @@ class Transformer(nn.Module):
                 mask = _visible(torch.arange(cache_len, device=tokens.device), positions)
             cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (1 or bsz, seqlen, head_dim/2)
             h = self._hidden(tokens, cos, sin, start_pos if isinstance(start_pos, int) else positions, mask)
+        if targets is not None:
+            return self._cross_entropy(h.flatten(0, 1), targets.flatten())
         if last_only:
             h = h[:, -1:]
         return self.output(h).float()
 
-    def loss(self, tokens: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy of a causal pass over tokens (bsz, seqlen); targets equal -100 are skipped."""
-        bsz, seqlen = tokens.shape
-        if seqlen > self.args.max_seq_len:
-            raise ContextLengthError(f"sequence of {seqlen} tokens exceeds max_seq_len={self.args.max_seq_len}")
-        h = self._hidden(tokens, self.rope_cos[None, :seqlen], self.rope_sin[None, :seqlen], None, None)
-        logits = self.output(h)  # (bsz, seqlen, vocab)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
+        return self(tokens, targets=targets)
+
+    def _cross_entropy(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """h (tokens, dim), targets (tokens,). A head that is not a plain nn.Linear holding a plain tensor (LoRA,
+        quantized, a DTensor split by tensor parallelism) computes its logits itself."""
+        if type(self.output) is nn.Linear and type(self.output.weight) in (torch.Tensor, nn.Parameter):
+            return head_cross_entropy(h, self.output.weight, targets)
+        return F.cross_entropy(self.output(h).float(), targets, ignore_index=IGNORE_INDEX)
 
     def _hidden(self, tokens, cos, sin, start_pos, mask):
         h = self.dropout(self.tok_embeddings(tokens))  # (bsz, seqlen, dim)

@@ -19,7 +19,7 @@ from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
 
 
-AUTOCAST_DTYPES = ("float32", "bfloat16", "float16")
+AUTOCAST_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def setting(default: Any, help: str, choices: tuple[str, ...] | None = None):
@@ -56,7 +56,8 @@ class TrainConfig:
     grad_clip: float = setting(1.0, "largest global gradient norm (0: no clipping)")
     # numerics and speed
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
-    dtype: str = setting("float32", "autocast dtype (float16 adds a gradient scaler)", AUTOCAST_DTYPES)
+    dtype: str = setting("auto", "autocast dtype (auto: bfloat16 where the device computes it natively, else float32; "
+                                  "float16 adds a gradient scaler)", AUTOCAST_DTYPES)
     compile: bool = setting(False, "torch.compile the model")
     activation_checkpointing: bool = setting(False, "recompute each block in the backward pass to save memory")
     parallel: str = setting("ddp", "data parallelism under torchrun", ("ddp", "fsdp"))

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.nn.parallel import DistributedDataParallel
@@ -34,12 +33,11 @@ AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float1
 
 
 def next_token_loss(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the logits of a causal pass over inputs (bsz, seqlen) against targets (bsz, seqlen).
+    """Mean cross-entropy of a causal pass over inputs (bsz, seqlen) against targets (bsz, seqlen).
 
-    The loss is taken from `module(inputs)` (not `Transformer.loss`) so that DDP and FSDP see a forward call.
+    Taken from `module(inputs, targets=...)` (not `Transformer.loss`) so that DDP and FSDP see a forward call.
     """
-    logits = module(inputs)  # (bsz, seqlen, vocab) float32
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    return module(inputs, targets=targets)
 
 
 def build_trainer(cfg: TrainConfig, device: torch.device) -> "Trainer":
@@ -74,8 +72,9 @@ class Trainer:
         if windows(data.tokens("val"), cfg.seq_len) < 1:
             raise DataError(f"the validation split of {data.folder} holds {len(data.tokens('val'))} tokens, fewer "
                             f"than one sequence of {cfg.seq_len}; prepare with a larger --val-fraction or more text")
-        self.autocast_dtype = AUTOCAST[cfg.dtype]
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
+        self.dtype = resolve_dtype(cfg.dtype, device)
+        self.autocast_dtype = AUTOCAST[self.dtype]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == "float16")
         self.out_dir = Path(cfg.out_dir)
         self.checkpoints = self.out_dir / "checkpoints"
         self.step = 0
@@ -321,6 +320,18 @@ def _replace_folder(new: Path, folder: Path) -> Path:
     else:
         new.rename(folder)
     return folder
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """The autocast dtype a config's `dtype` means on this device: "auto" is bfloat16 where matmuls run natively in
+    bfloat16 (CUDA with bf16 support; CPUs with AVX512-BF16 or AMX), else float32 (emulated bf16 is slower)."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    else:
+        native = device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return "bfloat16" if native else "float32"
 
 
 def _peak_flops(device: torch.device) -> float | None:

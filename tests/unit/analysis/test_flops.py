@@ -1,15 +1,17 @@
 """FLOP formulas against torch.utils.flop_counter.FlopCounterMode on real passes of small models."""
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, mm_flop, sdpa_backward_flop_count, sdpa_flop_count
 
 from llamalab.analysis import decode_flops, flops_per_token, forward_flops, prefill_flops, training_flops
 from llamalab.config import ModelArgs
 from llamalab.model import Transformer
 
 aten = torch.ops.aten
-# PyTorch's counter knows the CUDA attention kernels; teach it the CPU one with its own formulas.
-CPU_ATTENTION = {
+# PyTorch's counter knows the CUDA attention kernels and out-of-place addmm; teach it the CPU attention kernels and
+# the in-place addmm_ (the chunked head loss sums its weight gradient with it) with its own formulas.
+UNCOUNTED_OPS = {
+    aten.addmm_: lambda out, a, b, *_, **__: mm_flop(a, b),
     aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, **__: sdpa_flop_count(q, k, v),
     aten._scaled_dot_product_flash_attention_for_cpu_backward:
         lambda grad, q, k, v, *_, **__: sdpa_backward_flop_count(grad, q, k, v),
@@ -25,7 +27,7 @@ CONFIGS = {
 
 def measured_flops(fn) -> float:
     """FLOPs PyTorch counts while fn runs, per sequence of the batch."""
-    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
+    with FlopCounterMode(display=False, custom_mapping=UNCOUNTED_OPS) as counter:
         fn()
     return counter.get_total_flops() / BATCH
 

@@ -4,9 +4,9 @@ import weakref
 import pytest
 import torch
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from torch.utils.checkpoint import checkpoint
 
 from llamalab.analysis import (
     activation_bytes, head_activation_bytes, kv_cache_bytes, layer_activation_bytes, training_memory, weight_bytes,
@@ -125,17 +125,6 @@ class PeakMemory(TorchDispatchMode):
         self.current -= self.sizes.pop(key)
 
 
-class Checkpointed(nn.Module):
-    """A block whose activations are recomputed in backward instead of kept."""
-
-    def __init__(self, block):
-        super().__init__()
-        self.block = block
-
-    def forward(self, *args):
-        return checkpoint(self.block, *args, use_reentrant=False)
-
-
 def training_step(model, optimizer, batch):
     model.loss(batch, batch).backward()
     optimizer.step()
@@ -145,7 +134,7 @@ def training_step(model, optimizer, batch):
 def build_trainer(args, precision, checkpointing, device="cpu"):
     model = Transformer(args).to(device=device, dtype=DTYPES[precision])
     if checkpointing:
-        model.layers = nn.ModuleList(Checkpointed(block) for block in model.layers)
+        model.layers = nn.ModuleList(checkpoint_wrapper(block) for block in model.layers)  # as `train` does
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
 
 

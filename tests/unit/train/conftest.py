@@ -35,6 +35,7 @@ def tiny_config(corpus, tmp_path):
     def make(**overrides):
         settings = dict(data=str(corpus[2]), out_dir=str(tmp_path / "run"), model=dict(TINY_MODEL), seq_len=32,
                         batch_size=4, max_steps=10, warmup_steps=2, lr=1e-2, min_lr=1e-3, eval_every=0,
-                        eval_batches=2, log_every=1, save_every=0, sample_tokens=8, progress=False)
+                        eval_batches=2, log_every=1, save_every=0, sample_tokens=8, progress=False,
+                        dtype="float32")  # exact comparisons: not "auto", which is bfloat16 on some CPUs
         return TrainConfig(**{**settings, **overrides})
     return make
