@@ -79,3 +79,16 @@ def test_model_training_gradients_equal_those_of_the_logits(small_chunks, tied):
     F.cross_entropy(model(tokens).flatten(0, 1), targets.flatten()).backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(fused[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.gpu
+def test_on_cuda_under_bfloat16_autocast_it_matches_the_autocast_reference():
+    g = torch.Generator().manual_seed(3)
+    h, weight = torch.randn(4096, 256, generator=g).cuda(), torch.randn(32000, 256, generator=g).cuda() * 0.05
+    targets = torch.randint(0, 32000, (4096,), generator=g).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got, want = ours(h, weight, targets), reference(h, weight, targets)
+    exact = reference(h, weight, targets)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-3)
+    for ours_grad, autocast_grad, fp32_grad in zip(got[1:], want[1:], exact[1:]):
+        assert (ours_grad - fp32_grad).abs().max() <= 2 * (autocast_grad - fp32_grad).abs().max()
