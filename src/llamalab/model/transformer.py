@@ -143,7 +143,7 @@ class Transformer(nn.Module):
             cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (1 or bsz, seqlen, head_dim/2)
             h = self._hidden(tokens, cos, sin, start_pos if isinstance(start_pos, int) else positions, mask)
         if targets is not None:
-            return self._cross_entropy(h.flatten(0, 1), targets.flatten())
+            return self._cross_entropy(h, targets)
         if last_only:
             h = h[:, -1:]
         return self.output(h).float()
@@ -153,11 +153,12 @@ class Transformer(nn.Module):
         return self(tokens, targets=targets)
 
     def _cross_entropy(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """h (tokens, dim), targets (tokens,). A head that is not a plain nn.Linear holding a plain tensor (LoRA,
-        quantized, a DTensor split by tensor parallelism) computes its logits itself."""
+        """h (bsz, seqlen, dim), targets (bsz, seqlen). A head that is not a plain nn.Linear holding a plain tensor
+        (LoRA, quantized, a DTensor split by tensor parallelism) computes its logits itself."""
         if type(self.output) is nn.Linear and type(self.output.weight) in (torch.Tensor, nn.Parameter):
-            return head_cross_entropy(h, self.output.weight, targets)
-        return F.cross_entropy(self.output(h).float(), targets, ignore_index=IGNORE_INDEX)
+            return head_cross_entropy(h.flatten(0, 1), self.output.weight, targets.flatten())
+        logits = self.output(h).float()  # (bsz, seqlen, vocab)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
     def _hidden(self, tokens, cos, sin, start_pos, mask):
         h = self.dropout(self.tok_embeddings(tokens))  # (bsz, seqlen, dim)
