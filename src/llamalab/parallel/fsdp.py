@@ -23,15 +23,18 @@ def apply_fsdp(model: Transformer, dp_mesh: DeviceMesh, param_dtype: torch.dtype
     return model
 
 
-def apply_fsdp_tp(model: Transformer, mesh: DeviceMesh, param_dtype: torch.dtype | None = None) -> Transformer:
+def apply_fsdp_tp(
+    model: Transformer, mesh: DeviceMesh, param_dtype: torch.dtype | None = None, loss_parallel: bool = False
+) -> Transformer:
     """The training layout on a (dp_shard, tp) mesh: tensor parallelism with sequence parallelism inside each
     tp group, then FSDP2 across them (each only where its size is above 1).
 
     Call it before LoRA adapters or activation-checkpoint wrappers rename the modules the TP plan names.
     Data is split over the dp_shard ranks only: the tp ranks of a group train on the same batch.
+    `loss_parallel`: the logits stay split by vocabulary (see `apply_tp`).
     """
     if mesh["tp"].size() > 1:
-        apply_tp(model, mesh["tp"], sequence_parallel=True)
+        apply_tp(model, mesh["tp"], sequence_parallel=True, loss_parallel=loss_parallel)
     if mesh["dp_shard"].size() > 1:
         apply_fsdp(model, mesh["dp_shard"], param_dtype)
     return model

@@ -51,25 +51,35 @@ def block_plan(sequence_parallel: bool = False) -> dict[str, ParallelStyle]:
     return plan
 
 
-def model_plan(sequence_parallel: bool = False) -> dict[str, ParallelStyle]:
-    """How the embedding, final norm and output head are split: both by vocabulary (so a tied weight stays tied)."""
+def model_plan(sequence_parallel: bool = False, loss_parallel: bool = False) -> dict[str, ParallelStyle]:
+    """How the embedding, final norm and output head are split: both by vocabulary (so a tied weight stays tied).
+
+    With `loss_parallel` the logits stay split by vocabulary (a DTensor) for the cross-entropy of
+    `torch.distributed.tensor.parallel.loss_parallel`, instead of being gathered whole on every rank.
+    """
     between = Shard(1) if sequence_parallel else Replicate()
+    output = (ColwiseParallel(input_layouts=between, output_layouts=Shard(-1), use_local_output=False)
+              if loss_parallel else ColwiseParallel(input_layouts=between, output_layouts=Replicate()))
     plan = {
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=between),
-        "output": ColwiseParallel(input_layouts=between, output_layouts=Replicate()),
+        "output": output,
     }
     if sequence_parallel:
         plan["norm"] = SequenceParallel()
     return plan
 
 
-def apply_tp(model: Transformer, tp_mesh: DeviceMesh, sequence_parallel: bool = False) -> Transformer:
+def apply_tp(
+    model: Transformer, tp_mesh: DeviceMesh, sequence_parallel: bool = False, loss_parallel: bool = False
+) -> Transformer:
     """Split `model` (built, on CPU, CUDA or meta) in place over the ranks of the 1-D `tp_mesh`.
 
     Rank 0's weights are the ones kept (they are scattered to the others). A model on the meta device
     is split without communication; load its shards afterwards with `load_local_shards`.
     `sequence_parallel` is for training on sequences whose length tp divides: it saves activation
-    memory, and makes every weight a DTensor (as `clip_grad_norm_` needs).
+    memory, and makes every weight a DTensor (as `clip_grad_norm_` needs). `loss_parallel` (training) keeps
+    the logits split by vocabulary: compute the loss and run backward inside `loss_parallel()`; the loss is
+    then a replicated DTensor.
     """
     tp = tp_mesh.size()
     check_tp_size(model.args, tp, training=model.training)
@@ -79,7 +89,7 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, sequence_parallel: bool = 
             replicate_kv_heads(attn, tp)
         parallelize_module(block, tp_mesh, block_plan(sequence_parallel))
         attn.n_heads, attn.n_kv_heads = attn.n_heads // tp, attn.n_kv_heads // tp  # heads of this rank
-    parallelize_module(model, tp_mesh, model_plan(sequence_parallel))
+    parallelize_module(model, tp_mesh, model_plan(sequence_parallel, loss_parallel))
     if model.args.tie_embeddings:  # both halves are Shard(0) over the vocabulary; make them one parameter again
         model.output.weight = model.tok_embeddings.weight
     if sequence_parallel:

@@ -88,7 +88,7 @@ def prepare_model(model: Transformer, cfg: TrainConfig, device: torch.device) ->
 
     world = dist.get_world_size() if dist.is_initialized() else 1
     if cfg.tp > 1:  # before LoRA and checkpoint wrappers rename the modules the TP plan names
-        apply_fsdp_tp(model, make_mesh(tp=cfg.tp, dp_shard=cfg.dp_shard or max(1, world // cfg.tp)))
+        apply_fsdp_tp(model, make_mesh(tp=cfg.tp, dp_shard=cfg.dp_shard or max(1, world // cfg.tp)), loss_parallel=True)
     if cfg.lora_rank:
         apply_lora(model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha)
     if cfg.activation_checkpointing:

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor.parallel import loss_parallel
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -94,9 +95,10 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         micro_batches = zip(inputs.chunk(self.cfg.grad_accum), targets.chunk(self.cfg.grad_accum))
         for i, (x, y) in enumerate(micro_batches):
-            with self._gradient_sync(last=i == self.cfg.grad_accum - 1), self._autocast():
-                loss = next_token_loss(self.module, x.to(self.device), y.to(self.device)) / self.cfg.grad_accum
-            self.scaler.scale(loss).backward()
+            with self._gradient_sync(last=i == self.cfg.grad_accum - 1), self._split_loss():
+                with self._autocast():
+                    loss = self._loss(self.module, x, y) / self.cfg.grad_accum
+                self.scaler.scale(loss).backward()
             total += loss.detach()
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
@@ -107,6 +109,15 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         return total
+
+    def _loss(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean next-token loss of a micro-batch as a plain 0-d tensor (under --tp it comes as a DTensor)."""
+        loss = next_token_loss(module, x.to(self.device), y.to(self.device))
+        return loss.full_tensor() if self.cfg.tp > 1 else loss
+
+    def _split_loss(self):
+        """Under --tp the logits stay split by vocabulary: the loss and its backward run inside `loss_parallel`."""
+        return loss_parallel() if self.cfg.tp > 1 else contextlib.nullcontext()
 
     def _gradient_sync(self, last: bool):
         """Reduce gradients across processes only on the last micro-batch of a step."""
@@ -127,8 +138,8 @@ class Trainer:
         total = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of token losses, tokens)
         for rows in batches[self.dp_rank::self.dp_world]:
             x, y = window_batch(tokens, list(rows), self.cfg.seq_len)
-            with self._autocast():
-                loss = next_token_loss(self.model, x.to(self.device), y.to(self.device))
+            with self._autocast(), self._split_loss():
+                loss = self._loss(self.model, x, y)
             total += torch.tensor([loss.item() * y.numel(), y.numel()], dtype=torch.float64, device=self.device)
         if self.world > 1:
             dist.all_reduce(total)  # each tp group's sums tp times over: the ratio is the same
