@@ -33,14 +33,6 @@ from llamalab.train.optim import build_optimizer, build_scheduler
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def next_token_loss(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of a causal pass over inputs (bsz, seqlen) against targets (bsz, seqlen).
-
-    Taken from `module(inputs, targets=...)` (not `Transformer.loss`) so that DDP and FSDP see a forward call.
-    """
-    return module(inputs, targets=targets)
-
-
 def build_trainer(cfg: TrainConfig, device: torch.device) -> "Trainer":
     """Data, model, its preparation (LoRA, checkpointing, DDP / FSDP2, compile) and AdamW, as the config asks.
 
@@ -111,8 +103,9 @@ class Trainer:
         return total
 
     def _loss(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The mean next-token loss of a micro-batch as a plain 0-d tensor (under --tp it comes as a DTensor)."""
-        loss = next_token_loss(module, x.to(self.device), y.to(self.device))
+        """Mean cross-entropy of a causal pass over x (bsz, seqlen) against y, as a plain 0-d tensor (under --tp
+        it comes as a DTensor). From `module(x, targets=y)`, not `Transformer.loss`: DDP and FSDP see a forward."""
+        loss = module(x.to(self.device), targets=y.to(self.device))
         return loss.full_tensor() if self.cfg.tp > 1 else loss
 
     def _split_loss(self):
