@@ -54,23 +54,33 @@ def smollm2_gguf():
 
 
 @pytest.fixture(scope="session")
-def smollm2_hf_dir(smollm2_gguf, tmp_path_factory, worker_id):
-    """transformers' own reading of the GGUF (dequantized to float32), saved once per test run as an HF folder.
+def smollm2_hf_dir(smollm2_gguf):
+    """transformers' own reading of the GGUF (dequantized to float32), saved once as an HF folder in the user's cache.
 
-    Loading the GGUF through transformers takes ~45 s on 2 cores; the first xdist worker converts it, the others
-    wait on the lock and load the saved folder in a second."""
+    Loading the GGUF through transformers takes ~45 s on 2 cores; the first test process converts it (later runs and
+    the other xdist workers wait on the lock and load the saved folder in a second)."""
+    import os
+    from pathlib import Path
+
     from filelock import FileLock
 
-    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    folder = root / "smollm2-hf"
-    with FileLock(str(root / "smollm2-hf.lock")):
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llamalab-tests"
+    cache.mkdir(parents=True, exist_ok=True)
+    folder = cache / f"smollm2-hf-{smollm2_gguf.stat().st_size}"
+    with FileLock(str(folder) + ".lock"):
         if not (folder / "config.json").is_file():
+            import shutil
+
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
             model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name,
                                                          dtype=torch.float32)
-            staging = root / "smollm2-hf.partial"
+            staging = Path(str(folder) + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            model.hf_quantizer = None  # the weights are plain float32 now; the GGUF "quantizer" only blocks saving
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
             staging.rename(folder)
