@@ -16,12 +16,14 @@ class TextStream:
     """One row's text as its tokens arrive, cut before the first stop string.
 
     Text that could be the beginning of a stop string is held back until it is known not to be,
-    so the deltas concatenate to exactly the final text.
+    so the deltas concatenate to exactly the final text. Each character is looked at once per stop
+    string (see `StopMatcher`), so a long stop string costs no more per token than a short one.
     """
 
     def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()):
         self.decoder = StreamDecoder(tokenizer)
         self.stop = [s for s in stop if s]
+        self.matchers = [StopMatcher(s) for s in self.stop]
         self.text = ""  # the text so far (cut at a stop string once one appears)
         self.sent = 0  # characters of `text` already handed out
         self.stopped = False  # a stop string appeared
@@ -29,26 +31,63 @@ class TextStream:
     def push(self, token_id: int) -> str:
         """Add a token; return the text that is now certain."""
         if not self.stopped:
-            self.text += self.decoder.push(token_id)
+            self._add(self.decoder.push(token_id))
         return self._release(final=False)
 
     def close(self) -> str:
         """The rest of the text, after the last token."""
         if not self.stopped:
-            self.text += self.decoder.flush()
+            self._add(self.decoder.flush())
         return self._release(final=True)
 
+    def _add(self, new: str) -> None:
+        """Append text, cutting it before the earliest stop string that ends inside it."""
+        start = len(self.text)
+        self.text += new
+        cuts = [start + end - len(m.stop) for m in self.matchers if (end := m.feed(new)) is not None]
+        if cuts:
+            self.text, self.stopped = self.text[: min(cuts)], True
+
     def _release(self, final: bool) -> str:
-        hits = [i for i in (self.text.find(s, self.sent) for s in self.stop) if i >= 0]
-        if hits:
-            self.text, self.stopped = self.text[: min(hits)], True
-        end = len(self.text) if final or self.stopped else len(self.text) - self._stop_prefix_len()
+        held = 0 if final or self.stopped else max((m.matched for m in self.matchers), default=0)
+        end = len(self.text) - held
         delta, self.sent = self.text[self.sent : end], max(self.sent, end)
         return delta
 
-    def _stop_prefix_len(self) -> int:
-        """Length of the longest end of the text that begins some stop string."""
-        return max((n for s in self.stop for n in range(1, len(s)) if self.text.endswith(s[:n])), default=0)
+
+class StopMatcher:
+    """Knuth-Morris-Pratt search for one stop string in text fed piece by piece.
+
+    `matched` is the length of the longest end of the text so far that begins the stop string. The
+    failure table is extended only as far as the text has matched, so the work is linear in the text.
+    """
+
+    def __init__(self, stop: str):
+        self.stop, self.matched = stop, 0
+        self.border = [0]  # border[k]: the longest proper prefix of stop[:k+1] that is also its suffix
+
+    def feed(self, text: str) -> int | None:
+        """Advance over `text`; the index in it just past the first complete stop string, or None."""
+        stop, q = self.stop, self.matched
+        for i, ch in enumerate(text):
+            while q and stop[q] != ch:
+                q = self._border(q - 1)
+            if stop[q] == ch:
+                q += 1
+            if q == len(stop):
+                self.matched = 0
+                return i + 1
+        self.matched = q
+        return None
+
+    def _border(self, k: int) -> int:
+        border, stop = self.border, self.stop
+        while len(border) <= k:  # extend the table one entry at a time (amortized O(1) each)
+            i, j = len(border), border[-1]
+            while j and stop[i] != stop[j]:
+                j = border[j - 1]
+            border.append(j + (stop[i] == stop[j]))
+        return border[k]
 
 
 def stream_text(generation: Generation, tokenizer: Tokenizer, stop: Sequence[str] = ()) -> Iterator[list[str]]:

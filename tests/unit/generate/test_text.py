@@ -1,6 +1,10 @@
 """Text generation: deltas concatenate to the decoded tokens; stop strings cut the text; Meta's API shapes."""
+import time
+
 import pytest
 from generate_models import peaked_model, train_tiny_tokenizer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llamalab.generate.decode import Generation
 from llamalab.generate.sampling import SamplingParams
@@ -71,3 +75,37 @@ def test_chat_completion_prompts_in_the_llama2_chat_format(model, tokenizer):
     assert c.prompt_tokens[0] == tokenizer.bos_id
     assert tokenizer.decode(c.prompt_tokens) == "[INST] <<SYS>>\nbe brief\n<</SYS>>\n\nthe cat? [/INST]"
     assert c.text == tokenizer.decode(c.tokens)
+
+
+def _held_back_reference(text: str, stops: list[str]) -> tuple[str, int]:
+    """The quadratic definition: text cut at the earliest stop string; the longest end that begins one."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    if hits:
+        return text[: min(hits)], 0
+    return text, max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(words=st.lists(st.sampled_from(["the", " cat", " sat", " on", " mat", "a", "t", " "]), max_size=20),
+       stops=st.lists(st.text(alphabet="the catsomn", min_size=1, max_size=8), min_size=1, max_size=4))
+def test_stop_holdback_matches_the_quadratic_definition(tokenizer, words, stops):
+    stream = TextStream(tokenizer, stop=stops)
+    released = ""
+    for i in tokenizer.encode("".join(words), bos=False):
+        released += stream.push(i)
+        cut, held = _held_back_reference(stream.text, stops)
+        assert stream.text == cut or stream.stopped
+        assert released == (cut if stream.stopped else cut[: len(cut) - held])
+    released += stream.close()
+    expected, _ = _held_back_reference("".join(words), stops)
+    assert released == stream.text == expected
+
+
+def test_a_megabyte_stop_string_costs_no_more_per_token_than_a_short_one(tokenizer):
+    """Issue 21: the old check was quadratic in the stop string's length on every token (34 s for 4 tokens)."""
+    ids = tokenizer.encode("the cat sat on the mat " * 20, bos=False)
+    stream = TextStream(tokenizer, stop=["the cat sat on the mat " * 2 + "x" * 2**20])
+    deadline = time.monotonic() + 5.0  # generous: the linear check needs milliseconds
+    text = "".join(stream.push(i) for i in ids) + stream.close()
+    assert time.monotonic() < deadline
+    assert text == "the cat sat on the mat " * 20 and not stream.stopped
