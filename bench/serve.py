@@ -42,7 +42,8 @@ def free_port() -> int:
 
 def start_server(preset: str, tokenizer: Path, port: int, slots: int, threads: int | None) -> subprocess.Popen:
     command = [sys.executable, "-m", "llamalab", "serve", "--preset", preset, "--random-init",
-               "--tokenizer", str(tokenizer), "--port", str(port), "--slots", str(slots)]
+               "--tokenizer", str(tokenizer), "--port", str(port), "--slots", str(slots),
+               "--served-model-name", "bench"]
     if threads:
         command += ["--threads", str(threads)]
     server = subprocess.Popen(command)

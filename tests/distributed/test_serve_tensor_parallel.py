@@ -51,7 +51,7 @@ def test_torchrun_serve_with_tp_gives_each_client_the_greedy_text(tmp_path):
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "llamalab", "serve", str(path), "--tp", "2", "--device", "cpu", "--port", str(port),
-               "--slots", "4"]
+               "--slots", "4", "--served-model-name", "m"]
     server = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from llamalab.errors import ContextLengthError, LlamalabError, ServerBusyError
+from llamalab.errors import ContextLengthError, LlamalabError, ServerBusyError, TokenizerError
 from llamalab.serve.protocol import ChatBody, CompletionBody, GenerationBody
 from llamalab.serve.request import Output, Request
 from llamalab.serve.responses import ChatResponses, CompletionResponses, Responses, usage
@@ -49,6 +49,7 @@ class APIError(Exception):
 def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str, api_key: str | None = None,
                max_body_bytes: int = 4 * 2**20) -> FastAPI:
     """The FastAPI app serving `scheduler`'s model; it starts and stops the scheduler thread with itself."""
+    check_vocabulary_fits(tokenizer, scheduler.model.args.vocab_size)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -56,10 +57,13 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str, api_
         yield
         scheduler.stop()
 
-    app = FastAPI(title="llamalab", lifespan=lifespan)
+    hidden_docs = dict(docs_url=None, redoc_url=None, openapi_url=None) if api_key else {}
+    app = FastAPI(title="llamalab", lifespan=lifespan, **hidden_docs)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     _add_error_handlers(app)
     auth = [Depends(_bearer_auth(api_key))] if api_key else []
+    if api_key:
+        _add_docs(app, auth)
     created = int(time.time())
 
     @app.get("/health")
@@ -74,12 +78,14 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str, api_
 
     @app.post("/v1/completions", dependencies=auth)
     async def completions(body: CompletionBody, http: HTTPRequest):
+        _check_unicode(body)
         prompt = await asyncio.to_thread(_completion_prompt, body.prompt, tokenizer)
         responses = CompletionResponses(model_name, logprobs=body.logprobs is not None)
         return await generate(body, prompt, body.max_tokens or DEFAULT_MAX_TOKENS, body.logprobs, responses, http)
 
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(body: ChatBody, http: HTTPRequest):
+        _check_unicode(body)
         prompt = await asyncio.to_thread(encode_dialog, tokenizer, [m.as_dict() for m in body.messages])
         max_tokens = body.max_completion_tokens or body.max_tokens or max(scheduler.max_seq_len - len(prompt), 1)
         top_logprobs = (body.top_logprobs or 0) if body.logprobs else None
@@ -89,6 +95,9 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str, api_
     async def generate(body: GenerationBody, prompt: list[int], max_tokens: int, top_logprobs: int | None,
                        responses: Responses, http: HTTPRequest):
         """Submit the request; answer with the whole completion or stream it."""
+        if body.model is not None and body.model != model_name:
+            raise APIError(404, f"the model {body.model!r} does not exist; this server serves {model_name!r}",
+                           param="model", code="model_not_found")
         if (field := body.unsupported()) is not None:
             raise APIError(400, f"'{field}' is not supported by this server; leave it at its default", param=field)
         loop = asyncio.get_running_loop()
@@ -180,6 +189,11 @@ def _event(body: dict) -> str:
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
+def _check_unicode(body: GenerationBody) -> None:
+    """Raise UnicodeEncodeError (a 400) for text no tokenizer can encode: JSON escapes may spell lone surrogates."""
+    json.dumps(body.model_dump(), ensure_ascii=False).encode("utf-8")
+
+
 def _completion_prompt(prompt: str | list, tokenizer: Tokenizer) -> list[int]:
     """Token ids of a completion prompt: text (with BOS) or ids as given; a list must hold exactly one prompt."""
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
@@ -224,6 +238,35 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(_, e: HTTPException):
         return APIError(e.status_code, str(e.detail), type="invalid_request_error").response()
+
+    @app.exception_handler(UnicodeError)
+    async def unicode_error(_, e: UnicodeError):  # JSON may carry lone surrogates ("\\ud800") no tokenizer encodes
+        return APIError(400, f"the text is not valid Unicode ({getattr(e, 'reason', e)}); send UTF-8 text").response()
+
+    @app.exception_handler(Exception)
+    async def server_error(_, e: Exception):  # a bug: still an OpenAI-style body, not Starlette's plain text
+        return APIError(500, f"internal error ({type(e).__name__}); the server keeps running",
+                        type="server_error").response()
+
+
+def check_vocabulary_fits(tokenizer: Tokenizer, model_vocab_size: int) -> None:
+    """Refuse a tokenizer with ids the model has no embedding for (every prompt using them would fail)."""
+    if tokenizer.vocab_size > model_vocab_size:
+        raise TokenizerError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model_vocab_size}; "
+                             "use the tokenizer the model was trained with")
+
+
+def _add_docs(app: FastAPI, auth: list) -> None:
+    """/openapi.json and /docs behind the API key (FastAPI's own routes would serve them to anyone)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
+    async def openapi():
+        return app.openapi()
+
+    @app.get("/docs", dependencies=auth, include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="llamalab")
 
 
 def _bearer_auth(api_key: str):

@@ -5,7 +5,7 @@ but are not implemented (n > 1, penalties, echo, ...) are rejected by `unsupport
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -22,7 +22,7 @@ class GenerationBody(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    stop: str | list[str] | None = Field(None, max_length=4)
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None  # at most 4 strings, each of any length
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch.Generator.manual_seed takes
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -31,7 +31,7 @@ class GenerationBody(BaseModel):
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     # beyond OpenAI, under the names vLLM gives them
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=2**31 - 1)  # beyond any vocabulary; torch's limit
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0)
     ignore_eos: bool = False  # generate max_tokens tokens even past the end-of-text token (benchmarks)
