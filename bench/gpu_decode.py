@@ -39,7 +39,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from llamalab.analysis import decode_flops, inference_bytes, mbu, prefill_flops
 from llamalab.checkpoint.hf import hf_config
-from llamalab.cli.bench import copy_bandwidth
+from llamalab.generate.benchmark import copy_bandwidth
 from llamalab.config import ModelArgs
 from llamalab.generate.compiled import compile_decode_step
 from llamalab.generate.decode import Generation, Step, eager_step

@@ -1,5 +1,4 @@
 """`llamalab generate MODEL --tp 2` on the 2 ranks of a torchrun-style group prints one result: the model's greedy tokens."""
-import argparse
 import contextlib
 import io
 import json
@@ -10,8 +9,7 @@ import torch
 from distributed_launch import run_ranks
 from llamalab.checkpoint import save
 from llamalab.cli.main import build_parser, main
-from llamalab.cli.parallel import share_seed
-from llamalab.parallel.mesh import init_distributed
+from llamalab.parallel.mesh import init_distributed, shared_seed
 from llamalab.config import ModelArgs
 from llamalab.model import Transformer
 
@@ -63,13 +61,11 @@ def test_tp_size_that_does_not_divide_the_heads_is_one_error_line(two_shard_chec
                    "choose a --tp that divides it"]
 
 
-def shared_seed() -> int:
+def seed_of_this_rank() -> int:
     init_distributed("cpu")
-    args = argparse.Namespace(seed=None)
-    share_seed(args)
-    return args.seed
+    return shared_seed(None)
 
 
 def test_without_seed_every_rank_samples_with_rank_0_s_seed():
-    seeds = run_ranks(shared_seed, 2)
+    seeds = run_ranks(seed_of_this_rank, 2)
     assert seeds[0] == seeds[1] and isinstance(seeds[0], int)

@@ -22,9 +22,9 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    model, tokenizer = load_model(args)
-    tokenizer = require_tokenizer(tokenizer, "chat")
-    step, sampling = decode_step(model, args, cache_len=COMPILED_CACHE_LEN), sampling_params(args)
+    loaded = load_model(args)
+    model, tokenizer = loaded.model, require_tokenizer(loaded.tokenizer, "chat")
+    step, sampling = decode_step(loaded, cache_len=COMPILED_CACHE_LEN), sampling_params(args, loaded.seed)
     interactive = sys.stdin.isatty()
     system = [{"role": "system", "content": args.system}] if args.system else []
     history = list(system)

@@ -1,17 +1,17 @@
-"""What every model-taking command shares: the model arguments, loading (model, tokenizer), sampling flags."""
+"""What every model-taking command shares: the model and sampling flags, mapped to llamalab.load_model."""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from llamalab.config import PRESETS, ModelArgs
+from llamalab.config import PRESETS
 from llamalab.errors import ConfigError, TokenizerError
 
 if TYPE_CHECKING:  # the heavy modules (torch ~1 s) are imported where a command runs, not for `--help`
     from llamalab.generate.decode import Step
     from llamalab.generate.sampling import SamplingParams
-    from llamalab.model import Transformer
+    from llamalab.inference import LoadedModel
     from llamalab.tokenizer import Tokenizer
 
 DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes
@@ -42,6 +42,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int 
     parser.add_argument("--top-k", type=int, help="keep the k most likely tokens")
     parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p × the most likely one")
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens")
+    parser.add_argument("--presence-penalty", type=float, default=0.0,
+                        help="OpenAI's: subtract this from every token already generated ([-2, 2])")
+    parser.add_argument("--frequency-penalty", type=float, default=0.0,
+                        help="OpenAI's: subtract this times each token's count in the generated text ([-2, 2])")
+    parser.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS",
+                        help="add BIAS ([-100, 100]) to token ID's logit (repeatable; -100 bans, 100 forces)")
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
 
 
@@ -52,79 +58,49 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def sampling_params(args: argparse.Namespace) -> SamplingParams:
+def sampling_params(args: argparse.Namespace, seed: int | None) -> SamplingParams:
+    """The sampler flags; `seed` is the loaded model's (under --tp the one every rank shares)."""
     from llamalab.generate.sampling import SamplingParams
 
     return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                          repetition_penalty=args.repetition_penalty, seed=args.seed)
+                          repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+                          frequency_penalty=args.frequency_penalty, logit_bias=parse_logit_bias(args.logit_bias),
+                          seed=seed)
 
 
-def load_model(args: argparse.Namespace) -> tuple[Transformer, Tokenizer | None]:
-    """The model the arguments name, ready for inference, and its tokenizer (None when there is none)."""
-    import torch
+def parse_logit_bias(entries: list[str]) -> dict[int, float]:
+    """--logit-bias ID=BIAS entries as {id: bias}."""
+    biases = {}
+    for entry in entries:
+        token, sep, bias = entry.partition("=")
+        try:
+            biases[int(token)] = float(bias)
+        except ValueError:
+            raise ConfigError(f"--logit-bias takes ID=BIAS (e.g. 42=-100), got {entry!r}") from None
+        if not sep:
+            raise ConfigError(f"--logit-bias takes ID=BIAS (e.g. 42=-100), got {entry!r}")
+    return biases
 
-    from llamalab.checkpoint import load
-    from llamalab.cli.parallel import load_tensor_parallel
-    from llamalab.model import Transformer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.device = args.device or default_device()
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
-    if getattr(args, "tp", 1) > 1:  # under torchrun: the model split over the ranks, see cli/parallel.py
-        return load_tensor_parallel(args, dtype).requires_grad_(False), _tokenizer(args)
+def load_model(args: argparse.Namespace) -> LoadedModel:
+    """llamalab.load_model with the arguments of add_model_arguments (and --tp where the command has it)."""
+    from llamalab.inference import load_model
+
     if args.preset or args.random_init:
         if args.model or not (args.preset and args.random_init):
             raise ConfigError("use either MODEL (a checkpoint) or --preset NAME --random-init, not both")
-        if args.seed is not None:
-            torch.manual_seed(args.seed)
-        with device:
-            model = Transformer(ModelArgs.from_preset(args.preset)).to(dtype).eval()
-    elif args.model:
-        model = load(args.model, device=device, dtype=dtype)
-    else:
+    elif not args.model:
         raise ConfigError("give MODEL (a checkpoint folder or file), or --preset NAME --random-init")
-    return prepare_for_inference(model, args.quantize, args.compile), _tokenizer(args)
+    return load_model(args.model or args.preset, device=args.device, dtype=args.dtype, tp=getattr(args, "tp", 1),
+                      quantize=args.quantize, compile=args.compile, tokenizer=args.tokenizer, seed=args.seed,
+                      threads=args.threads, random_init=args.random_init)
 
 
-def prepare_for_inference(model: Transformer, quantize: str | None = None, compile: bool = False) -> Transformer:
-    """No gradients, the optional weight-only quantization, and on CPU the decode fast path (see generate/fast.py)."""
-    from llamalab.generate.fast import column_major_weights, matvec_linears
-    from llamalab.quantize import quantize_model
-
-    model.eval().requires_grad_(False)
-    if quantize:
-        quantize_model(model, quantize)
-    if model.tok_embeddings.weight.device.type == "cpu":
-        matvec_linears(model) if compile else column_major_weights(model)
-    return model
-
-
-def decode_step(model: Transformer, args: argparse.Namespace, batch_size: int = 1, cache_len: int | None = None) -> Step:
-    """The decode step the arguments ask for: eager, or with --compile compiled now on a KV cache of
-    (batch_size, cache_len) allocated once, so that the generations that reuse it never wait for compilation."""
-    from llamalab.generate.compiled import compile_decode_step
-    from llamalab.generate.decode import Generation, eager_step
-    from llamalab.generate.sampling import SamplingParams
-
-    if not args.compile:
-        return eager_step(model)
-    print("compiling the decode step ...", file=sys.stderr, flush=True)
-    step = compile_decode_step(model)
-    model.setup_cache(batch_size, min(cache_len or model.args.max_seq_len, model.args.max_seq_len))
-    list(Generation(model, [[0]] * batch_size, 2, SamplingParams(temperature=0), step=step))
-    return step
-
-
-def _tokenizer(args: argparse.Namespace) -> Tokenizer | None:
-    from llamalab.checkpoint import find_tokenizer
-    from llamalab.tokenizer import load_tokenizer
-
-    if args.tokenizer:
-        return load_tokenizer(args.tokenizer)
-    path = find_tokenizer(args.model) if args.model else None
-    return load_tokenizer(path) if path else None
+def decode_step(loaded: LoadedModel, batch_size: int = 1, cache_len: int | None = None) -> Step:
+    """The loaded model's decode step, saying so when --compile makes the user wait for compilation."""
+    if loaded.compiled:
+        print("compiling the decode step ...", file=sys.stderr, flush=True)
+    return loaded.decode_step(batch_size, cache_len)
 
 
 def require_tokenizer(tokenizer: Tokenizer | None, what: str) -> Tokenizer:

@@ -7,8 +7,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from llamalab.cli.common import (
-    add_model_arguments, add_sampling_arguments, decode_step, load_model, prepare_for_inference, require_tokenizer,
-    sampling_params,
+    add_model_arguments, add_sampling_arguments, decode_step, load_model, require_tokenizer, sampling_params,
 )
 from llamalab.cli.parallel import add_tp_argument
 from llamalab.errors import ConfigError
@@ -33,21 +32,22 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from llamalab.checkpoint import load
     from llamalab.generate.decode import Generation
     from llamalab.generate.speculative import SpeculativeGeneration
+    from llamalab.inference import load_model as load_draft
     from llamalab.parallel.mesh import is_main_process
 
-    model, tokenizer = load_model(args)
+    loaded = load_model(args)
+    model, tokenizer = loaded.model, loaded.tokenizer
     prompt = prompt_ids(args.prompt, args.prompt_ids, tokenizer, model.args.vocab_size)
-    options = dict(sampling=sampling_params(args), stop_ids=tokenizer.stop_ids if tokenizer else (),
+    options = dict(sampling=sampling_params(args, loaded.seed), stop_ids=tokenizer.stop_ids if tokenizer else (),
                    truncate=args.truncate)
     if args.draft:
         weight = model.tok_embeddings.weight
-        draft = prepare_for_inference(load(args.draft, device=weight.device, dtype=weight.dtype))
+        draft = load_draft(args.draft, device=weight.device, dtype=weight.dtype, tokenizer=tokenizer).model
         generation = SpeculativeGeneration(model, draft, [prompt], args.max_new_tokens, args.lookahead, **options)
     else:
-        step = decode_step(model, args, cache_len=len(prompt) + args.max_new_tokens)
+        step = decode_step(loaded, cache_len=len(prompt) + args.max_new_tokens)
         generation = Generation(model, [prompt], args.max_new_tokens, step=step, **options)
     printing = is_main_process()  # with --tp every rank generates; rank 0 prints
     for delta in deltas(generation, tokenizer, args.stop):

@@ -9,7 +9,7 @@ from llamalab.cli.common import add_model_arguments, load_model, require_tokeniz
 from llamalab.cli.parallel import add_tp_argument
 from llamalab.errors import ConfigError
 
-DEFAULT_MAX_SEQ_LEN = 4096  # context per request unless --max-seq-len says otherwise (a 128k cache per slot is huge)
+DEFAULT_MAX_SEQ_LEN = 4096  # llamalab.serve.server.DEFAULT_MAX_SEQ_LEN, named here so that the parser needs no torch
 
 
 def add_parser(subparsers):
@@ -29,31 +29,23 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    import uvicorn
-
-    from llamalab.parallel import is_main_process
-    from llamalab.serve import LockstepCalls, Scheduler, create_app, follow
+    from llamalab.serve.server import create_server
 
     if args.compile:
         raise ConfigError("serve runs the eager model (batch sizes change every step); drop --compile")
-    model, tokenizer = load_model(args)
-    tokenizer = require_tokenizer(tokenizer, "serve")
-    max_seq_len = args.max_seq_len or min(model.args.max_seq_len, DEFAULT_MAX_SEQ_LEN)
-    if not is_main_process():  # with --tp, rank 0 serves and the other ranks repeat its model calls
-        follow(model, args.slots, max_seq_len)
-        return 0
+    loaded = load_model(args)
+    require_tokenizer(loaded.tokenizer, "serve")
     name = args.served_model_name or (Path(args.model).name if args.model else args.preset)
-    scheduler = Scheduler(model, slots=args.slots, max_waiting=args.max_waiting, max_seq_len=max_seq_len,
-                          vocab_size=min(tokenizer.vocab_size, model.args.vocab_size),
-                          calls=LockstepCalls(model) if args.tp > 1 else None)
+    server = create_server(loaded, name, slots=args.slots, max_seq_len=args.max_seq_len, max_waiting=args.max_waiting,
+                           api_key=args.api_key, max_body_bytes=int(args.max_body_mb * 2**20))
+    if server is None:  # with --tp, a rank other than 0: it repeated rank 0's model calls until the server stopped
+        return 0
     if not _is_loopback(args.host) and not args.api_key:
         print(f"llamalab serve: warning: {args.host} is reachable from other machines and no --api-key is set",
               file=sys.stderr)
-    cache_mib = sum(layer.attention.cache.k.nbytes * 2 for layer in model.layers) / 2**20
     print(f"llamalab serve: {name} on http://{args.host}:{args.port}/v1, {args.slots} slots of "
-          f"{scheduler.max_seq_len} tokens (KV cache {cache_mib:.0f} MiB)", file=sys.stderr)
-    app = create_app(scheduler, tokenizer, name, api_key=args.api_key, max_body_bytes=int(args.max_body_mb * 2**20))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+          f"{server.scheduler.max_seq_len} tokens (KV cache {server.cache_bytes / 2**20:.0f} MiB)", file=sys.stderr)
+    server.run(args.host, args.port)
     return 0
 
 

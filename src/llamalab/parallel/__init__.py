@@ -12,7 +12,7 @@ The names are importable from here; each module is imported when first used, bec
 import importlib
 
 _MODULE_OF = {
-    "init_distributed": "mesh", "make_mesh": "mesh", "is_main_process": "mesh",
+    "init_distributed": "mesh", "make_mesh": "mesh", "is_main_process": "mesh", "shared_seed": "mesh",
     "check_tp_size": "sizes",
     "apply_tp": "tensor_parallel", "block_plan": "tensor_parallel", "model_plan": "tensor_parallel",
     "replicate_kv_heads": "tensor_parallel",

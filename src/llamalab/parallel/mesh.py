@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 
 import torch
 import torch.distributed as dist
@@ -43,3 +44,13 @@ def make_mesh(tp: int = 1, dp_shard: int = 1, device_type: str | None = None) ->
 def is_main_process() -> bool:
     """True on rank 0 or when not distributed: the one process that prints and writes files."""
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def shared_seed(seed: int | None) -> int:
+    """The seed every rank samples with: `seed` when given, else one rank 0 draws from OS entropy and sends to all
+    (torch's default seed is the same everywhere, so it would not vary between runs)."""
+    if seed is not None:
+        return seed
+    chosen = [secrets.randbits(31) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(chosen, src=0)
+    return chosen[0]

@@ -3,5 +3,7 @@ from llamalab.serve.app import create_app
 from llamalab.serve.calls import LockstepCalls, ModelCalls, follow
 from llamalab.serve.request import Output, Request, TokenInfo
 from llamalab.serve.scheduler import Scheduler
+from llamalab.serve.server import Server, create_server
 
-__all__ = ["LockstepCalls", "ModelCalls", "Output", "Request", "Scheduler", "TokenInfo", "create_app", "follow"]
+__all__ = ["LockstepCalls", "ModelCalls", "Output", "Request", "Scheduler", "Server", "TokenInfo", "create_app",
+           "create_server", "follow"]

@@ -7,7 +7,8 @@ import torch
 
 from llamalab import checkpoint, quantize
 from llamalab.checkpoint import weights
-from llamalab.cli import common, convert
+from llamalab.cli import common, convert, serve
+from llamalab.serve import server
 
 HEAVY = ["torch", "torch.distributed.tensor", "fastapi", "uvicorn", "matplotlib"]  # torch alone takes ~1 s
 
@@ -24,3 +25,4 @@ def test_choices_match_the_library():
     assert all(isinstance(getattr(torch, name), torch.dtype) for name in common.DTYPES)
     assert list(convert.FORMATS) == list(checkpoint.FORMATS)
     assert list(convert.DTYPES) == list(weights.DTYPES)
+    assert serve.DEFAULT_MAX_SEQ_LEN == server.DEFAULT_MAX_SEQ_LEN

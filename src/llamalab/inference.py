@@ -1,0 +1,185 @@
+"""The typed entry point for inference: a checkpoint path or a preset in, a ready model and its tokenizer out.
+
+`load_model` does what `llamalab generate --tp N --quantize int8 --compile` does before generating:
+format detection, tensor-parallel loading (each rank reading its part), one sampling seed across the
+ranks, weight-only quantization, the CPU decode fast path, and the tokenizer beside the checkpoint.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llamalab.checkpoint import find_tokenizer, load
+from llamalab.config import PRESETS, ModelArgs
+from llamalab.errors import ConfigError
+from llamalab.generate.compiled import compile_decode_step
+from llamalab.generate.decode import Generation, Step, eager_step
+from llamalab.generate.fast import column_major_weights, matvec_linears
+from llamalab.generate.sampling import SamplingParams
+from llamalab.model import Transformer
+from llamalab.parallel.mesh import is_main_process
+from llamalab.quantize import quantize_model
+from llamalab.tokenizer import Tokenizer, load_tokenizer
+
+Source = str | os.PathLike | ModelArgs  # a checkpoint folder or file, a preset name, or a shape (random weights)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, its tokenizer (None when there is none) and the seed to sample with."""
+
+    model: Transformer
+    tokenizer: Tokenizer | None
+    seed: int | None  # under tp > 1 the same on every rank (rank 0 chose it when none was given)
+    compiled: bool = False  # decode_step compiles the step
+    tp: int = 1  # ranks the model is split over (torchrun processes)
+
+    @property
+    def main_process(self) -> bool:
+        """True on rank 0 (or unsplit): the process that prints, writes and serves."""
+        return is_main_process()
+
+    def decode_step(self, batch_size: int = 1, cache_len: int | None = None) -> Step:
+        """The eager step, or (compiled) the step compiled now on a KV cache of (batch_size, cache_len) allocated
+        once, so that the generations reusing that cache never wait for compilation."""
+        return decode_step(self.model, self.compiled, batch_size, cache_len)
+
+
+def load_model(
+    source: Source,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    tp: int = 1,
+    quantize: str | None = None,
+    compile: bool = False,
+    tokenizer: str | os.PathLike | Tokenizer | None = None,
+    seed: int | None = None,
+    threads: int | None = None,
+    random_init: bool = False,
+) -> LoadedModel:
+    """The model of a checkpoint (or, with random_init, of a preset name or ModelArgs), ready for inference.
+
+    device None: cuda when there is one, else cpu. dtype None: bfloat16 on GPU, float32 on CPU.
+    tp > 1: split over the ranks of `torchrun --nproc-per-node tp` (joins its process group).
+    quantize: "int8" or "int4" weight-only. compile: `decode_step()` returns a torch.compile'd step.
+    tokenizer None: the one beside the checkpoint. seed: of the random weights and of sampling.
+    threads: CPU threads for torch (a process-wide setting).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = resolve_dtype(dtype, device)
+    if tp > 1:
+        if quantize:
+            raise ConfigError("quantization does not combine with tensor parallelism (tp > 1); drop one of them")
+        model, seed = _load_tensor_parallel(source, random_init, tp, device, dtype, seed)
+        model.requires_grad_(False)
+    else:
+        model = _load_one(source, random_init, device, dtype, seed)
+        prepare_for_inference(model, quantize, compile)
+    return LoadedModel(model, _tokenizer(tokenizer, None if random_init else source), seed, compile, tp)
+
+
+def prepare_for_inference(model: Transformer, quantize: str | None = None, compile: bool = False) -> Transformer:
+    """No gradients, the optional weight-only quantization, and on CPU the decode fast path (see generate/fast.py)."""
+    model.eval().requires_grad_(False)
+    if quantize:
+        quantize_model(model, quantize)
+    if model.tok_embeddings.weight.device.type == "cpu":
+        matvec_linears(model) if compile else column_major_weights(model)
+    return model
+
+
+def decode_step(model: Transformer, compile: bool = False, batch_size: int = 1, cache_len: int | None = None) -> Step:
+    """The eager decode step, or the compiled one warmed up on a (batch_size, cache_len) KV cache; see LoadedModel."""
+    if not compile:
+        return eager_step(model)
+    step = compile_decode_step(model)
+    model.setup_cache(batch_size, min(cache_len or model.args.max_seq_len, model.args.max_seq_len))
+    list(Generation(model, [[0]] * batch_size, 2, SamplingParams(temperature=0), step=step))
+    return step
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """A torch dtype from a name ("bfloat16"), a dtype, or None (bfloat16 on GPU, float32 on CPU)."""
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ConfigError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    return resolved
+
+
+def model_args_of(source: Source) -> ModelArgs:
+    """The shape a random_init model gets: a ModelArgs as given, or a preset's by name."""
+    if isinstance(source, ModelArgs):
+        return source
+    if str(source) in PRESETS:
+        return ModelArgs.from_preset(str(source))
+    raise ConfigError(f"random_init takes a preset name or a ModelArgs, not {str(source)!r}; "
+                      f"presets: {', '.join(PRESETS)}")
+
+
+def _load_one(source: Source, random_init: bool, device: torch.device, dtype: torch.dtype,
+              seed: int | None) -> Transformer:
+    if random_init:
+        args = model_args_of(source)
+        if seed is not None:
+            torch.manual_seed(seed)
+        with device:
+            return Transformer(args).to(dtype).eval()
+    return load(_checkpoint_path(source), device=device, dtype=dtype)
+
+
+def _checkpoint_path(source: Source) -> Path:
+    """The path of a checkpoint, with a hint when a preset name (which has no weights) was given instead."""
+    if isinstance(source, ModelArgs):
+        raise ConfigError("a ModelArgs has no weights: pass random_init=True, or give a checkpoint path")
+    path = Path(source)
+    if str(source) in PRESETS and not path.exists():
+        raise ConfigError(f"{source} is a preset (a shape, no weights): pass random_init=True "
+                          "(--random-init), or give a checkpoint path")
+    return path
+
+
+def _load_tensor_parallel(source: Source, random_init: bool, tp: int, device: torch.device, dtype: torch.dtype,
+                          seed: int | None) -> tuple[Transformer, int]:
+    """The model split over the tp ranks of the torchrun group (each rank reading only its part) and the seed every
+    rank samples with."""
+    from functools import partial
+
+    from llamalab.checkpoint.parts import read_args, read_parts
+    from llamalab.parallel.loading import load_tp_model  # DTensor takes 2 s to import: only when tp asks
+    from llamalab.parallel.mesh import init_distributed, make_mesh, shared_seed
+    from llamalab.parallel.sizes import check_tp_size
+    from llamalab.parallel.tensor_parallel import apply_tp
+
+    path = None if random_init else _checkpoint_path(source)
+    model_args = model_args_of(source) if random_init else read_args(path)
+    check_tp_size(model_args, tp)  # before any weight is read or made
+    device = init_distributed(device.type)
+    tp_mesh = make_mesh(tp=tp, device_type=device.type)["tp"]
+    seed = shared_seed(seed)
+    if path is not None:
+        return load_tp_model(model_args, tp_mesh, partial(read_parts, path), device, dtype), seed
+    torch.manual_seed(seed)  # the weights of the same seed without tp
+    with device:
+        model = Transformer(model_args).to(dtype).eval()
+    return apply_tp(model, tp_mesh), seed
+
+
+def _tokenizer(given: str | os.PathLike | Tokenizer | None, checkpoint: Source | None) -> Tokenizer | None:
+    if isinstance(given, Tokenizer):
+        return given
+    if given is not None:
+        return load_tokenizer(given)
+    if checkpoint is None or isinstance(checkpoint, ModelArgs):
+        return None
+    path = find_tokenizer(checkpoint)
+    return load_tokenizer(path) if path else None
