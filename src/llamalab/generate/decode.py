@@ -87,6 +87,7 @@ class Generation:
         for row, p in enumerate(prompts):
             self.history[row, : len(p)] = torch.tensor(p)
         self.penalize = any(p.repetition_penalty != 1 for p in rows)
+        self.count_generated = any(p.counts_generated for p in rows)  # presence / frequency penalties
 
     def _ensure_cache(self, batch_size: int, length: int) -> int:
         """Reuse the model's KV cache when it is large enough, else allocate one; return its length."""
@@ -148,7 +149,8 @@ class Generation:
     def _accept(self, logits: torch.Tensor) -> tuple[torch.Tensor, list[list[int]]]:
         """Sample each row's next token from logits (bsz, vocab); record those of running rows."""
         previous = self.history if self.penalize else None
-        tokens = sample(logits, self.sampling, self.generators, previous)  # (bsz,)
+        generated = generated_ids([c.tokens for c in self.completions], logits.device) if self.count_generated else None
+        tokens = sample(logits, self.sampling, self.generators, previous, generated)  # (bsz,)
         logprobs = token_logprobs(logits, tokens).tolist() if self.want_logprobs else [None] * len(self.lengths)
         return tokens, [self._record(row, t, lp) for row, (t, lp) in enumerate(zip(tokens.tolist(), logprobs))]
 
@@ -168,6 +170,12 @@ class Generation:
         if len(c.tokens) >= self.limits[row]:
             c.finish_reason = "length"
         return [token]
+
+
+def generated_ids(rows: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Each row's generated ids right-padded with -1: (batch, longest), what the presence / frequency penalties read."""
+    longest = max((len(r) for r in rows), default=0)
+    return torch.tensor([list(r) + [-1] * (longest - len(r)) for r in rows], dtype=torch.long, device=device)
 
 
 def fit_context(prompt: list[int], context: int, max_new_tokens: int, truncate: bool, row: int = 0) -> list[int]:

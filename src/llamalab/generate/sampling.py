@@ -1,7 +1,7 @@
 """Samplers as pure functions on (batch, vocab) logits: penalties and filters compose, `sample` picks tokens.
 
 Each filter returns new logits with the excluded tokens set to -inf, so they chain in the usual order:
-repetition penalty → temperature → top-k → top-p → min-p → draw. A filter's parameter is a float
+logit bias → repetition penalty → presence / frequency penalties → temperature → top-k → top-p → min-p → draw. A filter's parameter is a float
 shared by every row or a (batch, 1) tensor giving each row its own value.
 """
 from __future__ import annotations
@@ -18,6 +18,10 @@ from llamalab.errors import ConfigError
 Param = float | torch.Tensor  # one value for every row, or a (batch, 1) tensor of per-row values
 Generators = torch.Generator | Sequence[torch.Generator | None] | None
 
+MAX_LOGIT_BIAS = 100.0  # OpenAI's limits: each bias in [-100, 100], at most 300 tokens biased
+MAX_LOGIT_BIAS_TOKENS = 300
+MAX_PENALTY = 2.0  # presence and frequency penalties lie in [-2, 2]
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -28,9 +32,15 @@ class SamplingParams:
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p (nucleus)
     min_p: float = 0.0  # drop tokens less likely than min_p × the most likely one
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the row (CTRL-style)
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from each token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted once per earlier occurrence in the generated text
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, value added to its logit); a dict is accepted too
     seed: int | None = None  # fixes the random draws
 
     def __post_init__(self):
+        if isinstance(self.logit_bias, dict):
+            object.__setattr__(self, "logit_bias", tuple(self.logit_bias.items()))
+        self._check_logit_bias()
         checks = [
             ("temperature", self.temperature, _finite(self.temperature) and self.temperature >= 0,
              "must be >= 0 (0 means greedy)"),
@@ -40,15 +50,35 @@ class SamplingParams:
             ("min_p", self.min_p, _finite(self.min_p) and 0 <= self.min_p <= 1, "must be in [0, 1] (0 keeps every token)"),
             ("repetition_penalty", self.repetition_penalty,
              _finite(self.repetition_penalty) and self.repetition_penalty > 0, "must be > 0 (1 = no penalty)"),
+            ("presence_penalty", self.presence_penalty,
+             _finite(self.presence_penalty) and abs(self.presence_penalty) <= MAX_PENALTY, "must be in [-2, 2]"),
+            ("frequency_penalty", self.frequency_penalty,
+             _finite(self.frequency_penalty) and abs(self.frequency_penalty) <= MAX_PENALTY, "must be in [-2, 2]"),
             ("seed", self.seed, self.seed is None or _is_int(self.seed), "must be an integer or None"),
         ]
         for name, value, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"sampling {name}={value!r} {rule}")
 
+    def _check_logit_bias(self) -> None:
+        if len(self.logit_bias) > MAX_LOGIT_BIAS_TOKENS:
+            raise ConfigError(f"sampling logit_bias has {len(self.logit_bias)} entries; at most "
+                              f"{MAX_LOGIT_BIAS_TOKENS} tokens can be biased")
+        for entry in self.logit_bias:
+            token, bias = entry if isinstance(entry, tuple) and len(entry) == 2 else (entry, None)
+            if not (_is_int(token) and token >= 0):
+                raise ConfigError(f"sampling logit_bias key {token!r} must be a token id (an integer >= 0)")
+            if not (_finite(bias) and abs(bias) <= MAX_LOGIT_BIAS):
+                raise ConfigError(f"sampling logit_bias[{token}]={bias!r} must be a number in [-100, 100]")
+
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def counts_generated(self) -> bool:
+        """Whether sampling reads how often each token was generated (presence / frequency penalties)."""
+        return self.presence_penalty != 0 or self.frequency_penalty != 0
 
 
 def _finite(x) -> bool:
@@ -73,6 +103,32 @@ def apply_repetition_penalty(logits: torch.Tensor, previous: torch.Tensor, penal
     seen = seen.scatter(1, ids, True)[:, :vocab]  # (batch, vocab)
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
+
+
+def token_counts(ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    """How often each token occurs in each row of ids (batch, n; < 0 = padding): (batch, vocab) float counts."""
+    ids = torch.where(ids < 0, vocab, ids)  # padding goes to a spare column
+    counts = torch.zeros(ids.shape[0], vocab + 1, dtype=torch.float32, device=ids.device)
+    return counts.scatter_add(1, ids, torch.ones_like(ids, dtype=torch.float32))[:, :vocab]
+
+
+def apply_presence_frequency_penalties(logits: torch.Tensor, counts: torch.Tensor, presence: Param,
+                                       frequency: Param) -> torch.Tensor:
+    """OpenAI's penalties: logit − frequency × count − presence × [count > 0], counts (batch, vocab) of generated tokens."""
+    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
+
+
+def apply_logit_bias(logits: torch.Tensor, biases: Sequence[Sequence[tuple[int, float]]]) -> torch.Tensor:
+    """Add each row's (token id, bias) pairs to its logits; ids must lie inside the vocabulary."""
+    rows = [row for row, pairs in enumerate(biases) for _ in pairs]
+    if not rows:
+        return logits
+    tokens = [token for pairs in biases for token, _ in pairs]
+    values = torch.tensor([bias for pairs in biases for _, bias in pairs], dtype=logits.dtype, device=logits.device)
+    if max(tokens) >= logits.shape[-1]:
+        raise ConfigError(f"logit_bias token id {max(tokens)} is outside the vocabulary of {logits.shape[-1]}")
+    return logits.index_put((torch.tensor(rows, device=logits.device), torch.tensor(tokens, device=logits.device)),
+                            values, accumulate=True)
 
 
 def apply_temperature(logits: torch.Tensor, temperature: Param) -> torch.Tensor:
@@ -140,11 +196,12 @@ def draw(probs: torch.Tensor, generators: Generators = None) -> torch.Tensor:
 
 
 def probabilities(
-    logits: torch.Tensor, params: SamplingParams | Sequence[SamplingParams], previous: torch.Tensor | None = None
+    logits: torch.Tensor, params: SamplingParams | Sequence[SamplingParams], previous: torch.Tensor | None = None,
+    generated: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The distribution (batch, vocab) that `sample` draws from: penalised, tempered, filtered; greedy rows one-hot."""
     rows = _per_row(params, logits.shape[0])
-    logits = _penalized(logits.float(), rows, previous)
+    logits = _penalized(logits.float(), rows, previous, generated)
     temperature = _column(rows, "temperature", logits)
     greedy_rows = torch.as_tensor(temperature, device=logits.device).view(-1) == 0  # (batch,) or (1,)
     if torch.is_tensor(temperature):
@@ -171,16 +228,18 @@ def sample(
     params: SamplingParams | Sequence[SamplingParams],
     generators: Generators = None,
     previous: torch.Tensor | None = None,
+    generated: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Next token of each row, (batch,), from logits (batch, vocab) under `params` (one for all, or one per row).
 
-    `previous` (batch, n) holds each row's earlier token ids (< 0 = padding) for the repetition penalty;
-    `generators` is one torch.Generator, one per row, or None for torch's global one.
+    `previous` (batch, n) holds each row's earlier token ids, prompt included (< 0 = padding), for the repetition
+    penalty; `generated` (batch, m) only the generated ones, for the presence and frequency penalties (OpenAI's
+    convention); `generators` is one torch.Generator, one per row, or None for torch's global one.
     """
     rows = _per_row(params, logits.shape[0])
     if all(p.greedy for p in rows):  # the fast path: no softmax, no random draw
-        return greedy(_penalized(logits, rows, previous))
-    return draw(probabilities(logits, rows, previous), generators)
+        return greedy(_penalized(logits, rows, previous, generated))
+    return draw(probabilities(logits, rows, previous, generated), generators)
 
 
 def _per_row(params, batch: int) -> list[SamplingParams]:
@@ -202,8 +261,15 @@ def _active(value, neutral) -> bool:
     return torch.is_tensor(value) or value != neutral
 
 
-def _penalized(logits, rows, previous):
+def _penalized(logits, rows, previous, generated=None):
+    """Logits after the logit bias, the repetition penalty and the presence / frequency penalties of each row."""
+    if any(p.logit_bias for p in rows):
+        logits = apply_logit_bias(logits, [p.logit_bias for p in rows])
     penalty = _column(rows, "repetition_penalty", logits)
-    if previous is None or not _active(penalty, 1):
-        return logits
-    return apply_repetition_penalty(logits, previous, penalty)
+    if previous is not None and _active(penalty, 1):
+        logits = apply_repetition_penalty(logits, previous, penalty)
+    if generated is not None and any(p.counts_generated for p in rows):
+        counts = token_counts(generated, logits.shape[-1])
+        presence, frequency = (_column(rows, name, logits) for name in ("presence_penalty", "frequency_penalty"))
+        logits = apply_presence_frequency_penalties(logits, counts, presence, frequency)
+    return logits

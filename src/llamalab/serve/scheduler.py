@@ -16,6 +16,7 @@ import traceback
 import torch
 
 from llamalab.errors import ConfigError, ContextLengthError, ServerBusyError
+from llamalab.generate.decode import generated_ids
 from llamalab.generate.sampling import make_generator, sample
 from llamalab.serve.calls import ModelCalls
 from llamalab.serve.request import Request
@@ -145,7 +146,10 @@ class Scheduler:
             previous = torch.nn.utils.rnn.pad_sequence(
                 [torch.tensor(r.prompt + r.tokens) for r in rows], batch_first=True, padding_value=-1
             ).to(self.device)  # (n, longest)
-        tokens = sample(logits, [r.params for r in rows], [r.generator for r in rows], previous)
+        generated = None
+        if any(r.params.counts_generated for r in rows):  # presence / frequency penalties read the completion only
+            generated = generated_ids([r.tokens for r in rows], self.device)  # (n, longest)
+        tokens = sample(logits, [r.params for r in rows], [r.generator for r in rows], previous, generated)
         logprobs = logits.log_softmax(dim=-1) if any(r.top_logprobs is not None for r in rows) else None
         for i, (request, token) in enumerate(zip(rows, tokens.tolist())):
             request.accept(token, None if logprobs is None else logprobs[i])
