@@ -158,19 +158,24 @@ def setup_process(cfg: TrainConfig) -> torch.device:
     return device
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what `kill`, schedulers and containers send
+
+
 @contextlib.contextmanager
 def stop_on_ctrl_c(trainer, announce: bool = True):
-    """The first Ctrl-C asks the trainer to save and stop after its current step; a second one aborts."""
+    """The first Ctrl-C (or SIGTERM) asks the trainer to save and stop after its current step; a second aborts."""
     def handler(signum, frame):
         if trainer.stop_requested:
             raise KeyboardInterrupt
         if announce:
-            print("\nCtrl-C: saving a checkpoint after this step (press again to abort without saving)",
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{name}: saving a checkpoint after this step (send it again to abort without saving)",
                   file=sys.stderr)
         trainer.request_stop()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from llamalab.checkpoint.atomic import atomic_output
+from llamalab.checkpoint.atomic import atomic_output, remove_abandoned_temporaries
 from llamalab.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -72,6 +73,7 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer: torch.
     if dist.is_initialized() and dist.get_rank() != 0:
         return None
     path = checkpoint_path(folder, step)
+    remove_abandoned_temporaries(folder)  # what a save killed midway left behind
     state = {"format_version": FORMAT_VERSION, "step": step, "model": model_state, "optimizer": optim_state,
              "rng": rng, **extra}
     try:
@@ -100,6 +102,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a llamalab training checkpoint of version {FORMAT_VERSION}")
     return state
+
+
+def load_newest_checkpoint(folder: Path, warn: Callable[[str], None]) -> dict[str, Any] | None:
+    """The state of the newest readable checkpoint in `folder` (None when there is none); an unreadable newer one
+    is skipped with a warning, so that a crash mid-write of the disk costs one save interval, not the run."""
+    steps = saved_steps(folder)
+    for step in reversed(steps):
+        try:
+            return load_checkpoint(checkpoint_path(folder, step))
+        except CheckpointError as e:
+            older = "trying the one before" if step != steps[0] else "no older one is left"
+            warn(f"warning: skipping the unreadable checkpoint of step {step} ({e}); {older}")
+    if steps:
+        raise CheckpointError(f"no checkpoint in {folder} is readable; start afresh in another --out-dir")
+    return None
 
 
 def restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -23,7 +23,7 @@ from llamalab.generate.decode import generate
 from llamalab.generate.sampling import SamplingParams
 from llamalab.tokenizer import load_tokenizer
 from llamalab.train.build import build_model, prepare_model, unwrap
-from llamalab.train.checkpoints import checkpoint_path, load_checkpoint, restore, save_checkpoint, saved_steps
+from llamalab.train.checkpoints import load_newest_checkpoint, restore, save_checkpoint, saved_steps
 from llamalab.train.config import TrainConfig
 from llamalab.train.data import Batches, TokenData, window_batch, windows
 from llamalab.train.lora import ADAPTER_CONFIG, merge_lora, save_adapters
@@ -168,10 +168,9 @@ class Trainer:
 
     def resume(self) -> bool:
         """Continue from the newest checkpoint in out_dir/checkpoints; False when there is none."""
-        steps = saved_steps(self.checkpoints)
-        if not steps:
+        state = load_newest_checkpoint(self.checkpoints, self._say)
+        if state is None:
             return False
-        state = load_checkpoint(checkpoint_path(self.checkpoints, steps[-1]))
         if state["model_args"] != self.model.args.to_dict():
             raise CheckpointError(f"the checkpoints in {self.checkpoints} are of another model shape; "
                                   "resume with the settings of that run or choose another --out-dir")
