@@ -14,6 +14,8 @@ from llamalab.tokenizer.base import Tokenizer
 KNOWN_BOS = ("<s>", "<|begin_of_text|>")
 KNOWN_EOS = ("</s>", "<|end_of_text|>", "<|endoftext|>")
 KNOWN_END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>")
+# transformers' tokenizer classes whose add_bos_token defaults to true
+BOS_ADDING_CLASSES = ("LlamaTokenizer", "CodeLlamaTokenizer", "GemmaTokenizer")
 
 
 def read_json(path: Path) -> dict:
@@ -29,6 +31,14 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def sampling_defaults(generation_config: dict) -> dict[str, float | int]:
+    """The sampler settings a generation_config.json recommends (greedy when do_sample is false)."""
+    if generation_config.get("do_sample") is False:
+        return {"temperature": 0.0}
+    return {name: generation_config[name] for name in ("temperature", "top_p", "top_k", "min_p")
+            if isinstance(generation_config.get(name), (int, float)) and not isinstance(generation_config[name], bool)}
+
+
 class HFTokenizer(Tokenizer):
     """A `tokenizer.json`; special tokens from the `tokenizer_config.json` / `generation_config.json` beside it."""
 
@@ -42,10 +52,28 @@ class HFTokenizer(Tokenizer):
         self.bos_id = self._special_id(config.get("bos_token"), KNOWN_BOS)
         self.eos_id = self._special_id(config.get("eos_token"), KNOWN_EOS)
         self.pad_id = self._special_id(config.get("pad_token"), ())
-        generation_eos = read_json(self.path.parent / "generation_config.json").get("eos_token_id", [])
+        generation = read_json(self.path.parent / "generation_config.json")
+        generation_eos = generation.get("eos_token_id", [])
         generation_eos = generation_eos if isinstance(generation_eos, list) else [generation_eos]
         end_of_turn = {self.model.token_to_id(t) for t in KNOWN_END_OF_TURN}
         self.stop_ids = frozenset(({self.eos_id} | end_of_turn | set(generation_eos)) - {None})
+        self.add_bos = self._adds("add_bos_token", config, self.bos_id, first=True)
+        self.add_eos = self._adds("add_eos_token", config, self.eos_id, first=False)
+        self.sampling_defaults = sampling_defaults(generation)
+
+    def _adds(self, key: str, config: dict, token_id: int | None, first: bool) -> bool:
+        """Whether encoding adds this BOS/EOS, as transformers decides: tokenizer_config.json's flag, else the
+        tokenizer class's default (Llama's and Gemma's add BOS), else what tokenizer.json's post-processor adds."""
+        if token_id is None:
+            return False
+        if isinstance(config.get(key), bool):
+            return config[key]
+        ids = self.model.encode("a", add_special_tokens=True).ids
+        if ids and ids[0 if first else -1] == token_id:
+            return True
+        if str(config.get("tokenizer_class", "")).startswith(BOS_ADDING_CLASSES):
+            return first
+        return first and self.model.post_processor is None  # a bare tokenizer.json: BOS, as encode always did
 
     def _special_id(self, configured: str | dict | None, known: tuple[str, ...]) -> int | None:
         """Id of the token named in tokenizer_config.json (a string or an AddedToken dict), else of a known name."""

@@ -13,10 +13,14 @@ from llamalab.tokenizer.base import Tokenizer
 class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece model; BOS, EOS and PAD are the ids the model was trained with (Llama 2: 1, 2, none)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, model_proto: bytes | None = None):
+        """A `tokenizer.model` file, or the serialized ModelProto given (path then names its source)."""
         self.path = Path(path)
         try:
-            self.model = sentencepiece.SentencePieceProcessor(model_file=str(self.path))
+            if model_proto is not None:
+                self.model = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
+            else:
+                self.model = sentencepiece.SentencePieceProcessor(model_file=str(self.path))
         except (OSError, RuntimeError) as e:
             raise TokenizerError(f"{self.path}: not a readable SentencePiece model ({e})") from None
         self.bos_id = _id_or_none(self.model.bos_id())

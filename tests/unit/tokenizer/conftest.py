@@ -101,11 +101,19 @@ def hf_llama2_dir(tmp_path_factory, sp_model_path):
 
 @pytest.fixture(scope="session")
 def hf_llama3_dir(tmp_path_factory, tiktoken_model_path):
-    """tokenizer.json as transformers' TikTokenConverter makes it of the tiktoken file, with Llama 3's specials."""
+    """tokenizer.json as transformers' TikTokenConverter makes it of the tiktoken file, with Llama 3's specials and,
+    as in Meta's HF release, a post-processor that starts each text with <|begin_of_text|>."""
+    from tokenizers import processors
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     out = tmp_path_factory.mktemp("hf3")
     converted = TikTokenConverter(str(tiktoken_model_path), extra_special_tokens=LLAMA3_SPECIAL_TOKENS).converted()
+    bos = "<|begin_of_text|>"
+    converted.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                      special_tokens=[(bos, converted.token_to_id(bos))]),
+    ])
     converted.save(str(out / "tokenizer.json"))
     config = {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}
     (out / "tokenizer_config.json").write_text(json.dumps(config))
