@@ -14,7 +14,7 @@ from torch import nn
 
 from llamalab.baselines.layers import MLP, sinusoidal_positions
 from llamalab.errors import ConfigError
-from llamalab.model.attention import sdpa_attention
+from llamalab.model import sdpa_attention
 
 
 @dataclass

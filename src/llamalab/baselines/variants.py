@@ -84,10 +84,10 @@ class VariantBlock(TransformerBlock):
         self.ffn_norm = make_norm(variant.norm, args.dim, args.norm_eps)
         self.post_norm = variant.norm_position == "post"
 
-    def forward(self, x, cos, sin, start_pos=None, mask=None):
+    def forward(self, x, cos, sin, where=None):
         if not self.post_norm:
-            return super().forward(x, cos, sin, start_pos, mask)
-        h = self.attention_norm(x + self.attention(x, cos, sin, start_pos, mask))
+            return super().forward(x, cos, sin, where)
+        h = self.attention_norm(x + self.attention(x, cos, sin, where))
         return self.ffn_norm(h + self.feed_forward(h))
 
 
@@ -114,25 +114,17 @@ class VariantTransformer(Transformer):
         if self.variant.positions != "rope":
             self.rope_cos, self.rope_sin = torch.ones_like(self.rope_cos), torch.zeros_like(self.rope_sin)
 
-    def _hidden(self, tokens, cos, sin, start_pos, mask):
+    def hidden(self, tokens, where):
+        cos, sin = self._rope(where.positions)  # (1 or bsz, seqlen, head_dim/2)
         h = self.tok_embeddings(tokens)  # (bsz, seqlen, dim)
         if self.variant.positions == "learned":
-            h = h + self.pos_embeddings(token_positions(tokens, start_pos))
+            h = h + self.pos_embeddings(where.positions)
         elif self.variant.positions == "sinusoidal":  # as in the paper: embeddings times √dim, plus the table
-            h = h * math.sqrt(self.args.dim) + self.pos_table[token_positions(tokens, start_pos)].to(h.dtype)
+            h = h * math.sqrt(self.args.dim) + self.pos_table[where.positions].to(h.dtype)
         h = self.dropout(h)
         for layer in self.layers:
-            h = layer(h, cos, sin, start_pos, mask)
+            h = layer(h, cos, sin, where)
         return self.norm(h)
-
-
-def token_positions(tokens: torch.Tensor, start_pos) -> torch.Tensor:
-    """Positions (1 or bsz, seqlen) of tokens placed at start_pos: None (no cache) is 0, an int is shared, a
-    (bsz, seqlen) tensor is already per row."""
-    if isinstance(start_pos, torch.Tensor):
-        return start_pos
-    start = start_pos or 0
-    return torch.arange(start, start + tokens.shape[1], device=tokens.device)[None]  # (1, seqlen)
 
 
 def variant_parameters(args: ModelArgs, variant: Variant) -> int:

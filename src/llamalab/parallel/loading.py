@@ -68,5 +68,6 @@ def load_tp_model(args: ModelArgs, tp_mesh: DeviceMesh, read_parts: PartReader, 
     tensors = read_parts(local_parts(model))  # memory-mapped: the bytes are read by the copy below
     dtype = dtype or tensors["tok_embeddings.weight"].dtype
     model.to(dtype=dtype).to_empty(device=device)
+    model.init_rope(torch.device(device))
     load_local_shards(model, tensors)
     return model

@@ -2,7 +2,8 @@
 
 Column-parallel wq/wk/wv/w1/w3 and row-parallel wo/w2 leave one all-reduce per attention and one per
 feed-forward; the embedding and the output head are both split by vocabulary.
-Each rank keeps n_heads/tp query heads and n_kv_heads/tp key/value heads, so its KV cache is 1/tp.
+Each rank keeps n_heads/tp query heads and n_kv_heads/tp key/value heads (attention views its projections as
+(bsz, seqlen, -1, head_dim), so the local head counts follow the shards), and its KV cache is 1/tp.
 """
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ def block_plan(sequence_parallel: bool = False) -> dict[str, ParallelStyle]:
     if sequence_parallel:  # (bsz, seqlen/tp, dim) between blocks: all-reduce becomes reduce-scatter + all-gather
         plan.update({
             "attention_norm": SequenceParallel(),
-            "attention": PrepareModuleInput(input_layouts=(Shard(1), None, None, None, None),
-                                            desired_input_layouts=(Replicate(), None, None, None, None)),
+            "attention": PrepareModuleInput(input_layouts=(Shard(1), None, None, None),
+                                            desired_input_layouts=(Replicate(), None, None, None)),
             "attention.wo": RowwiseParallel(output_layouts=Shard(1)),
             "ffn_norm": SequenceParallel(),
             "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
@@ -88,7 +89,7 @@ def apply_tp(
         if attn.n_kv_heads < tp:
             replicate_kv_heads(attn, tp)
         parallelize_module(block, tp_mesh, block_plan(sequence_parallel))
-        attn.n_heads, attn.n_kv_heads = attn.n_heads // tp, attn.n_kv_heads // tp  # heads of this rank
+        attn.n_kv_heads //= tp  # the key/value heads this rank computes, which its KV cache holds
     parallelize_module(model, tp_mesh, model_plan(sequence_parallel, loss_parallel))
     if model.args.tie_embeddings:  # both halves are Shard(0) over the vocabulary; make them one parameter again
         model.output.weight = model.tok_embeddings.weight

@@ -3,7 +3,7 @@ import math
 import torch
 
 from llamalab.config import RopeScaling
-from llamalab.model.rope import apply_rope, rope_frequencies, rope_tables
+from llamalab.model import apply_rope, rope_frequencies, rope_tables
 
 
 def rope_complex(x, theta, positions):
