@@ -17,6 +17,10 @@ class CheckpointError(LlamalabError):
     """A checkpoint file that is missing, truncated, of the wrong format or disagrees with its config."""
 
 
+class OutputError(LlamalabError):
+    """A destination that must not be replaced: a device or FIFO, a non-empty folder, a folder where a file goes."""
+
+
 class TokenizerError(LlamalabError):
     """A tokenizer file that is missing or cannot be read."""
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 
 from llamalab.checkpoint import gguf_format, hf, llama2c, meta, native
-from llamalab.checkpoint.atomic import atomic_output
 from llamalab.checkpoint.vocab import find_tokenizer
 from llamalab.checkpoint.weights import StateDict, build_model, check_state_dict, model_state_dict, parse_dtype
 from llamalab.config import ModelArgs
 from llamalab.errors import CheckpointError
+from llamalab.files import atomic_output
 from llamalab.model import Transformer
 
 FORMATS = {"meta": meta, "hf": hf, "llama2c": llama2c, "gguf": gguf_format, "native": native}

@@ -13,9 +13,10 @@ from safetensors.torch import save_file
 
 from llamalab.checkpoint.keys import inverse, rename
 from llamalab.checkpoint.vocab import copy_tokenizer_files, special_token_ids
-from llamalab.checkpoint.weights import StateDict, load_tensors, progress_bar, read_json, write_json
+from llamalab.checkpoint.weights import StateDict, load_tensors, progress_bar
 from llamalab.config import ModelArgs, RopeScaling
-from llamalab.errors import CheckpointError
+from llamalab.errors import CheckpointError, ConfigError
+from llamalab.files import read_json, write_json
 
 # Meta name -> HF name; "{i}" is the layer index.
 HF_KEYS = {
@@ -144,12 +145,14 @@ def args_from_hf_config(config: dict[str, Any]) -> ModelArgs:
         )
     except KeyError as e:
         raise CheckpointError(f"config.json lacks the field {e.args[0]!r} of a Llama config") from None
+    except (TypeError, ValueError, AttributeError, ConfigError) as e:
+        raise CheckpointError(f"config.json: a field has a wrong type or value ({e})") from None
 
 
 # -- folders ----------------------------------------------------------------------------------------
 def read(folder: Path) -> tuple[ModelArgs, StateDict]:
     """ModelArgs and Meta-named weights of a HF folder (one or many safetensors / pytorch_model.bin files)."""
-    config = read_json(folder / "config.json")
+    config = read_json(folder / "config.json", CheckpointError)
     if config.get("model_type", "llama") != "llama":
         raise CheckpointError(f"{folder / 'config.json'}: model_type {config['model_type']!r} is not a Llama model")
     args = args_from_hf_config(config)
@@ -192,11 +195,19 @@ def write(folder: Path, state: StateDict, args: ModelArgs, dtype: torch.dtype | 
 def _weight_files(folder: Path) -> list[Path]:
     for name in INDEX_FILES:
         if (folder / name).is_file():
-            weight_map = read_json(folder / name).get("weight_map")
+            weight_map = read_json(folder / name, CheckpointError).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{folder / name}: no weight_map")
-            return [folder / f for f in sorted(set(weight_map.values()))]
+            return [_inside(folder, f, folder / name) for f in sorted(set(map(str, weight_map.values())))]
     for name in SINGLE_FILES:
         if (folder / name).is_file():
             return [folder / name]
     raise CheckpointError(f"{folder}: no {' or '.join(SINGLE_FILES + INDEX_FILES)} beside config.json")
+
+
+def _inside(folder: Path, name: str, index: Path) -> Path:
+    """A weight file the index names, refused unless it lies inside the checkpoint folder."""
+    path = folder / name
+    if Path(name).is_absolute() or folder.resolve() not in path.resolve().parents:
+        raise CheckpointError(f"{index}: the weight file {name!r} lies outside {folder}; the index is corrupt")
+    return path

@@ -7,9 +7,10 @@ import torch
 from safetensors.torch import save_file
 
 from llamalab.checkpoint.vocab import copy_tokenizer_files
-from llamalab.checkpoint.weights import StateDict, load_tensors, progress_bar, read_json, write_json
+from llamalab.checkpoint.weights import StateDict, load_tensors, progress_bar
 from llamalab.config import ModelArgs
 from llamalab.errors import CheckpointError, ConfigError
+from llamalab.files import read_json, write_json
 
 CONFIG_FILE = "llamalab.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -17,7 +18,7 @@ FORMAT_VERSION = 1
 
 
 def read(folder: Path) -> tuple[ModelArgs, StateDict]:
-    config = read_json(folder / CONFIG_FILE)
+    config = read_json(folder / CONFIG_FILE, CheckpointError)
     if config.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{folder / CONFIG_FILE}: format_version {config.get('format_version')!r}; "
                               f"this llamalab reads {FORMAT_VERSION}")

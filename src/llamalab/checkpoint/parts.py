@@ -12,9 +12,10 @@ import torch
 
 from llamalab.checkpoint import detect_format, hf, meta, native, read
 from llamalab.checkpoint.keys import rename
-from llamalab.checkpoint.weights import StateDict, load_tensors, read_json
+from llamalab.checkpoint.weights import StateDict, load_tensors
 from llamalab.config import ModelArgs
 from llamalab.errors import CheckpointError
+from llamalab.files import read_json
 
 Part = tuple[int, int, int] | None
 
@@ -26,9 +27,9 @@ def read_args(path: str | Path) -> ModelArgs:
     folder = path if path.is_dir() else path.parent
     if fmt == "meta":
         shard0 = load_tensors(meta.shard_files(folder)[0])
-        return meta.args_from_params(read_json(folder / "params.json"), shard0, folder / "params.json")
+        return meta.args_from_params(read_json(folder / "params.json", CheckpointError), shard0, folder / "params.json")
     if fmt == "hf":
-        return hf.args_from_hf_config(read_json(folder / "config.json"))
+        return hf.args_from_hf_config(read_json(folder / "config.json", CheckpointError))
     if fmt == "native":
         return native.read(folder)[0]
     return read(path)[0]

@@ -47,7 +47,7 @@ def run(args) -> int:
 
     from llamalab.baselines.ablation import DEFAULT_VARIANTS, ablation_config, plot_curves, run_ablation, story_data
     from llamalab.baselines.variants import parse_variant
-    from llamalab.checkpoint.atomic import atomic_output
+    from llamalab.files import atomic_output
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -62,7 +62,7 @@ def run(args) -> int:
 def write_plot(path: str, models: dict[str, ModelArgs], work: Workload) -> None:
     """Memory and FLOPs per token against context length, as an image (its format from the suffix)."""
     from llamalab.analysis.plot import plot_scaling  # matplotlib: only when a plot is asked for
-    from llamalab.checkpoint.atomic import atomic_output
+    from llamalab.files import atomic_output
 
     figure = plot_scaling(models, work)
     with atomic_output(path) as tmp:

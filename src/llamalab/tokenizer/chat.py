@@ -13,9 +13,9 @@ from pathlib import Path
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from llamalab.errors import ChatFormatError
+from llamalab.errors import ChatFormatError, TokenizerError
+from llamalab.files import read_json
 from llamalab.tokenizer.base import Tokenizer
-from llamalab.tokenizer.hf import read_json
 
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
@@ -92,7 +92,7 @@ def read_chat_template(folder: Path) -> str | None:
     """The chat template saved beside a tokenizer: `chat_template.jinja`, else `tokenizer_config.json`'s entry."""
     if (folder / "chat_template.jinja").is_file():
         return (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    template = read_json(folder / "tokenizer_config.json").get("chat_template")
+    template = read_json(folder / "tokenizer_config.json", TokenizerError, default={}).get("chat_template")
     if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
         template = {t.get("name"): t.get("template") for t in template}.get("default")
     return template if isinstance(template, str) else None

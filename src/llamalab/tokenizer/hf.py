@@ -7,6 +7,7 @@ from pathlib import Path
 import tokenizers
 
 from llamalab.errors import TokenizerError
+from llamalab.files import read_json
 from llamalab.tokenizer.base import Tokenizer
 
 # Names of the begin / end / end-of-turn tokens of common Llama-family vocabularies, used when
@@ -16,19 +17,6 @@ KNOWN_EOS = ("</s>", "<|end_of_text|>", "<|endoftext|>")
 KNOWN_END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>")
 # transformers' tokenizer classes whose add_bos_token defaults to true
 BOS_ADDING_CLASSES = ("LlamaTokenizer", "CodeLlamaTokenizer", "GemmaTokenizer")
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from a file, {} when the file does not exist."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path}: expected a JSON object")
-    return data
 
 
 def sampling_defaults(generation_config: dict) -> dict[str, float | int]:
@@ -48,11 +36,11 @@ class HFTokenizer(Tokenizer):
             self.model = tokenizers.Tokenizer.from_file(str(self.path))
         except Exception as e:  # the library raises a bare Exception for unreadable files
             raise TokenizerError(f"{self.path}: not a readable tokenizer.json ({e})") from None
-        config = read_json(self.path.parent / "tokenizer_config.json")
+        config = read_json(self.path.parent / "tokenizer_config.json", TokenizerError, default={})
         self.bos_id = self._special_id(config.get("bos_token"), KNOWN_BOS)
         self.eos_id = self._special_id(config.get("eos_token"), KNOWN_EOS)
         self.pad_id = self._special_id(config.get("pad_token"), ())
-        generation = read_json(self.path.parent / "generation_config.json")
+        generation = read_json(self.path.parent / "generation_config.json", TokenizerError, default={})
         generation_eos = generation.get("eos_token_id", [])
         generation_eos = generation_eos if isinstance(generation_eos, list) else [generation_eos]
         end_of_turn = {self.model.token_to_id(t) for t in KNOWN_END_OF_TURN}

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from llamalab.checkpoint.atomic import atomic_output, remove_abandoned_temporaries
+from llamalab.files import atomic_output, remove_abandoned_temporaries
 from llamalab.errors import CheckpointError
 
 FORMAT_VERSION = 1

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from llamalab.checkpoint.atomic import atomic_output
+from llamalab.files import atomic_output
 from llamalab.errors import DataError
 from llamalab.tokenizer import load_tokenizer, train_sentencepiece
 

@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from llamalab.checkpoint.atomic import atomic_output
 from llamalab.errors import CheckpointError, ConfigError
+from llamalab.files import atomic_output
 
 PROJECTIONS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3", "output")
 ADAPTER_FILE, ADAPTER_CONFIG = "adapters.safetensors", "adapter_config.json"

@@ -8,7 +8,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from llamalab.checkpoint.atomic import atomic_output
+from llamalab.files import atomic_output
 from llamalab.errors import ConfigError
 
 

@@ -10,9 +10,9 @@ import pytest
 from checkpoint_models import CONFIGS, random_model
 
 from llamalab.checkpoint import save
-from llamalab.checkpoint.atomic import atomic_output, remove_abandoned_temporaries, writable_destination
+from llamalab.files import atomic_output, remove_abandoned_temporaries, writable_destination
 from llamalab.cli.main import main
-from llamalab.errors import CheckpointError
+from llamalab.errors import OutputError
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +21,14 @@ def debug_checkpoint(tmp_path_factory):
 
 
 def test_dev_null_is_refused_before_anything_is_written():
-    with pytest.raises(CheckpointError, match="device, FIFO or socket"):
+    with pytest.raises(OutputError, match="device, FIFO or socket"):
         writable_destination(Path("/dev/null"), folder=False)
 
 
 def test_a_fifo_is_refused_and_left_a_fifo(tmp_path):
     fifo = tmp_path / "out.gguf"
     os.mkfifo(fifo)
-    with pytest.raises(CheckpointError, match="FIFO"):
+    with pytest.raises(OutputError, match="FIFO"):
         with atomic_output(fifo) as tmp:
             tmp.write_bytes(b"weights")
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
@@ -39,7 +39,7 @@ def test_a_socket_is_refused(tmp_path):
     path = tmp_path / "sock"
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(path))
-        with pytest.raises(CheckpointError):
+        with pytest.raises(OutputError):
             with atomic_output(path) as tmp:
                 tmp.write_bytes(b"x")
         assert stat.S_ISSOCK(path.lstat().st_mode)

@@ -8,7 +8,7 @@ from checkpoint_models import CONFIGS, SUFFIX, random_model
 from safetensors.torch import load_file, save_file
 
 from llamalab.checkpoint import hf, load, save
-from llamalab.errors import CheckpointError
+from llamalab.errors import CheckpointError, OutputError
 
 MAIN_FILE = {"meta": "consolidated.00.pth", "hf": "model.safetensors", "native": "model.safetensors"}
 
@@ -101,6 +101,6 @@ def test_a_write_that_fails_midway_leaves_nothing_under_the_destination(tmp_path
 def test_refuses_to_write_into_a_non_empty_folder(tmp_path, model):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
-    with pytest.raises(CheckpointError, match="already exists and is not empty"):
+    with pytest.raises(OutputError, match="already exists and is not empty"):
         save(model, tmp_path / "out", format="native")
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"

@@ -1,6 +1,8 @@
-"""Write a file or a folder under a temporary name, then rename it into place: a crash leaves no partial output."""
+"""Files every area writes and reads: a file or folder written under a temporary name and renamed into place (a crash
+leaves no partial output), and JSON objects read with errors that name the file."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -9,7 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from llamalab.errors import CheckpointError
+from typing import Any
+
+from llamalab.errors import LlamalabError, OutputError
 
 _TEMPORARY = re.compile(r"\..+\.tmp-(\d+)")  # what atomic_output names its temporaries: .NAME.tmp-PID
 
@@ -40,7 +44,7 @@ def atomic_output(dst: str | Path, folder: bool = False) -> Iterator[Path]:
 
 
 def writable_destination(dst: Path, folder: bool) -> Path:
-    """The path to rename the output onto: `dst`, or the file its symlink points to; CheckpointError when
+    """The path to rename the output onto: `dst`, or the file its symlink points to; OutputError when
     what is there is not ours to replace."""
     if dst.is_symlink():
         dst = dst.resolve()
@@ -49,14 +53,36 @@ def writable_destination(dst: Path, folder: bool) -> Path:
     mode = dst.lstat().st_mode
     if folder:
         if not stat.S_ISDIR(mode):
-            raise CheckpointError(f"{dst} is a file; this format writes a folder, give a folder name")
+            raise OutputError(f"{dst} is a file; this format writes a folder, give a folder name")
         if any(dst.iterdir()):
-            raise CheckpointError(f"{dst} already exists and is not empty; choose a new folder or delete it first")
+            raise OutputError(f"{dst} already exists and is not empty; choose a new folder or delete it first")
     elif stat.S_ISDIR(mode):
-        raise CheckpointError(f"{dst} is a folder; give a file name for this format")
+        raise OutputError(f"{dst} is a folder; give a file name for this format")
     elif not stat.S_ISREG(mode):
-        raise CheckpointError(f"{dst} is a device, FIFO or socket, not a file; give the name of a regular file")
+        raise OutputError(f"{dst} is a device, FIFO or socket, not a file; give the name of a regular file")
     return dst
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """`data` as indented JSON (with a final newline) at `path`, atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | Path, error: type[LlamalabError] = LlamalabError, default: dict | None = None) -> dict:
+    """The JSON object in a file; `default` when the file does not exist (None: an error); errors are `error`s."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if default is None:
+            raise error(f"{path} is missing") from None
+        return dict(default)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def remove_abandoned_temporaries(folder: Path) -> list[Path]:
