@@ -23,6 +23,9 @@ class RopeScaling:
     original_max_position_embeddings: int = 8192
 
     def __post_init__(self):
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            _require_number(f"rope_scaling.{name}", getattr(self, name))
+        _require_int("rope_scaling.original_max_position_embeddings", self.original_max_position_embeddings)
         if self.factor <= 0 or self.low_freq_factor <= 0 or self.high_freq_factor <= 0:
             raise ConfigError(f"rope_scaling factors must be positive, got {self}")
         if self.high_freq_factor <= self.low_freq_factor:
@@ -56,7 +59,13 @@ class ModelArgs:
 
     def __post_init__(self):
         if isinstance(self.rope_scaling, dict):
+            known = {f.name for f in dataclasses.fields(RopeScaling)}
+            if unknown := sorted(set(self.rope_scaling) - known):
+                raise ConfigError(f"unknown rope_scaling field(s) {unknown}; known fields: {sorted(known)}")
             self.rope_scaling = RopeScaling(**self.rope_scaling)
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise ConfigError(f"ModelArgs.rope_scaling must be a mapping of Llama 3.1 scaling fields or None, "
+                              f"got {self.rope_scaling!r}")
         self.validate()
 
     # -- derived sizes -------------------------------------------------------------------------
@@ -83,9 +92,11 @@ class ModelArgs:
     def validate(self) -> None:
         """Raise ConfigError naming the field and the fix when the sizes cannot form a model."""
         for name in ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "max_seq_len", "max_batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"ModelArgs.{name} must be a positive integer, got {value!r}")
+            _require_int(f"ModelArgs.{name}", getattr(self, name))
+        for name in ("norm_eps", "rope_theta", "dropout") + (("ffn_dim_multiplier",) if self.ffn_dim_multiplier else ()):
+            _require_number(f"ModelArgs.{name}", getattr(self, name))
+        if not isinstance(self.tie_embeddings, bool):
+            raise ConfigError(f"ModelArgs.tie_embeddings must be true or false, got {self.tie_embeddings!r}")
         if self.n_kv_heads is not None and (not isinstance(self.n_kv_heads, int) or self.n_kv_heads <= 0):
             raise ConfigError(f"ModelArgs.n_kv_heads must be a positive integer or None, got {self.n_kv_heads!r}")
         if self.hidden_dim is not None and (not isinstance(self.hidden_dim, int) or self.hidden_dim <= 0):
@@ -107,6 +118,9 @@ class ModelArgs:
             )
         if self.ffn_dim_multiplier is not None and self.ffn_dim_multiplier <= 0:
             raise ConfigError(f"ModelArgs.ffn_dim_multiplier must be positive, got {self.ffn_dim_multiplier}")
+        if self.ffn_hidden_dim <= 0:
+            raise ConfigError(f"the FFN hidden size is {self.ffn_hidden_dim} (dim={self.dim}, ffn_dim_multiplier="
+                              f"{self.ffn_dim_multiplier}); raise ffn_dim_multiplier or set hidden_dim")
         if not self.norm_eps > 0:
             raise ConfigError(f"ModelArgs.norm_eps must be positive, got {self.norm_eps}")
         if not self.rope_theta > 0:
@@ -137,6 +151,17 @@ class ModelArgs:
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
+
+
+def _require_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _require_number(name: str, value: Any) -> None:
+    """A finite real number (ints welcome; strings, booleans, NaN and infinity are not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
 
 
 _LLAMA31_SCALING = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)

@@ -173,7 +173,7 @@ def _args(reader: gguf.GGUFReader, path: Path, state: StateDict) -> ModelArgs:
             rope_scaling=_stored_scaling(reader, path),
             tie_embeddings="output.weight" not in state,
         )
-    except ConfigError as e:
+    except (ConfigError, TypeError, ValueError) as e:  # metadata of the wrong type: a string where a number goes
         raise CheckpointError(f"{path}: {e}") from None
 
 
@@ -188,6 +188,8 @@ def _stored_scaling(reader: gguf.GGUFReader, path: Path) -> RopeScaling | None:
 
 def _shortest(value: float) -> float:
     """The shortest decimal that rounds to this float32 (GGUF stores eps and theta as float32: 1e-5, not 9.99e-6)."""
+    if not isinstance(value, (int, float, np.number)) or isinstance(value, bool):
+        raise TypeError(f"expected a number in the GGUF metadata, found {value!r}")
     return float(str(np.float32(value)))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llamalab.checkpoint.plausible import check_fits_file
 from llamalab.checkpoint.vocab import vocabulary
 from llamalab.checkpoint.weights import StateDict, expected_shapes, progress_bar
 from llamalab.config import ModelArgs
@@ -87,7 +88,9 @@ def read(path: Path) -> tuple[ModelArgs, StateDict]:
                          rope_theta=RUN_C_ROPE_THETA, norm_eps=RUN_C_NORM_EPS)
     except ConfigError as e:
         raise CheckpointError(f"{path}: the header {fields} is not a model ({e}); not a llama2.c checkpoint?") from None
-    entries = layout(args, version)
+    rope_bytes = 4 * args.max_seq_len * args.head_dim if version == 0 else 0  # the legacy layout's cos/sin tables
+    check_fits_file(args, path.stat().st_size - offset, 1 if version == 2 else 4, rope_bytes, path)
+    entries = layout(args, version)  # builds a meta-device model of the header's shape: only once it fits the file
     quantized = version == 2
     sizes = [_nbytes(name, shape, group if quantized else 0) for name, shape in entries]
     expected, actual = offset + sum(sizes), path.stat().st_size

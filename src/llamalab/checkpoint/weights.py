@@ -1,13 +1,16 @@
 """What every format shares: the canonical (Meta-named) state dict of a model, its expected shapes, dtypes, progress."""
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
+from llamalab.checkpoint.plausible import check_layers_present
 from llamalab.config import ModelArgs
 from llamalab.errors import CheckpointError
 from llamalab.model import Transformer
@@ -45,6 +48,7 @@ def model_state_dict(model: Transformer) -> StateDict:
 
 def check_state_dict(state: StateDict, args: ModelArgs, source: str | Path, model: Transformer | None = None) -> None:
     """Raise CheckpointError naming `source` when the tensor names or shapes disagree with the config (or `model`)."""
+    check_layers_present(args, state, source)  # before a model of the header's size is built
     expected = expected_shapes(args, model)
     unknown = sorted(set(state) - set(expected))
     if unknown:
@@ -64,6 +68,7 @@ def check_state_dict(state: StateDict, args: ModelArgs, source: str | Path, mode
 def build_model(args: ModelArgs, state: StateDict, device="cpu", dtype: torch.dtype | None = None,
                 source: str | Path = "the weights") -> Transformer:
     """A Transformer built on the meta device whose parameters ARE the given tensors (moved/cast only if asked)."""
+    check_layers_present(args, state, source)  # before a model of the header's size is built
     with torch.device("meta"):
         model = Transformer(args)
     check_state_dict(state, args, source, model)
@@ -92,6 +97,23 @@ def load_tensors(path: Path) -> StateDict:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
     return state
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint folder, or CheckpointError naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; a checkpoint in this format needs it") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def progress_bar(total: int, enabled: bool, desc: str) -> tqdm:
