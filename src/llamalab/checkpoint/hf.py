@@ -13,9 +13,10 @@ from safetensors.torch import save_file
 
 from llamalab.checkpoint.keys import inverse, rename
 from llamalab.checkpoint.vocab import copy_tokenizer_files, special_token_ids
-from llamalab.checkpoint.weights import StateDict, load_tensors, progress_bar, read_json, write_json
+from llamalab.checkpoint.weights import StateDict, load_tensors, progress_bar
 from llamalab.config import ModelArgs, RopeScaling
 from llamalab.errors import CheckpointError, ConfigError
+from llamalab.files import read_json, write_json
 
 # Meta name -> HF name; "{i}" is the layer index.
 HF_KEYS = {
@@ -151,7 +152,7 @@ def args_from_hf_config(config: dict[str, Any]) -> ModelArgs:
 # -- folders ----------------------------------------------------------------------------------------
 def read(folder: Path) -> tuple[ModelArgs, StateDict]:
     """ModelArgs and Meta-named weights of a HF folder (one or many safetensors / pytorch_model.bin files)."""
-    config = read_json(folder / "config.json")
+    config = read_json(folder / "config.json", CheckpointError)
     if config.get("model_type", "llama") != "llama":
         raise CheckpointError(f"{folder / 'config.json'}: model_type {config['model_type']!r} is not a Llama model")
     args = args_from_hf_config(config)
@@ -194,7 +195,7 @@ def write(folder: Path, state: StateDict, args: ModelArgs, dtype: torch.dtype | 
 def _weight_files(folder: Path) -> list[Path]:
     for name in INDEX_FILES:
         if (folder / name).is_file():
-            weight_map = read_json(folder / name).get("weight_map")
+            weight_map = read_json(folder / name, CheckpointError).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{folder / name}: no weight_map")
             return [_inside(folder, f, folder / name) for f in sorted(set(map(str, weight_map.values())))]

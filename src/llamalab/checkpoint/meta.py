@@ -13,9 +13,10 @@ import torch
 
 from llamalab.checkpoint.keys import template
 from llamalab.checkpoint.vocab import copy_tokenizer_files
-from llamalab.checkpoint.weights import StateDict, load_tensors, progress_bar, read_json, write_json
+from llamalab.checkpoint.weights import StateDict, load_tensors, progress_bar
 from llamalab.config import ModelArgs, RopeScaling
 from llamalab.errors import CheckpointError, ConfigError
+from llamalab.files import read_json, write_json
 
 # The dimension each weight is split along across model-parallel ranks (None: every rank holds all of it).
 PARALLEL_DIM = {
@@ -73,7 +74,7 @@ def rank_state_dict(shards: list[StateDict], tp_rank: int = 0, tp_size: int = 1,
 
 def read(folder: Path, tp_rank: int = 0, tp_size: int = 1) -> tuple[ModelArgs, StateDict]:
     """ModelArgs and weights of a Meta folder: merged (default), or one tensor-parallel rank's slices."""
-    params = read_json(folder / "params.json")
+    params = read_json(folder / "params.json", CheckpointError)
     files = shard_files(folder)
     shards = [load_tensors(f) for f in files]
     args = args_from_params(params, shards[0], folder / "params.json")

@@ -1,10 +1,8 @@
 """What every format shares: the canonical (Meta-named) state dict of a model, its expected shapes, dtypes, progress."""
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -97,23 +95,6 @@ def load_tensors(path: Path) -> StateDict:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
     return state
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a checkpoint folder, or CheckpointError naming the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing; a checkpoint in this format needs it") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def progress_bar(total: int, enabled: bool, desc: str) -> tqdm:
