@@ -35,8 +35,8 @@ from llamalab.analysis import mfu, training_memory
 from llamalab.checkpoint.hf import hf_config
 from llamalab.config import ModelArgs
 from llamalab.train.config import TrainConfig
-from llamalab.train.data import Batches, TokenData, prepare, train_tokenizer
-from llamalab.train.stories import write_stories
+from llamalab.data import prepare, train_tokenizer, write_stories
+from llamalab.train.batches import Batches, TokenData
 from llamalab.train.trainer import build_trainer
 
 LR, BETAS, WEIGHT_DECAY = 3e-4, (0.9, 0.95), 0.1

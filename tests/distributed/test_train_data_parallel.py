@@ -16,9 +16,8 @@ import torch
 
 from llamalab import checkpoint
 from llamalab.cli.main import main
-from llamalab.train.data import prepare, train_tokenizer
+from llamalab.data import prepare, train_tokenizer, write_stories
 from llamalab.train.metrics import read_metrics
-from llamalab.train.stories import write_stories
 
 ARGS = ["--dim", "32", "--n-layers", "2", "--n-heads", "4", "--n-kv-heads", "2", "--multiple-of", "16",
         "--tie-embeddings", "--seq-len", "32", "--max-steps", "8", "--warmup-steps", "2", "--lr", "0.01",

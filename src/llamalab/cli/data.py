@@ -38,8 +38,7 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from llamalab.train.data import prepare, train_tokenizer
-    from llamalab.train.stories import write_stories
+    from llamalab.data import prepare, train_tokenizer, write_stories
 
     if args.action == "stories":
         if args.count < 1:

@@ -58,8 +58,7 @@ def steps_that_fit(cfg: TrainConfig, seconds: float) -> int:
 
 def run(args) -> int:
     from llamalab.cli.train import train  # torch: only when the demo runs
-    from llamalab.train.data import prepare, train_tokenizer
-    from llamalab.train.stories import write_stories
+    from llamalab.data import prepare, train_tokenizer, write_stories
 
     if args.stories < 100 or (args.steps is not None and args.steps < 1) or args.minutes <= 0:
         raise ConfigError("the demo needs --stories 100 or more, --steps 1 or more and --minutes above 0")

@@ -10,6 +10,7 @@ from pathlib import Path
 import sentencepiece
 
 from llamalab.errors import TokenizerError
+from llamalab.files import atomic_output
 
 # The options of Llama 2's tokenizer.model: BPE with byte fallback (no unknown characters), digits
 # split one per token, text kept as written (identity normalisation, whitespace preserved),
@@ -58,10 +59,8 @@ def train_sentencepiece(
     except RuntimeError as e:
         reason = str(e).rsplit("] ", 1)[-1]  # drop SentencePiece's "INTERNAL: file.cc(line) [check]" prefix
         raise TokenizerError(f"SentencePiece training failed: {reason}") from None
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_bytes(model.getvalue())
-    os.replace(tmp, out_path)
+    with atomic_output(out_path) as tmp:
+        tmp.write_bytes(model.getvalue())
     return out_path
 
 

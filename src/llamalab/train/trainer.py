@@ -22,13 +22,13 @@ from llamalab.errors import CheckpointError, ConfigError, DataError
 from llamalab.generate.decode import generate
 from llamalab.generate.sampling import SamplingParams
 from llamalab.tokenizer import load_tokenizer
+from llamalab.train.batches import Batches, TokenData, window_batch, windows
 from llamalab.train.build import build_model, prepare_model, unwrap
-from llamalab.train.checkpoints import load_newest_checkpoint, restore, save_checkpoint, saved_steps
 from llamalab.train.config import TrainConfig
-from llamalab.train.data import Batches, TokenData, window_batch, windows
 from llamalab.train.lora import ADAPTER_CONFIG, merge_lora, save_adapters
 from llamalab.train.metrics import MetricsLog, plot_loss, read_metrics
 from llamalab.train.optim import build_optimizer, build_scheduler
+from llamalab.train.snapshots import load_newest_checkpoint, restore, save_checkpoint, saved_steps
 
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

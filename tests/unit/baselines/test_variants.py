@@ -9,7 +9,7 @@ from llamalab.baselines.variants import (
 )
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
-from llamalab.train.data import Batches, TokenData
+from llamalab.train.batches import Batches, TokenData
 from llamalab.train.optim import build_optimizer
 
 # hidden_dim 256 = 8·96/3 exactly: the SwiGLU of the LLaMA paper's 2/3·4d rule, unrounded

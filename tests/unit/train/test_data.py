@@ -5,8 +5,8 @@ import pytest
 import sentencepiece
 
 from llamalab.errors import DataError
-from llamalab.train import data as data_module
-from llamalab.train.data import Batches, TokenData, prepare, token_dtype
+from llamalab.data import prepare, shards, token_dtype
+from llamalab.train.batches import Batches, TokenData
 
 
 def reference_stream(tokenizer, texts):
@@ -53,7 +53,7 @@ def test_token_ids_take_16_bits_up_to_65536_then_32():
 
 
 def test_shards_read_back_as_one_stream(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "SHARD_TOKENS", 1000)
+    monkeypatch.setattr(shards, "SHARD_TOKENS", 1000)
     prepare([corpus[0]], corpus[1], tmp_path / "sharded", val_fraction=0.05, workers=1, progress=False)
     one = TokenData(corpus[2]).tokens("train")
     many = TokenData(tmp_path / "sharded").tokens("train")

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from llamalab.cli.train import stop_on_ctrl_c
-from llamalab.train.checkpoints import checkpoint_path, saved_steps
+from llamalab.train.snapshots import checkpoint_path, saved_steps
 from llamalab.train.trainer import build_trainer
 
 

@@ -1,4 +1,4 @@
-"""Training checkpoints: everything needed to continue a run exactly, one file per saved step, newest N kept.
+"""Training snapshots (the checkpoints of a run, not `llamalab.checkpoint`'s model files): everything needed to continue a run exactly, one file per saved step, newest N kept.
 
 A file `step_NNNNNNN.pt` holds the full (unsharded) model and optimizer state keyed by parameter name,
 the LR scheduler and gradient scaler, the step, the data position, every process's random-number
@@ -19,8 +19,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from llamalab.files import atomic_output, remove_abandoned_temporaries
 from llamalab.errors import CheckpointError
+from llamalab.files import atomic_output, remove_abandoned_temporaries
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"step_(\d{7})\.pt")

@@ -3,12 +3,12 @@ import re
 import subprocess
 import sys
 
-from llamalab.train.stories import GIRLS, BOYS, ANIMALS, PLACES, PLOTS, stories, write_stories
+from llamalab.data.stories import GIRLS, BOYS, ANIMALS, PLACES, PLOTS, stories, write_stories
 
 
 def test_the_same_seed_gives_the_same_corpus_in_another_process(tmp_path):
     write_stories(tmp_path / "a.jsonl", 50, seed=7)
-    code = f"from llamalab.train.stories import write_stories; write_stories({str(tmp_path / 'b.jsonl')!r}, 50, seed=7)"
+    code = f"from llamalab.data.stories import write_stories; write_stories({str(tmp_path / 'b.jsonl')!r}, 50, seed=7)"
     subprocess.run([sys.executable, "-c", code], check=True)
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     assert [json.loads(line)["text"] for line in (tmp_path / "a.jsonl").read_text().splitlines()] == list(stories(50, 7))

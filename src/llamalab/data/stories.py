@@ -9,12 +9,13 @@ animal, baking, a rainy day); every step of a plot has several wordings.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from llamalab.files import atomic_output
 
 
 @dataclass(frozen=True)
@@ -439,10 +440,7 @@ def stories(n: int, seed: int = 0) -> Iterator[str]:
 def write_stories(path: str | Path, n: int, seed: int = 0) -> Path:
     """Write n stories as JSON lines ({"text": ...}), the input `llamalab data prepare` reads; atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_output(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for text in stories(n, seed):
             f.write(json.dumps({"text": text}) + "\n")
-    os.replace(tmp, path)
     return path
