@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from llamalab.checkpoint import detect_format, hf, meta, native, read
+from llamalab.checkpoint import detect_format, hf, meta, native, read, resolve_model
 from llamalab.checkpoint.keys import rename
 from llamalab.checkpoint.weights import StateDict, load_tensors
 from llamalab.config import ModelArgs
@@ -22,7 +22,7 @@ Part = tuple[int, int, int] | None
 
 def read_args(path: str | Path) -> ModelArgs:
     """The ModelArgs of a checkpoint, reading no weights for the folder formats."""
-    path = Path(path)
+    path = resolve_model(path)
     fmt = detect_format(path)
     folder = path if path.is_dir() else path.parent
     if fmt == "meta":
@@ -38,7 +38,7 @@ def read_args(path: str | Path) -> ModelArgs:
 def read_parts(path: str | Path, parts: dict[str, Part]) -> StateDict:
     """The requested part of each named (Meta-named) weight of the checkpoint at `path`."""
     try:
-        return _read_parts(Path(path), parts)
+        return _read_parts(resolve_model(path), parts)
     except KeyError as e:
         raise CheckpointError(f"{path}: no tensor {e.args[0]!r} in the checkpoint") from None
 
