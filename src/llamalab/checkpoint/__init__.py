@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from llamalab.checkpoint import gguf_format, hf, llama2c, meta, native
+from llamalab.checkpoint.hub import resolve_model
 from llamalab.checkpoint.vocab import find_tokenizer
 from llamalab.checkpoint.weights import StateDict, build_model, check_state_dict, model_state_dict, parse_dtype
 from llamalab.config import ModelArgs
@@ -23,12 +24,12 @@ FOLDER_FORMATS = {"meta", "hf", "native"}  # the others are one file
 SHARDED_FORMATS = {"meta", "hf"}
 QUANTIZED_FORMATS = {"gguf", "llama2c"}  # accept dtype "q8_0"
 
-__all__ = ["FORMATS", "convert", "detect_format", "find_tokenizer", "load", "read", "save"]
+__all__ = ["FORMATS", "convert", "detect_format", "find_tokenizer", "load", "read", "resolve_model", "save"]
 
 
 def detect_format(path: str | Path) -> str:
     """The format of a checkpoint folder or file, from the files it holds or its magic number."""
-    path = Path(path)
+    path = resolve_model(path)
     if path.is_dir():
         for marker, fmt in ((native.CONFIG_FILE, "native"), ("params.json", "meta"), ("config.json", "hf")):
             if (path / marker).is_file():
@@ -66,6 +67,7 @@ def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None,
 
 
 def _read_unchecked(path: Path, max_seq_len: int | None) -> tuple[ModelArgs, StateDict]:
+    path = resolve_model(path)  # a hub id: its snapshot in the local Hugging Face cache
     fmt = detect_format(path)
     args, state = FORMATS[fmt].read(path if fmt not in FOLDER_FORMATS or path.is_dir() else path.parent)
     return (args if max_seq_len is None else args.replace(max_seq_len=max_seq_len)), state

@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llamalab.checkpoint.hub import resolve_model
 from llamalab.errors import CheckpointError, LlamalabError
 from llamalab.tokenizer import HFTokenizer, SentencePieceTokenizer, TiktokenTokenizer, Tokenizer, load_tokenizer
 from llamalab.tokenizer.tiktoken_bpe import read_bpe_ranks
@@ -24,7 +25,7 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 def find_tokenizer(path: str | Path) -> Path | None:
     """The tokenizer file in a checkpoint folder or beside a checkpoint file (tokenizer.model, else tokenizer.json)."""
-    path = Path(path)
+    path = resolve_model(path)
     folder = path if path.is_dir() else path.parent
     for name in TOKENIZER_FILES[:2]:
         if (folder / name).is_file():
