@@ -8,11 +8,6 @@ from typing import Any
 
 from llamalab.errors import ConfigError
 
-# Logits per chunk of the training loss (`model.head_loss`), by device type: ~16 MB stays in a CPU's L3 cache,
-# ~256 MB keeps a GPU's matrix products large. Here, not in model/, so that the memory accounting can read it.
-LOSS_CHUNK_LOGITS = {"cpu": 2**22, "cuda": 2**26}
-
-
 @dataclass(frozen=True)
 class RopeScaling:
     """Llama 3.1 RoPE frequency scaling (long-context extension of the rotary frequencies)."""

@@ -9,8 +9,9 @@ import math
 from dataclasses import dataclass
 
 from llamalab.analysis.params import count_parameters, linear_shapes
-from llamalab.config import LOSS_CHUNK_LOGITS, ModelArgs
+from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
+from llamalab.tuning import LOSS_CHUNK_LOGITS
 
 # Bytes per element of the dtypes weights, caches and activations are kept in.
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}

@@ -16,9 +16,7 @@ from llamalab.checkpoint.weights import StateDict, load_tensors
 from llamalab.config import ModelArgs
 from llamalab.errors import CheckpointError
 from llamalab.files import read_json
-
-Part = tuple[int, int, int] | None
-
+from llamalab.parts import Part
 
 def read_args(path: str | Path) -> ModelArgs:
     """The ModelArgs of a checkpoint, reading no weights for the folder formats."""
@@ -35,7 +33,7 @@ def read_args(path: str | Path) -> ModelArgs:
     return read(path)[0]
 
 
-def read_parts(path: str | Path, parts: dict[str, Part]) -> StateDict:
+def read_parts(path: str | Path, parts: dict[str, Part | None]) -> StateDict:
     """The requested part of each named (Meta-named) weight of the checkpoint at `path`."""
     try:
         return _read_parts(resolve_model(path), parts)
@@ -43,7 +41,7 @@ def read_parts(path: str | Path, parts: dict[str, Part]) -> StateDict:
         raise CheckpointError(f"{path}: no tensor {e.args[0]!r} in the checkpoint") from None
 
 
-def _read_parts(path: Path, parts: dict[str, Part]) -> StateDict:
+def _read_parts(path: Path, parts: dict[str, Part | None]) -> StateDict:
     fmt = detect_format(path)
     folder = path if path.is_dir() else path.parent
     if fmt == "meta":
@@ -61,20 +59,20 @@ def _read_parts(path: Path, parts: dict[str, Part]) -> StateDict:
     return {name: _part(state[name], part) for name, part in parts.items()}
 
 
-def _part(tensor: torch.Tensor, part: Part) -> torch.Tensor:
+def _part(tensor: torch.Tensor, part: Part | None) -> torch.Tensor:
     return tensor if part is None else meta.rank_slice([tensor], *part)
 
 
-def _meta_part(pieces: list[torch.Tensor], split_dim: int | None, part: Part) -> torch.Tensor:
+def _meta_part(pieces: list[torch.Tensor], split_dim: int | None, part: Part | None) -> torch.Tensor:
     """A part of the weight Meta split into `pieces` along split_dim, touching only the pieces it needs."""
     if part is None or split_dim is None:
         return _part(meta.rank_slice(pieces, split_dim, 0, 1), part)
-    if part[0] == split_dim:
+    if part.dim == split_dim:
         return meta.rank_slice(pieces, *part)
     return torch.cat([_part(piece, part) for piece in pieces], dim=split_dim)
 
 
-def _hf_part(tensor: torch.Tensor, name: str, part: Part, head_dim: int) -> torch.Tensor:
+def _hf_part(tensor: torch.Tensor, name: str, part: Part | None, head_dim: int) -> torch.Tensor:
     """A part of a HF weight under Meta's layout: q/k rows of whole heads are permuted back to interleaved RoPE."""
     tensor = _part(tensor, part)
     if name.endswith(("attention.wq.weight", "attention.wk.weight")):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from llamalab.config import LOSS_CHUNK_LOGITS
+from llamalab.tuning import LOSS_CHUNK_LOGITS
 
 IGNORE_INDEX = -100  # targets equal to this are skipped, as in F.cross_entropy
 

@@ -17,7 +17,7 @@ _MODULE_OF = {
     "apply_tp": "tensor_parallel", "block_plan": "tensor_parallel", "model_plan": "tensor_parallel",
     "replicate_kv_heads": "tensor_parallel",
     "apply_fsdp": "fsdp", "apply_fsdp_tp": "fsdp",
-    "Part": "loading", "load_local_shards": "loading", "load_tp_model": "loading", "local_parts": "loading",
+    "load_local_shards": "loading", "load_tp_model": "loading", "local_parts": "loading",
 }
 __all__ = sorted(_MODULE_OF)
 

@@ -17,12 +17,12 @@ from llamalab.errors import CheckpointError
 from llamalab.model import Transformer
 from llamalab.parallel.sizes import check_tp_size
 from llamalab.parallel.tensor_parallel import apply_tp
+from llamalab.parts import Part
 
-Part = tuple[int, int, int] | None
-PartReader = Callable[[dict[str, Part]], dict[str, torch.Tensor]]
+PartReader = Callable[[dict[str, Part | None]], dict[str, torch.Tensor]]
 
 
-def local_parts(model: Transformer) -> dict[str, Part]:
+def local_parts(model: Transformer) -> dict[str, Part | None]:
     """The part of each checkpoint weight that this rank of a tensor-parallel `model` holds."""
     args, parts = model.args, {}
     for name, param in model.state_dict(keep_vars=True).items():
@@ -36,7 +36,7 @@ def local_parts(model: Transformer) -> dict[str, Part]:
         if name.endswith(("attention.wk.weight", "attention.wv.weight")) and count > args.kv_heads:
             copies = count // args.kv_heads  # replicated key/value heads: rank r holds head r // copies
             index, count = index // copies, args.kv_heads
-        parts[name] = (shard.dim, index, count)
+        parts[name] = Part(shard.dim, index, count)
     return parts
 
 

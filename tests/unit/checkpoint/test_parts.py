@@ -5,6 +5,7 @@ from checkpoint_models import CONFIGS, random_model
 
 from llamalab.checkpoint import read, save
 from llamalab.checkpoint.parts import read_args, read_parts
+from llamalab.parts import Part
 from llamalab.checkpoint.weights import model_state_dict
 from llamalab.errors import CheckpointError
 
@@ -22,7 +23,7 @@ def test_parts_along_either_dim_are_the_chunks_of_the_full_weights(tmp_path, for
         # parts hold whole heads (HF permutes q/k rows within a head): a single KV head is not split
         names = [n for n, t in full.items() if t.dim() > dim and not (n.endswith("wk.weight") and dim == 0
                                                                       and model.args.kv_heads == 1)]
-        halves = [read_parts(path, {name: (dim, i, 2) for name in names}) for i in range(2)]
+        halves = [read_parts(path, {name: Part(dim, i, 2) for name in names}) for i in range(2)]
         for name in names:
             assert torch.equal(torch.cat([half[name] for half in halves], dim), full[name]), (name, dim)
 

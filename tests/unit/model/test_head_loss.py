@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llamalab.config import LOSS_CHUNK_LOGITS, ModelArgs
+from llamalab.config import ModelArgs
+from llamalab.tuning import LOSS_CHUNK_LOGITS
 from llamalab.model import Transformer
 from llamalab.model.head_loss import head_cross_entropy
 
