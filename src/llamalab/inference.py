@@ -69,9 +69,10 @@ def load_model(
     tokenizer None: the one beside the checkpoint. seed: of the random weights and of sampling.
     threads: CPU threads for torch (a process-wide setting).
     """
+    check_threads_and_seed(threads, seed)
     if threads:
         torch.set_num_threads(threads)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if tp > 1:
         if quantize:
@@ -102,6 +103,29 @@ def decode_step(model: Transformer, compile: bool = False, batch_size: int = 1, 
     model.setup_cache(batch_size, min(cache_len or model.args.max_seq_len, model.args.max_seq_len))
     list(Generation(model, [[0]] * batch_size, 2, SamplingParams(temperature=0), step=step))
     return step
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device named (None: cuda when there is one, else cpu); ConfigError for a name torch does not know or a
+    device this machine does not have."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+        torch.empty(0, device=resolved)  # raises for a device type this build or machine lacks (cuda without a GPU)
+    except (RuntimeError, AssertionError, TypeError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"device {device!r} is not usable here ({reason}); use cpu, or cuda / cuda:N on a GPU "
+                          "machine") from None
+    return resolved
+
+
+def check_threads_and_seed(threads: int | None, seed: int | None) -> None:
+    """ConfigError for a thread count below 1 or a seed torch cannot take (outside [-2**63, 2**64 - 1])."""
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a whole number of at least 1, got {threads!r}")
+    if seed is not None and (not isinstance(seed, int) or not -(2**63) <= seed <= 2**64 - 1):
+        raise ConfigError(f"seed must be a whole number in [-2**63, 2**64 - 1], got {seed!r}")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -97,6 +97,8 @@ def write(state: StateDict, args: ModelArgs, path: str | Path, format: str, dtyp
     if dtype == "q8_0" and format not in QUANTIZED_FORMATS:
         raise CheckpointError(f"dtype q8_0 is for {' and '.join(sorted(QUANTIZED_FORMATS))}; "
                               f"{format} stores float weights")
+    if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
+        raise CheckpointError(f"--shards {shards}: give a whole number of files, at least 1")
     if shards != 1:
         if format not in SHARDED_FORMATS:
             raise CheckpointError(f"--shards applies to {' and '.join(sorted(SHARDED_FORMATS))}, not {format}")

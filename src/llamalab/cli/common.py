@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from llamalab.cli import arguments
 from llamalab.config import PRESETS
 from llamalab.errors import ConfigError, TokenizerError
 
@@ -30,16 +31,16 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, help="weights' dtype (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, help="weight-only quantization of the linear layers")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow to start)")
-    parser.add_argument("--seed", type=int, help="seed of the random weights and of sampling")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--seed", type=arguments.seed, help="seed of the random weights and of sampling")
+    parser.add_argument("--threads", type=arguments.positive_int, help="CPU threads for torch (default: torch's choice)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
     """The sampler flags of `generate` and `chat` (defaults: Meta's temperature 0.6, top-p 0.9)."""
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--max-new-tokens", type=arguments.positive_int, default=max_new_tokens)
     parser.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling: keep this much probability")
-    parser.add_argument("--top-k", type=int, help="keep the k most likely tokens")
+    parser.add_argument("--top-k", type=arguments.non_negative_int, help="keep the k most likely tokens")
     parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p × the most likely one")
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens")
     parser.add_argument("--presence-penalty", type=float, default=0.0,

@@ -1,12 +1,14 @@
 """A loaded model behind the OpenAI-compatible API: the scheduler, the app, and uvicorn to run them."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+import torch
 import uvicorn
 from fastapi import FastAPI
 
-from llamalab.errors import TokenizerError
+from llamalab.errors import ConfigError, TokenizerError
 from llamalab.inference import LoadedModel
 from llamalab.serve.app import create_app
 from llamalab.serve.calls import LockstepCalls, follow
@@ -48,8 +50,32 @@ def create_server(loaded: LoadedModel, name: str, *, slots: int = 32, max_seq_le
     if loaded.tp > 1 and not loaded.main_process:
         follow(model, slots, max_seq_len)
         return None
+    if loaded.tp == 1:
+        check_cache_fits(model, slots, max_seq_len)
     scheduler = Scheduler(model, slots=slots, max_waiting=max_waiting, max_seq_len=max_seq_len,
                           vocab_size=min(tokenizer.vocab_size, model.args.vocab_size),
                           calls=LockstepCalls(model) if loaded.tp > 1 else None)
     app = create_app(scheduler, tokenizer, name, api_key=api_key, max_body_bytes=max_body_bytes)
     return Server(app, scheduler)
+
+
+def check_cache_fits(model, slots: int, max_seq_len: int) -> None:
+    """Refuse a KV cache larger than the free memory of its device: `--slots 1000000` is an error, not an OOM kill."""
+    a = model.args
+    element = torch.empty(0, dtype=model.norm.weight.dtype).element_size()
+    needed = 2 * a.n_layers * slots * max_seq_len * a.kv_heads * a.head_dim * element  # keys and values
+    device = model.norm.weight.device
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _free_host_memory()
+    if free is not None and needed > free:
+        raise ConfigError(f"a KV cache of {slots} slots x {max_seq_len} tokens needs {needed / 2**30:.1f} GiB, more "
+                          f"than the {free / 2**30:.1f} GiB free on {device}; lower --slots or --max-seq-len")
+
+
+def _free_host_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else None
+        return pages * os.sysconf("SC_PAGE_SIZE") if pages else None
