@@ -108,9 +108,9 @@ class VariantTransformer(Transformer):
             self.register_buffer("pos_table", sinusoidal_positions(args.max_seq_len, args.dim), persistent=False)
         self.init_weights()
 
-    def init_rope(self, device=None) -> None:
+    def init_rope(self, device=None, positions: int | None = None) -> None:
         """RoPE's cos/sin tables; for the other position schemes the rotation by angle 0 (q and k unchanged)."""
-        super().init_rope(device)
+        super().init_rope(device, positions)
         if self.variant.positions != "rope":
             self.rope_cos, self.rope_sin = torch.ones_like(self.rope_cos), torch.zeros_like(self.rope_sin)
 

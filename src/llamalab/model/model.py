@@ -108,6 +108,7 @@ def sdpa_attention(q, k, v, mask=None, causal=False, dropout_p=0.0):
 
 
 ATTENTION_IMPLS = {"sdpa": sdpa_attention, "reference": reference_attention}
+ROPE_POSITIONS = 4096  # positions the RoPE tables cover up front; they grow to what a cache or a pass needs
 
 
 class Attention(nn.Module):
@@ -198,12 +199,20 @@ class Transformer(nn.Module):
         """The device of the weights (and, by default, of the KV cache)."""
         return self.tok_embeddings.weight.device
 
-    def init_rope(self, device=None) -> None:
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype, the KV cache's by default: the first floating-point parameter's (an embedding may
+        hold quantized codes)."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
+    def init_rope(self, device=None, positions: int | None = None) -> None:
         """Compute the float32 RoPE cos/sin tables on `device` (default: the weights'): call it after a meta-device
-        model got real weights. Plain attributes, not buffers, so that `.to(dtype)` leaves them in float32."""
+        model got real weights. Plain attributes, not buffers, so that `.to(dtype)` leaves them in float32.
+        They cover `positions` (default: max_seq_len, at most ROPE_POSITIONS) and grow when a pass needs more."""
         a = self.args
         device = device if device is not None else self.device
-        self.rope_cos, self.rope_sin = rope_tables(a.head_dim, a.max_seq_len, a.rope_theta, a.rope_scaling, device)
+        positions = positions or min(a.max_seq_len, ROPE_POSITIONS)
+        self.rope_cos, self.rope_sin = rope_tables(a.head_dim, positions, a.rope_theta, a.rope_scaling, device)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -227,7 +236,7 @@ class Transformer(nn.Module):
                 "ask for fewer positions or build the model with a larger max_seq_len"
             )
         device = device if device is not None else self.device
-        dtype = dtype if dtype is not None else self.tok_embeddings.weight.dtype
+        dtype = dtype if dtype is not None else self.dtype
         for layer in self.layers:
             attn = layer.attention
             attn.cache = LayerCache(batch_size, max_seq_len, attn.n_kv_heads, attn.head_dim, device, dtype)
@@ -284,8 +293,10 @@ class Transformer(nn.Module):
                 raise ContextLengthError(
                     f"sequence of {seqlen} tokens exceeds max_seq_len={self.args.max_seq_len}; shorten it"
                 )
+            self._cover_rope(seqlen)
             return Placement(torch.arange(seqlen, device=device)[None])
         rows, length = cache
+        self._cover_rope(length)
         if first_row + bsz > rows:
             raise ContextLengthError(f"rows {first_row}..{first_row + bsz - 1} exceed the KV cache's {rows} rows")
         if isinstance(start_pos, int):
@@ -315,6 +326,11 @@ class Transformer(nn.Module):
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy of a causal pass over tokens (bsz, seqlen); targets equal -100 are skipped."""
         return self(tokens, targets=targets)
+
+    def _cover_rope(self, positions: int) -> None:
+        """Grow the RoPE tables to at least `positions` rows (they start at ROPE_POSITIONS)."""
+        if self.rope_cos.shape[0] < positions:
+            self.init_rope(self.rope_cos.device if not self.rope_cos.is_meta else None, positions)
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The RoPE angles of positions (1 or bsz, seqlen); the tables follow the model to another device."""
