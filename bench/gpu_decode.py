@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -39,8 +40,8 @@ from transformers.generation.streamers import BaseStreamer
 
 from llamalab.analysis import decode_flops, inference_bytes, mbu, prefill_flops
 from llamalab.checkpoint.hf import hf_config
-from llamalab.generate.benchmark import copy_bandwidth
 from llamalab.config import ModelArgs
+from llamalab.generate.benchmark import copy_bandwidth
 from llamalab.generate.compiled import compile_decode_step
 from llamalab.generate.decode import Generation, Step, eager_step
 from llamalab.generate.sampling import SamplingParams
@@ -227,8 +228,8 @@ class PresetBench:
         for batch in self.options.batch_sizes:
             model, step, compile_s = self.compiled("bf16", batch)
             say(f"[{self.preset}] timing batch-{batch} decode")
-            best = best_of({"": lambda: generation_tokens_per_s(model, step, self.prompts[:batch], self.new_tokens)},
-                           self.options.rounds)[""]
+            timed = functools.partial(generation_tokens_per_s, model, step, self.prompts[:batch], self.new_tokens)
+            best = best_of({"": timed}, self.options.rounds)[""]
             rows.append(self.row("batch", "llamalab compiled", best, batch=batch, compile_s=compile_s))
         return rows
 

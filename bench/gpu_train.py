@@ -34,9 +34,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from llamalab.analysis import mfu, training_memory
 from llamalab.checkpoint.hf import hf_config
 from llamalab.config import ModelArgs
-from llamalab.train.config import TrainConfig
 from llamalab.data import prepare, train_tokenizer, write_stories
 from llamalab.train.batches import Batches, TokenData
+from llamalab.train.config import TrainConfig
 from llamalab.train.trainer import build_trainer
 
 LR, BETAS, WEIGHT_DECAY = 3e-4, (0.9, 0.95), 0.1

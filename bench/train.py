@@ -25,9 +25,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llamalab.config import ModelArgs
-from llamalab.train.config import TrainConfig
 from llamalab.data import prepare, train_tokenizer, write_stories
 from llamalab.train.batches import Batches, TokenData
+from llamalab.train.config import TrainConfig
 from llamalab.train.trainer import build_trainer, resolve_dtype
 
 PRESET = "stories15M"

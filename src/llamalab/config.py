@@ -8,6 +8,7 @@ from typing import Any
 
 from llamalab.errors import ConfigError
 
+
 @dataclass(frozen=True)
 class RopeScaling:
     """Llama 3.1 RoPE frequency scaling (long-context extension of the rotary frequencies)."""
@@ -128,7 +129,7 @@ class ModelArgs:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelArgs":
+    def from_dict(cls, data: dict[str, Any]) -> ModelArgs:
         """Build from a dict of field values; unknown keys are an error naming them."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
@@ -136,12 +137,12 @@ class ModelArgs:
             raise ConfigError(f"unknown ModelArgs field(s) {unknown}; known fields: {sorted(names)}")
         return cls(**data)
 
-    def replace(self, **changes: Any) -> "ModelArgs":
+    def replace(self, **changes: Any) -> ModelArgs:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "ModelArgs":
+    def from_preset(cls, name: str, **overrides: Any) -> ModelArgs:
         """A named configuration (see `PRESETS`), optionally with some fields overridden."""
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")

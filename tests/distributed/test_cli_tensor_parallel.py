@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
-
 from distributed_launch import run_ranks
+
 from llamalab.checkpoint import save
 from llamalab.cli.main import build_parser, main
-from llamalab.parallel.mesh import init_distributed, shared_seed
 from llamalab.config import ModelArgs
 from llamalab.model import Transformer
+from llamalab.parallel.mesh import init_distributed, shared_seed
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=32)
 PROMPT = [1, 17, 42, 99]

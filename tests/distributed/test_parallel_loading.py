@@ -4,8 +4,8 @@ from functools import partial
 import pytest
 import torch
 import torch.distributed as dist
-
 from distributed_launch import run_ranks
+
 from llamalab.checkpoint import load, save
 from llamalab.checkpoint.parts import read_args, read_parts
 from llamalab.config import ModelArgs

@@ -7,9 +7,9 @@ import contextlib
 
 import pytest
 import torch
+from distributed_launch import run_ranks
 from torch.distributed.tensor.parallel import loss_parallel
 
-from distributed_launch import run_ranks
 from llamalab.config import ModelArgs
 from llamalab.model import Transformer
 from llamalab.parallel.fsdp import apply_fsdp_tp
@@ -74,7 +74,7 @@ def test_one_training_step_matches_one_process(dp_shard, tp, split_loss):
         assert got["weights"].keys() == before.keys()
         for name, update in expected_update.items():
             torch.testing.assert_close(got["weights"][name] - before[name], update, atol=1e-6, rtol=0,
-                                       msg=lambda m: f"rank {rank} {name}: {m}")
+                                       msg=lambda m: f"rank {rank} {name}: {m}")  # noqa: B023 (called here)
     assert min(u.abs().max() for u in expected_update.values()) > 1e-4  # every weight really moved
 
 

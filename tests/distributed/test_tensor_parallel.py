@@ -1,8 +1,8 @@
 """Tensor parallelism on 2 and 4 CPU processes (gloo) computes what the plain single-process model computes."""
 import pytest
 import torch
-
 from distributed_launch import run_ranks
+
 from llamalab.config import ModelArgs
 from llamalab.model import Transformer
 from llamalab.parallel.mesh import make_mesh

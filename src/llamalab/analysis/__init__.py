@@ -2,9 +2,20 @@
 from llamalab.analysis.flops import Flops, decode_flops, flops_per_token, forward_flops, prefill_flops, training_flops
 from llamalab.analysis.hardware import ACCELERATORS, Accelerator, accelerator_for_device, get_accelerator, mbu, mfu
 from llamalab.analysis.memory import (
-    DTYPE_BYTES, PRECISIONS, WEIGHT_DTYPES, TrainingMemory, activation_bytes, cache_dtype, compute_dtype,
-    head_activation_bytes, inference_bytes, kv_cache_bytes, layer_activation_bytes, logits_gradient_bytes,
-    training_memory, weight_bytes,
+    DTYPE_BYTES,
+    PRECISIONS,
+    WEIGHT_DTYPES,
+    TrainingMemory,
+    activation_bytes,
+    cache_dtype,
+    compute_dtype,
+    head_activation_bytes,
+    inference_bytes,
+    kv_cache_bytes,
+    layer_activation_bytes,
+    logits_gradient_bytes,
+    training_memory,
+    weight_bytes,
 )
 from llamalab.analysis.params import ParamCount, block_matrices, count_parameters, linear_shapes
 

@@ -24,7 +24,7 @@ class Flops:
     def total(self) -> int:
         return self.matmul + self.attention
 
-    def __mul__(self, factor: int) -> "Flops":
+    def __mul__(self, factor: int) -> Flops:
         return Flops(self.matmul * factor, self.attention * factor)
 
     __rmul__ = __mul__

@@ -7,8 +7,14 @@ from typing import Any
 from llamalab.analysis.flops import Flops, decode_flops, forward_flops, prefill_flops, training_flops
 from llamalab.analysis.hardware import Accelerator, mbu, mfu
 from llamalab.analysis.memory import (
-    WEIGHT_DTYPES, cache_dtype, compute_dtype, inference_bytes, kv_cache_bytes, layer_activation_bytes,
-    training_memory, weight_bytes,
+    WEIGHT_DTYPES,
+    cache_dtype,
+    compute_dtype,
+    inference_bytes,
+    kv_cache_bytes,
+    layer_activation_bytes,
+    training_memory,
+    weight_bytes,
 )
 from llamalab.analysis.params import count_parameters
 from llamalab.config import ModelArgs

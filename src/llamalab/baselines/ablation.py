@@ -14,14 +14,14 @@ from matplotlib.figure import Figure
 from llamalab.analysis import kv_cache_bytes
 from llamalab.baselines.variants import Variant, VariantTransformer, matched_args
 from llamalab.config import ModelArgs
+from llamalab.data import prepare, train_tokenizer, write_stories
 from llamalab.errors import ConfigError
 from llamalab.generate.decode import Generation
 from llamalab.generate.sampling import SamplingParams
-from llamalab.train.config import TrainConfig
 from llamalab.train.batches import TokenData
+from llamalab.train.config import TrainConfig
 from llamalab.train.metrics import read_metrics
 from llamalab.train.optim import build_optimizer
-from llamalab.data import prepare, train_tokenizer, write_stories
 from llamalab.train.trainer import Trainer
 
 # LLaMA, each of its changes undone one at a time, then GPT-2 and the original Transformer (decoder-only).

@@ -18,6 +18,7 @@ from llamalab.errors import CheckpointError
 from llamalab.files import read_json
 from llamalab.parts import Part
 
+
 def read_args(path: str | Path) -> ModelArgs:
     """The ModelArgs of a checkpoint, reading no weights for the folder formats."""
     path = resolve_model(path)

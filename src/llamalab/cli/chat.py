@@ -5,7 +5,12 @@ import sys
 import time
 
 from llamalab.cli.common import (
-    add_model_arguments, add_sampling_arguments, decode_step, load_model, require_tokenizer, sampling_params,
+    add_model_arguments,
+    add_sampling_arguments,
+    decode_step,
+    load_model,
+    require_tokenizer,
+    sampling_params,
 )
 from llamalab.errors import ContextLengthError
 

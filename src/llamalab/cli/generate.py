@@ -7,7 +7,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from llamalab.cli.common import (
-    add_model_arguments, add_sampling_arguments, decode_step, load_model, require_tokenizer, sampling_params,
+    add_model_arguments,
+    add_sampling_arguments,
+    decode_step,
+    load_model,
+    require_tokenizer,
+    sampling_params,
 )
 from llamalab.cli.parallel import add_tp_argument
 from llamalab.errors import ConfigError

@@ -139,7 +139,6 @@ def _layout(cfg: TrainConfig, world: int) -> str:
 def setup_process(cfg: TrainConfig) -> torch.device:
     """Join torchrun's process group when there is one, pick the device, seed torch, allow TF32 matmuls."""
     import torch
-    import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from llamalab.parallel import init_distributed

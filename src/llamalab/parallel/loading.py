@@ -6,7 +6,7 @@ them into tensors; it is passed in, so that this package stays free of file form
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.distributed.device_mesh import DeviceMesh

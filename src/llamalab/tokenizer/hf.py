@@ -1,7 +1,6 @@
 """A Hugging Face `tokenizer.json`, run by the `tokenizers` library; BOS/EOS from `tokenizer_config.json`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import tokenizers

@@ -8,8 +8,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from llamalab.files import atomic_output
 from llamalab.errors import ConfigError
+from llamalab.files import atomic_output
 
 
 class MetricsLog:

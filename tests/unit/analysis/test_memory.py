@@ -9,7 +9,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from llamalab.analysis import (
-    activation_bytes, head_activation_bytes, kv_cache_bytes, layer_activation_bytes, training_memory, weight_bytes,
+    head_activation_bytes,
+    kv_cache_bytes,
+    layer_activation_bytes,
+    training_memory,
+    weight_bytes,
 )
 from llamalab.config import PRESETS, ModelArgs
 from llamalab.model import Transformer

@@ -6,7 +6,13 @@ from torch import nn
 from llamalab.baselines.digits import EOS, PAD, digit_batch, sequence_accuracy, train_digit_task
 from llamalab.baselines.layers import sinusoidal_positions
 from llamalab.baselines.seq2seq import (
-    DecoderLayer, EncoderLayer, MultiHeadAttention, Seq2SeqArgs, Seq2SeqTransformer, causal_mask, padding_mask,
+    DecoderLayer,
+    EncoderLayer,
+    MultiHeadAttention,
+    Seq2SeqArgs,
+    Seq2SeqTransformer,
+    causal_mask,
+    padding_mask,
 )
 
 ARGS = Seq2SeqArgs(src_vocab_size=128, tgt_vocab_size=64, dim=32, n_layers=2, n_heads=4, ffn_dim=64, dropout=0.0)

@@ -5,7 +5,13 @@ from torch import nn
 from llamalab.analysis import kv_cache_bytes
 from llamalab.baselines.ablation import DEFAULT_VARIANTS, story_data
 from llamalab.baselines.variants import (
-    CHOICES, Variant, VariantBlock, VariantTransformer, matched_args, parse_variant, variant_parameters,
+    CHOICES,
+    Variant,
+    VariantBlock,
+    VariantTransformer,
+    matched_args,
+    parse_variant,
+    variant_parameters,
 )
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError

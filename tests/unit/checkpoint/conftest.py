@@ -2,8 +2,8 @@
 import random
 
 import pytest
-
 from checkpoint_models import VOCAB
+
 from llamalab.tokenizer import train_sentencepiece
 
 

@@ -10,9 +10,9 @@ import pytest
 from checkpoint_models import CONFIGS, random_model
 
 from llamalab.checkpoint import save
-from llamalab.files import atomic_output, remove_abandoned_temporaries, writable_destination
 from llamalab.cli.main import main
 from llamalab.errors import OutputError
+from llamalab.files import atomic_output, remove_abandoned_temporaries, writable_destination
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from checkpoint_models import CONFIGS, random_model
 
 from llamalab.checkpoint import read, save
 from llamalab.checkpoint.parts import read_args, read_parts
-from llamalab.parts import Part
 from llamalab.checkpoint.weights import model_state_dict
 from llamalab.errors import CheckpointError
+from llamalab.parts import Part
 
 
 @pytest.mark.parametrize("format, shards", [("meta", 1), ("meta", 2), ("hf", 2), ("native", 1)])

@@ -3,7 +3,7 @@ import re
 import subprocess
 import sys
 
-from llamalab.data.stories import GIRLS, BOYS, ANIMALS, PLACES, PLOTS, stories, write_stories
+from llamalab.data.stories import ANIMALS, BOYS, GIRLS, PLACES, PLOTS, stories, write_stories
 
 
 def test_the_same_seed_gives_the_same_corpus_in_another_process(tmp_path):

@@ -6,7 +6,12 @@ from generate_models import peaked_model
 from llamalab.errors import ConfigError
 from llamalab.generate.decode import generate
 from llamalab.generate.sampling import (
-    SamplingParams, apply_logit_bias, apply_presence_frequency_penalties, make_generator, sample, token_counts,
+    SamplingParams,
+    apply_logit_bias,
+    apply_presence_frequency_penalties,
+    make_generator,
+    sample,
+    token_counts,
 )
 
 

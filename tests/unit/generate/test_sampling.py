@@ -7,7 +7,14 @@ from hypothesis import strategies as st
 
 from llamalab.errors import ConfigError
 from llamalab.generate.sampling import (
-    SamplingParams, apply_min_p, apply_repetition_penalty, apply_top_k, apply_top_p, draw, make_generator, sample,
+    SamplingParams,
+    apply_min_p,
+    apply_repetition_penalty,
+    apply_top_k,
+    apply_top_p,
+    draw,
+    make_generator,
+    sample,
     token_logprobs,
 )
 

@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from llamalab.config import ModelArgs
-from llamalab.tuning import LOSS_CHUNK_LOGITS
 from llamalab.model import Transformer
 from llamalab.model.head_loss import head_cross_entropy
+from llamalab.tuning import LOSS_CHUNK_LOGITS
 
 
 def reference(h, weight, targets):

@@ -2,7 +2,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llamalab.errors import ConfigError

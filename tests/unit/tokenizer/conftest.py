@@ -47,7 +47,7 @@ def train_byte_bpe(texts: list[str], n_merges: int) -> dict[bytes, int]:
             break
         (a, b), _ = pairs.most_common(1)[0]
         ranks.setdefault(a + b, len(ranks))
-        for w, parts in splits.items():
+        for parts in splits.values():
             i = 0
             while i < len(parts) - 1:
                 if parts[i] == a and parts[i + 1] == b:

@@ -5,8 +5,15 @@ import sentencepiece
 import tiktoken
 
 from llamalab.errors import ChatFormatError
-from llamalab.tokenizer import (HFTokenizer, SentencePieceTokenizer, TiktokenTokenizer, encode_dialog,
-                                encode_llama2_dialog, encode_llama3_dialog, load_tokenizer)
+from llamalab.tokenizer import (
+    HFTokenizer,
+    SentencePieceTokenizer,
+    TiktokenTokenizer,
+    encode_dialog,
+    encode_llama2_dialog,
+    encode_llama3_dialog,
+    load_tokenizer,
+)
 
 DIALOG = [
     {"role": "system", "content": "You are terse."},

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from llamalab.train.config import TrainConfig
 from llamalab.data import prepare, train_tokenizer, write_stories
+from llamalab.train.config import TrainConfig
 
 VOCAB = 320
 TINY_MODEL = dict(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=16, tie_embeddings=True)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import sentencepiece
 
-from llamalab.errors import DataError
 from llamalab.data import prepare, shards, token_dtype
+from llamalab.errors import DataError
 from llamalab.train.batches import Batches, TokenData
 
 

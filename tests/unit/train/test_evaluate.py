@@ -7,8 +7,8 @@ import pytest
 import sentencepiece
 import torch
 import torch.nn.functional as F
-
 from conftest import VOCAB
+
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError, DataError
 from llamalab.model import Transformer
@@ -58,7 +58,7 @@ def test_one_window_equals_the_cross_entropy_of_the_full_forward():
 def test_non_overlapping_windows_score_each_window_from_its_own_start():
     model = tiny_model()
     ids = torch.randint(0, VOCAB, (96,))
-    expected, first = 0.0, 1
+    expected = 0.0
     with torch.no_grad():
         for begin in range(0, 96, 32):  # stride = context: windows share nothing
             window = ids[begin:begin + 32]
