@@ -71,8 +71,10 @@ def _llama3_header(tokenizer: Tokenizer, role: str) -> list[int]:
     return [special["<|start_header_id|>"], *role_ids, special["<|end_header_id|>"], *tokenizer.encode("\n\n", bos=False)]
 
 
-def render_chat_template(template: str, messages: list[Message], tokenizer: Tokenizer) -> str:
-    """Render a Hugging Face chat template in a sandbox, with the names and options such templates expect."""
+def render_chat_template(template: str, messages: list[Message], tokenizer: Tokenizer,
+                         add_generation_prompt: bool = True) -> str:
+    """Render a Hugging Face chat template in a sandbox, with the names and options such templates expect
+    (without `add_generation_prompt` a dialog that ends in an answer is rendered as it stands: training data)."""
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
@@ -83,7 +85,7 @@ def render_chat_template(template: str, messages: list[Message], tokenizer: Toke
         if token_id is not None
     }
     try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=True, **specials)
+        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **specials)
     except jinja2.TemplateError as e:
         raise ChatFormatError(f"the chat template failed: {e}") from None
 

@@ -35,7 +35,9 @@ class TrainConfig:
     """A training run. The model comes from `init_from` (fine-tuning), else `preset` with `model` fields on top."""
 
     # data and output
-    data: str = setting("", "folder written by `llamalab data prepare`")
+    data: str = setting("", "folder written by `llamalab data prepare`, or a chat / instruction .jsonl file "
+                            "(`messages` or Alpaca `instruction`/`input`/`output`; loss on the answers only)")
+    val_data: str = setting("", "chat .jsonl of validation dialogs (default: the last 5% of a chat --data file)")
     out_dir: str = setting("runs/llamalab", "where checkpoints, metrics.jsonl, loss.png and the model go")
     # model
     preset: str | None = setting(None, "a ModelArgs preset to start from (see `llamalab info`)")

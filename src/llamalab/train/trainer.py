@@ -18,10 +18,13 @@ from tqdm import tqdm
 
 from llamalab import checkpoint
 from llamalab.analysis import accelerator_for_device, mfu
+from llamalab.checkpoint import find_tokenizer
+from llamalab.data.chat import ChatBatches, ChatData, is_chat_file
 from llamalab.errors import CheckpointError, ConfigError, DataError
 from llamalab.generate.decode import generate
 from llamalab.generate.sampling import SamplingParams
-from llamalab.tokenizer import load_tokenizer
+from llamalab.model.head_loss import IGNORE_INDEX
+from llamalab.tokenizer import encode_dialog, load_tokenizer
 from llamalab.train.batches import Batches, TokenData, window_batch, windows
 from llamalab.train.build import build_model, prepare_model, unwrap
 from llamalab.train.config import TrainConfig
@@ -39,19 +42,29 @@ def build_trainer(cfg: TrainConfig, device: torch.device) -> "Trainer":
     To change the model on the way (another parallel plan, say), call these steps yourself.
     """
     if not cfg.data:
-        raise ConfigError("no training data given: pass --data DIR, a folder written by `llamalab data prepare`")
-    data = TokenData(cfg.data)
+        raise ConfigError("no training data given: pass --data DIR, a folder written by `llamalab data prepare`, "
+                          "or a chat / instruction .jsonl file with --init-from MODEL")
+    data = chat_data(cfg) if is_chat_file(cfg.data) else TokenData(cfg.data)
     model = build_model(cfg, data.vocab_size, device)
     module = prepare_model(model, cfg, device)
     optimizer = build_optimizer(module, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     return Trainer(cfg, module, optimizer, data, device)
 
 
+def chat_data(cfg: TrainConfig) -> ChatData:
+    """The chat / instruction file of `--data`, rendered with the chat template of the model it fine-tunes."""
+    tokenizer = find_tokenizer(cfg.init_from) if cfg.init_from else None
+    if tokenizer is None:
+        raise ConfigError(f"{cfg.data} is chat data: it fine-tunes a model with a tokenizer and chat template; "
+                          "pass --init-from MODEL (a folder or file with its tokenizer beside it)")
+    return ChatData(cfg.data, tokenizer, cfg.seq_len, val_path=cfg.val_data or None)
+
+
 class Trainer:
     """Trains a prepared module (see `build.prepare_model`) with its optimizer on prepared token data."""
 
-    def __init__(self, cfg: TrainConfig, module: nn.Module, optimizer: torch.optim.Optimizer, data: TokenData,
-                 device: torch.device):
+    def __init__(self, cfg: TrainConfig, module: nn.Module, optimizer: torch.optim.Optimizer,
+                 data: TokenData | ChatData, device: torch.device):
         self.cfg, self.module, self.optimizer, self.data, self.device = cfg, module, optimizer, data, device
         self.model = unwrap(module)
         self.rank = dist.get_rank() if dist.is_initialized() else 0
@@ -60,9 +73,12 @@ class Trainer:
         self.dp_rank, self.dp_world = self.rank // cfg.tp, self.world // cfg.tp  # the tp ranks of a group share data
         self.scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.max_steps, cfg.lr, cfg.min_lr)
         self.global_batch = cfg.batch_size * cfg.grad_accum * self.dp_world
-        self.batches = Batches(data.tokens("train"), cfg.seq_len, self.global_batch, cfg.seed, self.dp_rank,
-                               self.dp_world)
-        if windows(data.tokens("val"), cfg.seq_len) < 1:
+        if isinstance(data, ChatData):
+            self.batches = ChatBatches(data, self.global_batch, cfg.seed, self.dp_rank, self.dp_world)
+        else:
+            self.batches = Batches(data.tokens("train"), cfg.seq_len, self.global_batch, cfg.seed, self.dp_rank,
+                                   self.dp_world)
+        if not isinstance(data, ChatData) and windows(data.tokens("val"), cfg.seq_len) < 1:
             raise DataError(f"the validation split of {data.folder} holds {len(data.tokens('val'))} tokens, fewer "
                             f"than one sequence of {cfg.seq_len}; prepare with a larger --val-fraction or more text")
         self.dtype = resolve_dtype(cfg.dtype, device)
@@ -125,15 +141,20 @@ class Trainer:
     def evaluate(self) -> float:
         """Mean validation loss over the first eval_batches micro-batches of the val split (shared among processes)."""
         self.module.eval()
-        tokens = self.data.tokens("val")
-        n_windows = min(windows(tokens, self.cfg.seq_len), self.cfg.eval_batches * self.cfg.batch_size)
-        batches = [range(i, min(i + self.cfg.batch_size, n_windows)) for i in range(0, n_windows, self.cfg.batch_size)]
+        chat = isinstance(self.data, ChatData)
+        n = len(self.data.splits["val"]) if chat else windows(self.data.tokens("val"), self.cfg.seq_len)
+        n = min(n, self.cfg.eval_batches * self.cfg.batch_size)
+        batches = [range(i, min(i + self.cfg.batch_size, n)) for i in range(0, n, self.cfg.batch_size)]
         total = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of token losses, tokens)
         for rows in batches[self.dp_rank::self.dp_world]:
-            x, y = window_batch(tokens, list(rows), self.cfg.seq_len)
+            if chat:
+                x, y = self.data.batch("val", rows)
+            else:
+                x, y = window_batch(self.data.tokens("val"), list(rows), self.cfg.seq_len)
             with self._autocast(), self._split_loss():
                 loss = self._loss(self.model, x, y)
-            total += torch.tensor([loss.item() * y.numel(), y.numel()], dtype=torch.float64, device=self.device)
+            counted = int((y != IGNORE_INDEX).sum())  # the loss is the mean over the counted targets
+            total += torch.tensor([loss.item() * counted, counted], dtype=torch.float64, device=self.device)
         if self.world > 1:
             dist.all_reduce(total)  # each tp group's sums tp times over: the ratio is the same
         return (total[0] / total[1]).item()
@@ -148,7 +169,10 @@ class Trainer:
             return None
         tokenizer = load_tokenizer(self.data.tokenizer_path)
         prompt = self.cfg.sample_prompt if prompt is None else prompt
-        ids = tokenizer.encode(prompt, bos=tokenizer.bos_id is not None)
+        if isinstance(self.data, ChatData):  # the prompt as a user message, in the chat template
+            ids = encode_dialog(tokenizer, [{"role": "user", "content": prompt}])
+        else:
+            ids = tokenizer.encode(prompt, bos=tokenizer.bos_id is not None)
         self.module.eval()
         max_new = min(max_new_tokens or self.cfg.sample_tokens, self.model.args.max_seq_len - len(ids))
         try:
@@ -297,7 +321,7 @@ class Trainer:
         new = folder.with_name(folder.name + ".new")
         shutil.rmtree(new, ignore_errors=True)  # left by a crash during an earlier save
         if cfg.lora_rank and not cfg.merge:
-            save_adapters(state, new, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha)
+            save_adapters(state, new, args, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha, base_model=cfg.init_from)
         else:
             if cfg.lora_rank:
                 state = merge_lora(state, cfg.lora_rank, cfg.lora_alpha)

@@ -62,8 +62,8 @@ def test_merged_weights_compute_what_the_adapters_did():
 
 def test_adapters_alone_round_trip(tmp_path):
     base, model = trained_lora_model(targets=("wk", "w1"), rank=2, alpha=4.0)
-    save_adapters(model.state_dict(), tmp_path / "adapters", ["wk", "w1"], rank=2, alpha=4.0)
-    assert {p.name for p in (tmp_path / "adapters").iterdir()} == {"adapters.safetensors", "adapter_config.json"}
+    save_adapters(model.state_dict(), tmp_path / "adapters", ARGS, ["wk", "w1"], rank=2, alpha=4.0)
+    assert {p.name for p in (tmp_path / "adapters").iterdir()} == {"adapter_model.safetensors", "adapter_config.json"}
     load_adapters(base, tmp_path / "adapters")
     with torch.no_grad():
         torch.testing.assert_close(base(TOKENS), model(TOKENS), rtol=0, atol=0)
@@ -76,8 +76,8 @@ def test_wrong_targets_or_adapters_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="tied"):
         apply_lora(Transformer(ARGS.replace(tie_embeddings=True)), ["output"], 4, 8)
     _, model = trained_lora_model()
-    save_adapters(model.state_dict(), tmp_path / "a", ["wq", "wv", "w2"], rank=4, alpha=8.0)
+    save_adapters(model.state_dict(), tmp_path / "a", ARGS, ["wq", "wv", "w2"], rank=4, alpha=8.0)
     with pytest.raises(CheckpointError, match="shape"):
         load_adapters(Transformer(ARGS.replace(dim=64)), tmp_path / "a")
-    with pytest.raises(CheckpointError, match="not a LoRA adapter folder"):
+    with pytest.raises(CheckpointError, match="not a PEFT LoRA adapter folder"):
         load_adapters(Transformer(ARGS), tmp_path)
