@@ -95,3 +95,12 @@ def hf_smollm2(smollm2_hf_dir):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_dir)
     model = AutoModelForCausalLM.from_pretrained(smollm2_hf_dir, dtype=torch.float32).eval()
     return tokenizer, model
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(smollm2_gguf):
+    """Our model loaded from the SmolLM2 GGUF with llamalab.checkpoint.load, dequantized to float32 (once per test
+    process), eval mode."""
+    from llamalab.checkpoint import load
+
+    return load(smollm2_gguf, dtype=torch.float32).eval().requires_grad_(False)

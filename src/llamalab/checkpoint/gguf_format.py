@@ -112,20 +112,24 @@ def _add_hyperparameters(writer: gguf.GGUFWriter, args: ModelArgs, main_type: GG
 
 
 def _add_vocabulary(writer: gguf.GGUFWriter, tokenizer: Path) -> None:
-    """The vocabulary as llama.cpp's `llama` (SentencePiece) or `gpt2` (byte-level BPE) tokenizer."""
+    """The vocabulary as llama.cpp's `llama` (SentencePiece) or `gpt2` (byte-level BPE) tokenizer, its special ids,
+    add_bos / add_eos and the chat template."""
     vocab = vocabulary(tokenizer)
     writer.add_tokenizer_model(vocab.model)
-    writer.add_tokenizer_pre("default" if vocab.model == "llama" else "llama-bpe")
+    writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
     writer.add_token_scores(vocab.scores)  # both add_* skip an empty list
     writer.add_token_merges(vocab.merges)
     for add, token_id in ((writer.add_bos_token_id, vocab.bos_id), (writer.add_eos_token_id, vocab.eos_id),
-                          (writer.add_unk_token_id, vocab.unk_id), (writer.add_pad_token_id, vocab.pad_id)):
+                          (writer.add_unk_token_id, vocab.unk_id), (writer.add_pad_token_id, vocab.pad_id),
+                          (writer.add_eot_token_id, vocab.eot_id)):
         if token_id is not None and token_id >= 0:
             add(token_id)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
+    writer.add_add_bos_token(vocab.add_bos)
+    writer.add_add_eos_token(vocab.add_eos)
+    if vocab.chat_template:
+        writer.add_chat_template(vocab.chat_template)
 
 
 # -- reading ----------------------------------------------------------------------------------------

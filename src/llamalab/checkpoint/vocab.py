@@ -14,6 +14,15 @@ from pathlib import Path
 from llamalab.checkpoint.hub import resolve_model
 from llamalab.errors import CheckpointError, LlamalabError
 from llamalab.tokenizer import HFTokenizer, SentencePieceTokenizer, TiktokenTokenizer, Tokenizer, load_tokenizer
+from llamalab.tokenizer.gguf_metadata import read_gguf_metadata
+from llamalab.tokenizer.gguf_vocab import (
+    GGUFBPETokenizer,
+    GGUFSentencePieceTokenizer,
+    has_gguf_vocabulary,
+    pre_tokenizer_name,
+    write_tokenizer_files,
+)
+from llamalab.tokenizer.hf import KNOWN_END_OF_TURN
 from llamalab.tokenizer.tiktoken_bpe import read_bpe_ranks
 
 # Files that make up a tokenizer; the first two are what `find_tokenizer` looks for, in this order.
@@ -24,8 +33,11 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
 def find_tokenizer(path: str | Path) -> Path | None:
-    """The tokenizer file in a checkpoint folder or beside a checkpoint file (tokenizer.model, else tokenizer.json)."""
+    """The tokenizer of a checkpoint: a .gguf file's own vocabulary, else the tokenizer file in the checkpoint
+    folder or beside the checkpoint file (tokenizer.model, else tokenizer.json)."""
     path = resolve_model(path)
+    if has_gguf_vocabulary(path):
+        return path
     folder = path if path.is_dir() else path.parent
     for name in TOKENIZER_FILES[:2]:
         if (folder / name).is_file():
@@ -34,7 +46,11 @@ def find_tokenizer(path: str | Path) -> Path | None:
 
 
 def copy_tokenizer_files(tokenizer: Path, folder: Path) -> None:
-    """Copy a tokenizer file, and the other tokenizer files beside it, into a checkpoint folder."""
+    """Copy a tokenizer file, and the other tokenizer files beside it, into a checkpoint folder (a .gguf model's
+    vocabulary: written out as tokenizer.json or tokenizer.model, with its tokenizer_config.json)."""
+    if has_gguf_vocabulary(tokenizer):
+        write_tokenizer_files(open_tokenizer(tokenizer), folder)
+        return
     if tokenizer.name not in TOKENIZER_FILES:  # e.g. tok512.model: copied under the usual name
         shutil.copyfile(tokenizer, folder / ("tokenizer.json" if tokenizer.suffix == ".json" else "tokenizer.model"))
         return
@@ -67,16 +83,23 @@ class Vocabulary:
     types: list[int]
     scores: list[float] = field(default_factory=list)  # "llama" only
     merges: list[str] = field(default_factory=list)  # "gpt2" only: "left right" in merge order
+    pre: str = "default"  # "gpt2" only: llama.cpp's name of the pre-tokenizer
     bos_id: int | None = None
     eos_id: int | None = None
     unk_id: int | None = None
     pad_id: int | None = None
+    eot_id: int | None = None  # end of a chat turn, when it is not EOS (Llama 3's <|eot_id|>)
+    add_bos: bool = True
+    add_eos: bool = False
+    chat_template: str | None = None
 
 
 def vocabulary(path: Path) -> Vocabulary:
-    """The GGUF vocabulary of a SentencePiece model, a tiktoken file or a byte-level BPE tokenizer.json."""
+    """The GGUF vocabulary of a SentencePiece model, a tiktoken file, a byte-level BPE tokenizer.json or a .gguf."""
     tok = open_tokenizer(path)
-    if isinstance(tok, SentencePieceTokenizer):
+    if isinstance(tok, (GGUFBPETokenizer, GGUFSentencePieceTokenizer)):
+        vocab = _gguf(path)
+    elif isinstance(tok, SentencePieceTokenizer):
         vocab = _sentencepiece(tok)
     elif isinstance(tok, TiktokenTokenizer):
         vocab = _tiktoken(tok)
@@ -86,7 +109,21 @@ def vocabulary(path: Path) -> Vocabulary:
         raise CheckpointError(f"{path}: only SentencePiece and byte-level BPE vocabularies go into GGUF; "
                               "pass the SentencePiece tokenizer.model instead")
     vocab.bos_id, vocab.eos_id, vocab.pad_id = tok.bos_id, tok.eos_id, tok.pad_id
+    vocab.add_bos, vocab.add_eos, vocab.chat_template = tok.add_bos, tok.add_eos, tok.chat_template
+    if vocab.eot_id is None:
+        vocab.eot_id = next((tok.special_tokens[t] for t in KNOWN_END_OF_TURN
+                             if tok.special_tokens.get(t, tok.eos_id) != tok.eos_id), None)
     return vocab
+
+
+def _gguf(path: Path) -> Vocabulary:
+    """The tokenizer.ggml.* keys of a GGUF file as they are."""
+    meta = {key.removeprefix("tokenizer.ggml."): value for key, value in read_gguf_metadata(path).items()
+            if key.startswith("tokenizer.ggml.")}
+    tokens = meta["tokens"]
+    return Vocabulary(meta["model"], tokens=tokens, types=meta.get("token_type") or [NORMAL] * len(tokens),
+                      scores=meta.get("scores", []), merges=meta.get("merges", []), pre=meta.get("pre") or "default",
+                      unk_id=meta.get("unknown_token_id"), eot_id=meta.get("eot_token_id"))
 
 
 def _sentencepiece(tok: SentencePieceTokenizer) -> Vocabulary:
@@ -110,6 +147,7 @@ def _tiktoken(tok: TiktokenTokenizer) -> Vocabulary:
     specials = sorted(tok.special_tokens.items(), key=lambda item: item[1])
     return Vocabulary(
         "gpt2",
+        pre="llama-bpe",
         tokens=[byte_level(t) for t in by_rank] + [name for name, _ in specials],
         types=[NORMAL] * len(by_rank) + [CONTROL] * len(specials),
         merges=[f"{byte_level(a)} {byte_level(b)}" for a, b in bpe_merges(ranks)],
@@ -124,8 +162,13 @@ def _byte_level_json(tok: HFTokenizer) -> Vocabulary:
         tokens[added["id"]] = added["content"]
         types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
     size = max(tokens) + 1
+    pre = pre_tokenizer_name(spec.get("pre_tokenizer"))
+    if pre is None:
+        raise CheckpointError(f"{tok.path}: its pre-tokenizer is none that GGUF names (llama.cpp knows Llama 3's "
+                              "split, GPT-2's and digits-then-GPT-2); the GGUF file would tokenize differently")
     return Vocabulary(
         "gpt2",
+        pre=pre,
         tokens=[tokens.get(i, f"[PAD{i}]") for i in range(size)],  # llama.cpp's filler for unused ids
         types=[types.get(i, UNUSED) for i in range(size)],
         merges=[m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]],

@@ -12,16 +12,18 @@ def add_parser(subparsers):
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     train = actions.add_parser("train", help="train a Llama-2-style SentencePiece BPE tokenizer on text files")
-    train.add_argument("files", nargs="+", type=Path, metavar="FILES", help="UTF-8 text files, one sentence or paragraph a line")
+    train.add_argument("files", nargs="+", type=Path, metavar="FILES",
+                       help="UTF-8 text files, one sentence or paragraph a line")
     train.add_argument("--vocab-size", type=int, required=True, metavar="N", help="number of tokens, e.g. 32000")
     train.add_argument("--out", type=Path, default=Path("tokenizer.model"), metavar="PATH",
                        help="where to write the model (default: tokenizer.model)")
     train.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
 
     encode = actions.add_parser("encode", help="print the ids and pieces of a text")
-    encode.add_argument("tokenizer", type=Path, metavar="TOKENIZER", help="tokenizer file or model folder")
+    encode.add_argument("tokenizer", type=Path, metavar="TOKENIZER", help="tokenizer file, model folder or .gguf model")
     encode.add_argument("text", metavar="TEXT")
-    encode.add_argument("--no-bos", action="store_true", help="do not prepend the BOS id")
+    encode.add_argument("--no-bos", action="store_true", help="do not prepend the BOS id (default: as the tokenizer's "
+                        "add_bos_token says)")
     encode.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -50,7 +52,7 @@ def encode(args) -> int:
     from llamalab.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)
-    ids = tokenizer.encode(args.text, bos=not args.no_bos)
+    ids = tokenizer.encode(args.text, bos=False if args.no_bos else None)
     pieces = [tokenizer.id_to_piece(i) for i in ids]
     if args.json:
         print(json.dumps({"ids": ids, "pieces": pieces, "tokenizer": type(tokenizer).__name__}, ensure_ascii=False))

@@ -62,5 +62,6 @@ class Tokenizer(ABC):
     def _required(self, name: str) -> int:
         value = getattr(self, name)
         if value is None:
-            raise TokenizerError(f"this tokenizer has no {name.removesuffix('_id').upper()} token; encode with {name.removesuffix('_id')}=False")
+            kind = name.removesuffix("_id")
+            raise TokenizerError(f"this tokenizer has no {kind.upper()} token; encode with {kind}=False")
         return value

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
 from llamalab.errors import TokenizerError
-from llamalab.tokenizer.gguf_metadata import read_gguf_metadata
+from llamalab.files import write_json
+from llamalab.tokenizer.gguf_metadata import is_gguf, read_gguf_metadata
 from llamalab.tokenizer.hf import KNOWN_END_OF_TURN, KNOWN_EOS, HFTokenizer
 from llamalab.tokenizer.spm import SentencePieceTokenizer
 from llamalab.tokenizer.tiktoken_bpe import LLAMA3_PATTERN
@@ -38,10 +39,17 @@ PRE_TOKENIZERS: dict[str, tuple[str, ...]] = {
     "refact": DIGITS_THEN_GPT2,
     "codeshell": DIGITS_THEN_GPT2,
 }
+# the name llama.cpp knows each pre-tokenizer by, when llamalab writes one
+CANONICAL_PRE = ("llama-bpe", "smollm", "gpt-2", "default")
 # Llama 3's vocabulary is tiktoken's: a piece that is itself a token is taken whole, before any merge.
 WHOLE_PIECE_FIRST = {"llama-bpe", "llama3", "llama-v3"}
 SAMPLING_KEYS = {"temperature": "general.sampling.temp", "top_p": "general.sampling.top_p",
                  "top_k": "general.sampling.top_k", "min_p": "general.sampling.min_p"}
+
+
+def has_gguf_vocabulary(path: str | Path) -> bool:
+    """Whether the file is a GGUF model that carries its own vocabulary."""
+    return Path(path).is_file() and is_gguf(path) and "tokenizer.ggml.tokens" in read_gguf_metadata(path)
 
 
 def load_gguf_tokenizer(path: str | Path) -> HFTokenizer | SentencePieceTokenizer:
@@ -61,7 +69,7 @@ def load_gguf_tokenizer(path: str | Path) -> HFTokenizer | SentencePieceTokenize
 
 
 class GGUFBPETokenizer(HFTokenizer):
-    """A GGUF "gpt2" vocabulary run by the `tokenizers` library: BPE on the bytes of llama.cpp's pre-tokenized pieces."""
+    """A GGUF "gpt2" vocabulary run by `tokenizers`: BPE of the bytes of the pieces llama.cpp's regexes cut."""
 
     def __init__(self, path: str | Path, metadata: dict[str, Any] | None = None):
         self.path = Path(path)
@@ -85,8 +93,8 @@ class GGUFSentencePieceTokenizer(SentencePieceTokenizer):
         scores = metadata.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
         if len(scores) != len(tokens):
             raise TokenizerError(f"{path}: {len(scores)} scores for {len(tokens)} tokens in the GGUF vocabulary")
-        proto = sentencepiece_model(tokens, scores, types, metadata, path)
-        super().__init__(path, model_proto=proto.SerializeToString())
+        self.model_proto = sentencepiece_model(tokens, scores, types, metadata, path).SerializeToString()
+        super().__init__(path, model_proto=self.model_proto)
         _set_specials(self, metadata, tokens, types, default_add_bos=True)  # llama.cpp's default for SentencePiece
 
 
@@ -176,3 +184,56 @@ def _set_specials(tok, metadata: dict[str, Any], tokens: list[str], types: list[
     template = metadata.get("tokenizer.chat_template")
     tok.chat_template = template if isinstance(template, str) else None
     tok.sampling_defaults = {name: metadata[key] for name, key in SAMPLING_KEYS.items() if key in metadata}
+
+
+def pre_tokenizer_name(spec: dict | None) -> str | None:
+    """llama.cpp's name for a tokenizer.json's byte-level pre-tokenizer (None when llama.cpp has no such one)."""
+    steps = spec.get("pretokenizers", []) if spec and spec.get("type") == "Sequence" else [spec or {}]
+    if not steps or steps[-1].get("type") != "ByteLevel":
+        return None
+    regexes = []
+    for step in steps:
+        kind = step.get("type")
+        if kind == "Split" and step.get("behavior") == "Isolated" and not step.get("invert"):
+            regexes.append(step.get("pattern", {}).get("Regex"))
+        elif kind == "Digits" and step.get("individual_digits"):
+            regexes.append(r"\p{N}")
+        elif kind == "ByteLevel" and step is steps[-1]:
+            if step.get("use_regex", True):
+                regexes.append(GPT2_PATTERN)  # tokenizers' GPT-2 split (its final `|\s+` keeps what llama.cpp keeps)
+        else:
+            return None
+    return next((name for name in CANONICAL_PRE if PRE_TOKENIZERS[name] == tuple(regexes)), None)
+
+
+def write_tokenizer_files(tokenizer: GGUFBPETokenizer | GGUFSentencePieceTokenizer, folder: Path) -> None:
+    """A GGUF's tokenizer as the files of a model folder: tokenizer.json (BPE) or tokenizer.model (SentencePiece),
+    and tokenizer_config.json with the special tokens, add_bos_token / add_eos_token and the chat template."""
+    if isinstance(tokenizer, GGUFSentencePieceTokenizer):
+        (folder / "tokenizer.model").write_bytes(tokenizer.model_proto)
+        config = {"tokenizer_class": "LlamaTokenizer"}
+    else:
+        _with_bos_eos(tokenizer).save(str(folder / "tokenizer.json"))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    for name in ("bos", "eos", "pad"):
+        token_id = getattr(tokenizer, f"{name}_id")
+        if token_id is not None:
+            config[f"{name}_token"] = tokenizer.id_to_piece(token_id)
+    config.update(add_bos_token=tokenizer.add_bos, add_eos_token=tokenizer.add_eos)
+    if tokenizer.chat_template:
+        config["chat_template"] = tokenizer.chat_template
+    write_json(folder / "tokenizer_config.json", config)
+
+
+def _with_bos_eos(tokenizer: GGUFBPETokenizer) -> tokenizers.Tokenizer:
+    """A copy of the BPE whose post-processor adds BOS / EOS as add_bos / add_eos say (how tokenizer.json says it)."""
+    model = tokenizers.Tokenizer.from_str(tokenizer.model.to_str())
+    ends = [(getattr(tokenizer, f"{name}_id"), getattr(tokenizer, f"add_{name}")) for name in ("bos", "eos")]
+    (bos, add_bos), (eos, add_eos) = ends
+    if add_bos or add_eos:
+        first = [tokenizer.id_to_piece(bos)] if add_bos else []
+        last = [tokenizer.id_to_piece(eos)] if add_eos else []
+        model.post_processor = processors.TemplateProcessing(
+            single=" ".join([*first, "$A", *last]), pair=" ".join([*first, "$A", *last, *first, "$B", *last]),
+            special_tokens=[(tokenizer.id_to_piece(i), i) for i, add in ends if add])
+    return model

@@ -20,7 +20,7 @@ TIKTOKEN_LINE = re.compile(rb"[A-Za-z0-9+/]+=* \d+\r?")
 
 
 def detect_format(path: Path) -> Callable[[Path], Tokenizer]:
-    """What reads this file: JSON → HF, base64 rank lines → tiktoken, protobuf → SentencePiece, GGUF → its vocabulary."""
+    """What reads this file: JSON → HF, base64 rank lines → tiktoken, protobuf → SentencePiece, GGUF → its vocab."""
     try:
         with path.open("rb") as f:
             head = f.read(4096)

@@ -43,7 +43,8 @@ def read_bpe_ranks(path: Path) -> dict[bytes, int]:
             token, rank = line.split()
             ranks[base64.b64decode(token, validate=True)] = int(rank)
         except (ValueError, binascii.Error):
-            raise TokenizerError(f"{path}: line {number} is not '<base64 token> <rank>'; not a tiktoken BPE file") from None
+            raise TokenizerError(f"{path}: line {number} is not '<base64 token> <rank>'; "
+                                 "not a tiktoken BPE file") from None
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise TokenizerError(f"{path}: the ranks are not 0..{len(ranks) - 1} without gaps or repeats")
     return ranks

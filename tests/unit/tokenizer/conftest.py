@@ -58,14 +58,16 @@ def train_byte_bpe(texts: list[str], n_merges: int) -> dict[bytes, int]:
 
 def write_tiktoken_file(path, ranks: dict[bytes, int]):
     """Meta's tokenizer.model format: one `<base64 token> <rank>` line per token."""
-    path.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda x: x[1])))
+    ordered = sorted(ranks.items(), key=lambda x: x[1])
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ordered))
     return path
 
 
 @pytest.fixture(scope="session")
 def sp_model_path(tmp_path_factory):
     """A Llama-2-style SentencePiece BPE model with 400 pieces."""
-    return train_sentencepiece(make_texts(800), vocab_size=400, out_path=tmp_path_factory.mktemp("sp") / "tokenizer.model")
+    out = tmp_path_factory.mktemp("sp") / "tokenizer.model"
+    return train_sentencepiece(make_texts(800), vocab_size=400, out_path=out)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,8 @@ LLAMA2_TEMPLATE = (
     "{% else %}{% set system = '' %}{% endif %}"
     "{% for m in messages %}"
     "{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('roles must alternate') }}{% endif %}"
-    "{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + ((system if loop.first else '') + m['content']) | trim + ' [/INST]' }}"
+    "{% if m['role'] == 'user' %}"
+    "{{ bos_token + '[INST] ' + ((system if loop.first else '') + m['content']) | trim + ' [/INST]' }}"
     "{% else %}{{ ' ' + m['content'] | trim + ' ' + eos_token }}{% endif %}"
     "{% endfor %}"
 )
@@ -53,7 +54,8 @@ def test_llama2_format_is_metas(sp_model_path):
 def test_llama3_format_is_metas(llama3_sized_tiktoken_path, bpe_ranks, meta_llama3_pattern):
     plain = tiktoken.Encoding("ref", pat_str=meta_llama3_pattern, mergeable_ranks=bpe_ranks, special_tokens={}).encode
     expected = [128000]
-    for role, content in [("system", "You are terse."), ("user", "Hi there"), ("assistant", "Hello!"), ("user", "How are you?")]:
+    turns = [("system", "You are terse."), ("user", "Hi there"), ("assistant", "Hello!"), ("user", "How are you?")]
+    for role, content in turns:
         expected += [128006] + plain(role) + [128007] + plain("\n\n") + plain(content) + [128009]
     expected += [128006] + plain("assistant") + [128007] + plain("\n\n")
     tok = TiktokenTokenizer(llama3_sized_tiktoken_path)
@@ -79,7 +81,8 @@ def test_template_in_tokenizer_config_equals_transformers(request, tmp_path, fol
 
     source = request.getfixturevalue(folder)
     (tmp_path / "tokenizer.json").write_bytes((source / "tokenizer.json").read_bytes())
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": bos, "eos_token": eos, "chat_template": template}))
+    config = {"bos_token": bos, "eos_token": eos, "chat_template": template}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     reference = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), bos_token=bos, eos_token=eos)
     reference.chat_template = template
     expected = reference.apply_chat_template(DIALOG, add_generation_prompt=True, tokenize=True)["input_ids"]

@@ -5,7 +5,8 @@ from sentencepiece import sentencepiece_model_pb2
 from llamalab.errors import TokenizerError
 from llamalab.tokenizer import SentencePieceTokenizer, train_sentencepiece
 
-TEXTS = ["the cat sat", "  two  spaces ", "café crème brûlée", "東京 and 北京", "emoji 😀🎉!", "digits 123456", "Ωmega ß", ""]
+TEXTS = ["the cat sat", "  two  spaces ", "café crème brûlée", "東京 and 北京", "emoji 😀🎉!", "digits 123456",
+         "Ωmega ß", ""]
 
 
 def test_trained_model_has_llama2_options(sp_model_path):
