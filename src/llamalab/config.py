@@ -93,10 +93,9 @@ class ModelArgs:
             _require_number(f"ModelArgs.{name}", getattr(self, name))
         if not isinstance(self.tie_embeddings, bool):
             raise ConfigError(f"ModelArgs.tie_embeddings must be true or false, got {self.tie_embeddings!r}")
-        if self.n_kv_heads is not None and (not isinstance(self.n_kv_heads, int) or self.n_kv_heads <= 0):
-            raise ConfigError(f"ModelArgs.n_kv_heads must be a positive integer or None, got {self.n_kv_heads!r}")
-        if self.hidden_dim is not None and (not isinstance(self.hidden_dim, int) or self.hidden_dim <= 0):
-            raise ConfigError(f"ModelArgs.hidden_dim must be a positive integer or None, got {self.hidden_dim!r}")
+        for name in ("n_kv_heads", "hidden_dim"):  # None: derived
+            if getattr(self, name) is not None:
+                _require_int(f"ModelArgs.{name}", getattr(self, name))
         if self.dim % self.n_heads != 0:
             raise ConfigError(
                 f"ModelArgs.dim={self.dim} is not divisible by n_heads={self.n_heads} "

@@ -21,7 +21,7 @@ class SentencePieceTokenizer(Tokenizer):
                 self.model = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
             else:
                 self.model = sentencepiece.SentencePieceProcessor(model_file=str(self.path))
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, UnicodeDecodeError) as e:  # a corrupt file can fail any of these ways
             raise TokenizerError(f"{self.path}: not a readable SentencePiece model ({e})") from None
         self.bos_id = _id_or_none(self.model.bos_id())
         self.eos_id = _id_or_none(self.model.eos_id())

@@ -99,3 +99,22 @@ def test_the_index_check_keeps_ordinary_shards(tmp_path, model):
     path = save(model, tmp_path / "m", format="hf", shards=2)
     assert [f.name for f in hf._weight_files(path)] == ["model-00001-of-00002.safetensors",
                                                        "model-00002-of-00002.safetensors"]
+
+
+@pytest.mark.parametrize("field", ["hidden_dim", "n_kv_heads", "dim"])
+def test_a_boolean_where_a_size_goes_is_refused(field):
+    """Found by the fuzz suite: GGUF metadata feed_forward_length of type BOOL built nn.Linear(32, True)."""
+    with pytest.raises(ConfigError, match=field):
+        ModelArgs(**{**dict(dim=64, n_layers=2, n_heads=4), field: True})
+
+
+def test_a_corrupt_sentencepiece_model_is_a_tokenizer_error(tmp_path, sp_tokenizer):
+    """Found by the fuzz suite: a 0x80 byte inside a piece made sentencepiece raise UnicodeDecodeError."""
+    from llamalab.errors import TokenizerError
+    from llamalab.tokenizer import load_tokenizer
+
+    data = bytearray(sp_tokenizer.read_bytes())
+    data[data.index(b"<0x00>") + 1] = 0x80  # the byte-fallback piece "<0x00>" is no longer UTF-8
+    (tmp_path / "tokenizer.model").write_bytes(bytes(data))
+    with pytest.raises(TokenizerError, match="not a readable SentencePiece model"):
+        load_tokenizer(tmp_path / "tokenizer.model")

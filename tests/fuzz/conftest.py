@@ -1,0 +1,36 @@
+"""Fuzz tests: hypothesis, bounded by example counts (the whole folder stays well under 2 minutes on 2 cores)."""
+import os
+
+import pytest
+from harness import COUNTS
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("fuzz", deadline=None, derandomize=not os.environ.get("FUZZ_EXAMPLES"), database=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def pytest_terminal_summary(terminalreporter):
+    if COUNTS:
+        terminalreporter.write_line("fuzz inputs tried: " + ", ".join(f"{k} {v}" for k, v in sorted(COUNTS.items())))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_file(tmp_path_factory):
+    """A SentencePiece tokenizer (byte fallback) of 300 pieces, trained here."""
+    from llamalab.tokenizer import train_sentencepiece
+
+    texts = ["the cat sat on the mat and the dog ran far away into the deep green woods"] * 60
+    return train_sentencepiece(texts, 300, tmp_path_factory.mktemp("fuzz_tok") / "tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A random 2-layer model (vocab 320, context 64) whose checkpoints the loader fuzz mutates."""
+    import torch
+
+    from llamalab.config import ModelArgs
+    from llamalab.model import Transformer
+
+    torch.manual_seed(0)
+    args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=320, multiple_of=16, max_seq_len=64)
+    return Transformer(args).eval().requires_grad_(False)
