@@ -53,3 +53,14 @@ def test_cli_chat_and_generate_answer_paris_from_the_lone_gguf(smollm2_gguf, tok
     assert main(["generate", str(smollm2_gguf), "--prompt-ids", prompt, "--json", *greedy]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["text"], out["finish_reason"]) == (ANSWER, "stop")
+
+
+def test_cli_prompts_get_no_bos_as_add_bos_token_says(smollm2_gguf, tokenizer, hf_smollm2, capsys):
+    from llamalab.cli.generate import prompt_ids
+
+    text = "The capital of France is"
+    expected = hf_smollm2[0].encode(text)
+    assert expected[0] != tokenizer.bos_id
+    assert prompt_ids(text, None, tokenizer, 49152) == expected
+    assert main(["tokenizer", "encode", str(smollm2_gguf), text, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ids"] == expected

@@ -26,7 +26,7 @@ def add_parser(subparsers):
     add_model_arguments(p)
     add_tp_argument(p)
     prompt = p.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="text to continue (BOS is added)")
+    prompt.add_argument("--prompt", help="text to continue (BOS added when the model's tokenizer adds one)")
     prompt.add_argument("--prompt-ids", metavar="IDS", help="token ids to continue instead, e.g. 1,450,4996")
     add_sampling_arguments(p)
     p.add_argument("--truncate", action="store_true", help="drop the oldest prompt tokens when the prompt is too long")
@@ -72,11 +72,12 @@ def run(args) -> int:
 
 
 def prompt_ids(text: str | None, ids: str | None, tokenizer, vocab_size: int) -> list[int]:
-    """The prompt's token ids from --prompt (encoded with BOS) or --prompt-ids (checked against the vocabulary)."""
+    """The prompt's token ids from --prompt (with BOS when the tokenizer adds one) or --prompt-ids (checked against
+    the vocabulary)."""
     if text is not None:
         if not text.strip():
             raise ConfigError("the prompt is empty; give some text with --prompt")
-        return require_tokenizer(tokenizer, "--prompt").encode(text, bos=True)
+        return require_tokenizer(tokenizer, "--prompt").encode(text)  # BOS as the tokenizer's add_bos_token says
     try:
         parsed = [int(i) for i in ids.replace(" ", "").split(",") if i]
     except ValueError:

@@ -119,8 +119,9 @@ def text_completion(
     stop: Sequence[str] = (),
     **options,
 ) -> list[Completion]:
-    """Continue each prompt (BOS added); options are `Generation`'s (logprobs, echo, truncate, step)."""
-    return _complete(model, tokenizer, [tokenizer.encode(p, bos=True) for p in prompts], max_gen_len, sampling, stop,
+    """Continue each prompt (with BOS when the tokenizer adds one); options are `Generation`'s (logprobs, echo,
+    truncate, step)."""
+    return _complete(model, tokenizer, [tokenizer.encode(p) for p in prompts], max_gen_len, sampling, stop,
                      **options)
 
 
