@@ -1,8 +1,8 @@
 """Samplers as pure functions on (batch, vocab) logits: penalties and filters compose, `sample` picks tokens.
 
 Each filter returns new logits with the excluded tokens set to -inf, so they chain in the usual order:
-logit bias → repetition penalty → presence / frequency penalties → temperature → top-k → top-p → min-p → draw. A filter's parameter is a float
-shared by every row or a (batch, 1) tensor giving each row its own value.
+logit bias → repetition penalty → presence / frequency penalties → temperature → top-k → top-p → min-p → draw.
+A filter's parameter is a float shared by every row or a (batch, 1) tensor giving each row its own value.
 """
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
-"""The OpenAI-compatible HTTP API: GET /v1/models, POST /v1/completions and /v1/chat/completions, GET /health.
+"""The OpenAI-compatible HTTP API: /v1/models, /v1/completions, /v1/chat/completions; /tokenize, /detokenize
+and /tokenizer_info in vLLM's shapes (lm-evaluation-harness tokenizes through them); /health.
 
-Each request is tokenized, checked and submitted to the `Scheduler`; its outputs come back from the
-scheduler thread through an asyncio queue and leave as one JSON body or as server-sent events.
-Every refusal is an OpenAI-style error body with a 4xx status; none of them touches other requests.
+Each request is tokenized, checked and submitted to the `Scheduler` as one sequence per choice (several
+prompts, `n`, `best_of`); their outputs come back from the scheduler thread through the event loop and leave
+as one JSON body or as server-sent events. Every refusal is an OpenAI-style error body with a 4xx status
+naming the field at fault; none of them touches other requests.
 """
 from __future__ import annotations
 
@@ -10,46 +12,55 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from llamalab.errors import ContextLengthError, LlamalabError, ServerBusyError, TokenizerError
-from llamalab.serve.protocol import ChatBody, CompletionBody, GenerationBody
-from llamalab.serve.request import Output, Request
-from llamalab.serve.responses import ChatResponses, CompletionResponses, Responses, usage
+from llamalab.serve.choices import (
+    Collected,
+    Streamed,
+    answer_usage,
+    best_of,
+    event,
+    events,
+    gather,
+    submit_all,
+)
+from llamalab.serve.prompts import Grammars, chat_prompt, completion_prompts
+from llamalab.serve.protocol import APIError, ChatBody, CompletionBody, FieldError, GenerationBody
+from llamalab.serve.request import Request
+from llamalab.serve.responses import ChatResponses, CompletionResponses, Responses
 from llamalab.serve.scheduler import Scheduler
-from llamalab.tokenizer import Tokenizer, encode_dialog
+from llamalab.serve.tools import ToolParser
+from llamalab.tokenizer import Tokenizer
 
-DISCONNECT_POLL_S = 0.5  # how often a non-streamed request checks that its client is still there
+__all__ = ["APIError", "create_app"]
+
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (chat defaults to the rest of the context)
 
 
-class APIError(Exception):
-    """An error answered as OpenAI does: `{"error": {"message", "type", "param", "code"}}` with a status."""
+class TokenizeBody(BaseModel):
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True  # BOS as the tokenizer adds it; special-token text is always a special id
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        headers = {"Retry-After": "1"} if self.status == 429 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+class DetokenizeBody(BaseModel):
+    model: str | None = None
+    tokens: list[int] = Field(max_length=2**20)
 
 
 def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str, api_key: str | None = None,
                max_body_bytes: int = 4 * 2**20) -> FastAPI:
     """The FastAPI app serving `scheduler`'s model; it starts and stops the scheduler thread with itself."""
     check_vocabulary_fits(tokenizer, scheduler.model.args.vocab_size)
+    grammars = Grammars(tokenizer, scheduler.vocab_size)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -66,6 +77,11 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str, api_
         _add_docs(app, auth)
     created = int(time.time())
 
+    def check_model(body) -> None:
+        if body.model is not None and body.model != model_name:
+            raise APIError(404, f"the model {body.model!r} does not exist; this server serves {model_name!r}",
+                           param="model", code="model_not_found")
+
     @app.get("/health")
     async def health():
         return {"status": "ok", **scheduler.stats()}
@@ -76,138 +92,130 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str, api_
                 "max_model_len": scheduler.max_seq_len}
         return {"object": "list", "data": [card]}
 
+    @app.post("/tokenize", dependencies=auth)
+    async def tokenize(body: TokenizeBody):
+        check_model(body)
+        _check_unicode(body)
+        bos = None if body.add_special_tokens else False
+        tokens = await asyncio.to_thread(tokenizer.encode, body.prompt, bos=bos, eos=None if bos is None else False,
+                                         allow_special=True)
+        return {"count": len(tokens), "max_model_len": scheduler.max_seq_len, "tokens": tokens, "token_strs": None}
+
+    @app.post("/detokenize", dependencies=auth)
+    async def detokenize(body: DetokenizeBody):
+        check_model(body)
+        bad = [t for t in body.tokens if not 0 <= t < tokenizer.vocab_size]
+        if bad:
+            raise FieldError("tokens", f"token ids {bad[:5]} are outside [0, {tokenizer.vocab_size})")
+        return {"prompt": await asyncio.to_thread(tokenizer.decode, body.tokens)}
+
+    @app.get("/tokenizer_info", dependencies=auth)
+    async def tokenizer_info():
+        def piece(token_id):
+            return None if token_id is None else tokenizer.id_to_piece(token_id)
+
+        return {"tokenizer_class": type(tokenizer).__name__, "bos_token": piece(tokenizer.bos_id),
+                "eos_token": piece(tokenizer.eos_id), "pad_token": piece(tokenizer.pad_id),
+                "add_bos_token": tokenizer.add_bos, "add_eos_token": tokenizer.add_eos,
+                "chat_template": tokenizer.chat_template, "model_max_length": scheduler.max_seq_len,
+                "vocab_size": tokenizer.vocab_size}
+
     @app.post("/v1/completions", dependencies=auth)
     async def completions(body: CompletionBody, http: HTTPRequest):
+        check_model(body)
         _check_unicode(body)
-        prompt = await asyncio.to_thread(_completion_prompt, body.prompt, tokenizer)
-        responses = CompletionResponses(model_name, logprobs=body.logprobs is not None)
-        return await generate(body, prompt, body.max_tokens or DEFAULT_MAX_TOKENS, body.logprobs, responses, http)
+        prompts = await asyncio.to_thread(completion_prompts, body, tokenizer)
+        max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
+        ranked = body.candidates > body.n  # best_of: every token's log-probability decides
+        top = body.logprobs if body.logprobs is not None else (0 if ranked else None)
+        echo_logprobs = body.logprobs if body.echo else None
+        sequences = [(prompt, None) for prompt in prompts for _ in range(body.candidates)]
+        requests = make_requests(body, sequences, max_tokens, top, echo_logprobs)
+        responses = CompletionResponses(model_name, logprobs=body.logprobs is not None, echo=body.echo)
+        if body.stream:
+            return stream(body, requests, responses, body.n)
+        choices = await gather(requests, submit(requests), http)
+        return responses.whole(best_of(choices, body.candidates, body.n), answer_usage(requests, body.candidates))
 
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(body: ChatBody, http: HTTPRequest):
+        check_model(body)
         _check_unicode(body)
-        prompt = await asyncio.to_thread(encode_dialog, tokenizer, [m.as_dict() for m in body.messages])
+        prompt = await asyncio.to_thread(chat_prompt, body, tokenizer)
+        grammar = await asyncio.to_thread(grammars.for_chat, body)
         max_tokens = body.max_completion_tokens or body.max_tokens or max(scheduler.max_seq_len - len(prompt), 1)
-        top_logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        responses = ChatResponses(model_name, logprobs=body.logprobs)
-        return await generate(body, prompt, max_tokens, top_logprobs, responses, http)
+        top = (body.top_logprobs or 0) if body.logprobs else None
+        sequences = [(prompt, grammar) for _ in range(body.n)]
+        requests = make_requests(body, sequences, max_tokens, top)
+        tools = ToolParser([t.model_dump() for t in body.tools]) if body.calls_tools else None
+        responses = ChatResponses(model_name, logprobs=body.logprobs, tools=tools)
+        if body.stream and tools is None:
+            return stream(body, requests, responses, 1)
+        choices = await gather(requests, submit(requests), http)
+        if body.stream:  # tool calls are known only at the end: the whole answer as chunks
+            chunks = [event(c) for c in responses.replay(choices)]
+            if body.stream_options is not None and body.stream_options.include_usage:
+                chunks.append(event(responses.usage_chunk(answer_usage(requests, 1))))
+            return StreamingResponse(iter(chunks + ["data: [DONE]\n\n"]), media_type="text/event-stream")
+        return responses.whole(choices, answer_usage(requests, 1))
 
-    async def generate(body: GenerationBody, prompt: list[int], max_tokens: int, top_logprobs: int | None,
-                       responses: Responses, http: HTTPRequest):
-        """Submit the request; answer with the whole completion or stream it."""
-        if body.model is not None and body.model != model_name:
-            raise APIError(404, f"the model {body.model!r} does not exist; this server serves {model_name!r}",
-                           param="model", code="model_not_found")
-        if (field := body.unsupported()) is not None:
-            raise APIError(400, f"'{field}' is not supported by this server; leave it at its default", param=field)
-        loop = asyncio.get_running_loop()
-        received = Streamed(loop) if body.stream else Collected(loop)
-        request = Request(prompt, max_tokens, tokenizer, received.add, params=body.sampling_params(),
-                          stop=body.stop_strings(), top_logprobs=top_logprobs, ignore_eos=body.ignore_eos)
-        scheduler.submit(request)
-        if body.stream:
-            include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return StreamingResponse(_events(request, received, responses, include_usage),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        outputs = await _wait(request, received, http)
-        if outputs[-1].error is not None:
-            raise APIError(500, outputs[-1].error, type="server_error")
-        return responses.whole(outputs, usage(len(prompt), len(request.tokens)))
+    def make_requests(body: GenerationBody, sequences: list[tuple[list[int], str | None]], max_tokens: int,
+                      top_logprobs: int | None, prompt_logprobs: int | None = None) -> list[Request]:
+        """One scheduler request per sequence, checked against the server's limits; the i-th draws from seed + i."""
+        check_limits(body, [prompt for prompt, _ in sequences], max_tokens)
+        return [Request(prompt, max_tokens, tokenizer, _no_sink, params=body.sampling_params(seed_offset=i),
+                        stop=body.stop_strings(), top_logprobs=top_logprobs, ignore_eos=body.ignore_eos,
+                        prompt_logprobs=prompt_logprobs, constraint=grammars.constraint(grammar))
+                for i, (prompt, grammar) in enumerate(sequences)]
+
+    def check_limits(body: GenerationBody, prompts: list[list[int]], max_tokens: int) -> None:
+        """Refuse what the server could never run: too many sequences, too many tokens, unknown biased ids."""
+        most = max(scheduler.slots, scheduler.max_waiting)
+        if len(prompts) > most:
+            raise FieldError("n", f"the request asks for {len(prompts)} sequences (prompts × n or best_of); this "
+                                  f"server takes at most {most} at once")
+        longest = max(len(p) for p in prompts)
+        if longest + max_tokens > scheduler.max_seq_len:
+            raise ContextLengthError(
+                f"this model's context is {scheduler.max_seq_len} tokens, but {longest} prompt tokens + {max_tokens} "
+                "completion tokens were requested; shorten the prompt or max_tokens")
+        budget = scheduler.slots * scheduler.max_seq_len  # the whole KV cache
+        if len(prompts) * max_tokens > budget:
+            raise FieldError("max_tokens", f"{len(prompts)} sequences × max_tokens {max_tokens} exceeds the "
+                                           f"{budget} tokens this server can hold at once; lower n or max_tokens")
+        bad = [t for t in body.bias_ids() if t >= scheduler.vocab_size]
+        if bad:
+            raise FieldError("logit_bias", f"token ids {bad[:5]} are outside the vocabulary of {scheduler.vocab_size}")
+
+    def submit(requests: list[Request]) -> Collected:
+        """Queue the sequences of a non-streamed answer; their outputs gather in the returned Collected."""
+        collected = Collected(asyncio.get_running_loop(), len(requests))
+        for i, request in enumerate(requests):
+            request.sink = collected.sink(i)
+        submit_all(scheduler, requests)
+        return collected
+
+    def stream(body: GenerationBody, requests: list[Request], responses: Responses, per_prompt: int):
+        """Queue the sequences of a streamed answer and send their chunks as they come."""
+        streamed = Streamed(asyncio.get_running_loop())
+        for i, request in enumerate(requests):
+            request.sink = streamed.sink(i)
+        submit_all(scheduler, requests)
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(events(requests, streamed, responses, include_usage, per_prompt),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
 
 
-# -- producing the answer ------------------------------------------------------------------------------
-class Streamed:
-    """The outputs of a streamed request, handed from the scheduler thread to the event loop one by one."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.queue = loop, asyncio.Queue()
-
-    def add(self, output: Output) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, output)
-
-    async def next(self) -> list[Output]:
-        """The next output and every other one already there."""
-        outputs = [await self.queue.get()]
-        while not self.queue.empty():
-            outputs.append(self.queue.get_nowait())
-        return outputs
+def _no_sink(output) -> None:
+    """A request's sink until the app connects it to its answer."""
 
 
-async def _events(request: Request, streamed: Streamed, responses: Responses,
-                  include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events of a streamed request; if the client leaves, Starlette cancels this and the slot is freed."""
-    try:
-        finished = False
-        while not finished:
-            outputs = await streamed.next()  # what the scheduler produced meanwhile goes out in one write
-            events = []
-            for output in outputs:
-                if output.error is not None:
-                    events.append(_event(APIError(500, output.error, type="server_error").body()))
-                elif (chunk := responses.chunk(output)) is not None:
-                    events.append(_event(chunk))
-                finished = output.finish_reason is not None
-            if finished and include_usage:
-                events.append(_event(responses.usage_chunk(usage(len(request.prompt), len(request.tokens)))))
-            if events:
-                yield "".join(events)
-        yield "data: [DONE]\n\n"
-    finally:
-        request.cancel()
-
-
-class Collected:
-    """The outputs of a non-streamed request, gathered in the scheduler thread; the event loop is woken once."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.outputs, self.done = loop, [], asyncio.Event()
-
-    def add(self, output: Output) -> None:
-        self.outputs.append(output)
-        if output.finish_reason is not None:
-            self.loop.call_soon_threadsafe(self.done.set)
-
-
-async def _wait(request: Request, collected: Collected, http: HTTPRequest) -> list[Output]:
-    """All outputs of a non-streamed request; every DISCONNECT_POLL_S, check that the client is still there."""
-    try:
-        while True:
-            try:
-                await asyncio.wait_for(collected.done.wait(), DISCONNECT_POLL_S)
-                return collected.outputs
-            except TimeoutError:
-                if await http.is_disconnected():
-                    raise APIError(499, "the client closed the connection") from None
-    finally:
-        request.cancel()
-
-
-def _event(body: dict) -> str:
-    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-
-def _check_unicode(body: GenerationBody) -> None:
+def _check_unicode(body: BaseModel) -> None:
     """Raise UnicodeEncodeError (a 400) for text no tokenizer can encode: JSON escapes may spell lone surrogates."""
     json.dumps(body.model_dump(), ensure_ascii=False).encode("utf-8")
-
-
-def _completion_prompt(prompt: str | list, tokenizer: Tokenizer) -> list[int]:
-    """Token ids of a completion prompt: text (with BOS) or ids as given; a list must hold exactly one prompt."""
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-        if len(prompt) != 1:
-            raise APIError(400, f"got {len(prompt)} prompts; this server completes one prompt per request",
-                           param="prompt")
-        prompt = prompt[0]
-    if isinstance(prompt, str):
-        return tokenizer.encode(prompt, bos=True)
-    if not prompt:
-        raise APIError(400, "the prompt is empty; give text or at least one token id", param="prompt")
-    if not all(0 <= i < tokenizer.vocab_size for i in prompt):
-        raise APIError(400, f"prompt token ids must be in [0, {tokenizer.vocab_size})", param="prompt")
-    return list(prompt)
 
 
 # -- errors and limits ---------------------------------------------------------------------------------
@@ -223,7 +231,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         if isinstance(e, ServerBusyError):
             return APIError(429, str(e), type="rate_limit_error", code="server_busy").response()
         code = "context_length_exceeded" if isinstance(e, ContextLengthError) else None
-        return APIError(400, str(e), code=code).response()
+        return APIError(400, str(e), param=getattr(e, "param", None), code=code).response()
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_, e: RequestValidationError):
@@ -231,7 +239,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         if errors and errors[0]["type"] == "json_invalid":
             detail, where = errors[0].get("ctx", {}).get("error", ""), errors[0]["loc"][-1]
             return APIError(400, f"the body is not valid JSON ({detail} at character {where})").response()
-        fields = [".".join(str(part) for part in err["loc"][1:]) or "body" for err in errors]
+        fields = [".".join(str(part) for part in err["loc"][1:]) or _model_check_param(err) for err in errors]
         problems = [f"{field}: {err['msg']}" for field, err in zip(fields, errors)][:3]
         return APIError(400, "invalid request: " + "; ".join(problems), param=fields[0] if fields else None).response()
 
@@ -247,6 +255,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def server_error(_, e: Exception):  # a bug: still an OpenAI-style body, not Starlette's plain text
         return APIError(500, f"internal error ({type(e).__name__}); the server keeps running",
                         type="server_error").response()
+
+
+def _model_check_param(error: dict) -> str:
+    """The field a check over the whole body names (protocol.FieldError), else "body"."""
+    return getattr(error.get("ctx", {}).get("error"), "param", "body")
 
 
 def check_vocabulary_fits(tokenizer: Tokenizer, model_vocab_size: int) -> None:

@@ -21,9 +21,11 @@ class ModelCalls:
         self.model = model
         self.device = model.tok_embeddings.weight.device
 
-    def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Write one prompt (1, prompt_len) into KV-cache row 0; its next-token logits (1, vocab)."""
-        return self.model(tokens, start_pos=0, last_only=True)[:, -1]
+    def prefill(self, tokens: torch.Tensor, every: bool = False) -> torch.Tensor:
+        """Write one prompt (1, prompt_len) into KV-cache row 0; its next-token logits (1, vocab),
+        or with `every` the logits of every position (1, prompt_len, vocab)."""
+        logits = self.model(tokens, start_pos=0, last_only=not every)
+        return logits if every else logits[:, -1]
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
         """One token (n, 1) per row 0..n-1, each at its own position (n,); next-token logits (n, vocab).
@@ -60,10 +62,10 @@ class ModelCalls:
 class LockstepCalls(ModelCalls):
     """Rank 0's calls: each is first broadcast, so that the ranks running `follow` do the same."""
 
-    def prefill(self, tokens):
-        self._announce(PREFILL, tokens.shape[1])
+    def prefill(self, tokens, every=False):
+        self._announce(PREFILL, tokens.shape[1], int(every))
         dist.broadcast(tokens, src=0)
-        return super().prefill(tokens)
+        return super().prefill(tokens, every)
 
     def decode(self, tokens, positions, length):
         self._announce(DECODE, tokens.shape[0], length)
@@ -103,6 +105,6 @@ def follow(model, slots: int, max_seq_len: int) -> None:
             payload = torch.empty(shape, dtype=torch.long, device=calls.device)
             dist.broadcast(payload, src=0)
             if op == PREFILL:
-                calls.prefill(payload)
+                calls.prefill(payload, every=bool(b))
             else:
                 calls.decode(payload[:, :1], payload[:, 1], length=b)

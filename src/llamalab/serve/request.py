@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from llamalab.generate.constrained import TokenConstraint
 from llamalab.generate.sampling import SamplingParams
 from llamalab.generate.text import TextStream
-from llamalab.tokenizer import Tokenizer
+from llamalab.tokenizer import StreamDecoder, Tokenizer
 
 
 @dataclass
@@ -41,9 +42,13 @@ class Request:
 
     def __init__(self, prompt: list[int], max_tokens: int, tokenizer: Tokenizer, sink: Callable[[Output], None],
                  params: SamplingParams = SamplingParams(), stop: tuple[str, ...] = (),
-                 top_logprobs: int | None = None, ignore_eos: bool = False):
+                 top_logprobs: int | None = None, ignore_eos: bool = False, prompt_logprobs: int | None = None,
+                 constraint: TokenConstraint | None = None):
         self.prompt, self.max_tokens, self.params = prompt, max_tokens, params
         self.top_logprobs = top_logprobs  # None: no log-probabilities; n: the chosen token's and n alternatives
+        self.prompt_logprobs = prompt_logprobs  # as top_logprobs, for the prompt's tokens (echo)
+        self.prompt_infos: list[TokenInfo] | None = None  # set by the prefill when prompt_logprobs is
+        self.constraint = constraint  # the grammar the tokens must follow (structured output), or None
         self.sink = sink
         self.tokenizer = tokenizer
         self.stop_ids = frozenset() if ignore_eos else tokenizer.stop_ids
@@ -68,6 +73,8 @@ class Request:
     def accept(self, token: int, logprobs: torch.Tensor | None = None) -> None:
         """Take the next sampled token (and the log-probabilities (vocab,) it was drawn from, if asked)."""
         self.tokens.append(token)
+        if self.constraint is not None and token not in self.stop_ids:
+            self.constraint.advance(token)
         if token in self.stop_ids:
             self._finish("stop")
             return
@@ -84,6 +91,25 @@ class Request:
             self._finish("length", released, info)
         else:
             self._emit(Output(released, info))
+
+    def record_prompt(self, logprobs: torch.Tensor) -> None:
+        """Keep each prompt token's log-probability and alternatives, from logprobs (prompt_len - 1, vocab) of
+        the positions before it; the first token has none."""
+        texts = prompt_token_texts(self.tokenizer, self.prompt)
+        infos = [TokenInfo(self.prompt[0], texts[0])]
+        chosen = logprobs.gather(1, torch.tensor(self.prompt[1:], device=logprobs.device)[:, None])[:, 0].tolist()
+        top = logprobs.topk(min(self.prompt_logprobs, logprobs.shape[-1])) if self.prompt_logprobs else None
+        for i, token in enumerate(self.prompt[1:]):
+            info = TokenInfo(token, texts[i + 1], chosen[i])
+            if top is not None:
+                alternatives = zip(top.indices[i].tolist(), top.values[i].tolist())
+                info.top = [(self.tokenizer.decode([t]), lp) for t, lp in alternatives]
+            infos.append(info)
+        self.prompt_infos = infos
+
+    def finish_without_tokens(self) -> None:
+        """End after the prefill (max_tokens 0: the prompt was only to be scored)."""
+        self._emit(Output(finish_reason="length"))
 
     def _text_of(self, token: int) -> str:
         """The text `token` would add after the tokens before it (a lone piece may lose its leading space)."""
@@ -108,3 +134,11 @@ class Request:
             self.sink(output)
         except Exception:  # the consumer is gone (its event loop closed): stop generating for it
             self.cancelled = True
+
+
+def prompt_token_texts(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
+    """The text each token of a sequence adds; they concatenate to the decoded sequence."""
+    decoder = StreamDecoder(tokenizer)
+    texts = [decoder.push(token) for token in ids]
+    texts[-1] += decoder.flush()
+    return texts

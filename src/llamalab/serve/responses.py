@@ -1,10 +1,42 @@
-"""Response bodies of the OpenAI API: a whole completion or its streamed chunks, for both endpoints."""
+"""Response bodies of the OpenAI API: a whole completion or its streamed chunks, for both endpoints.
+
+A request may have several choices (several prompts, `n`); each is one scheduler `Request` whose outputs
+are gathered under the choice's `index`.
+"""
 from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 
-from llamalab.serve.request import Output, TokenInfo
+from llamalab.serve.request import Output, Request, TokenInfo
+from llamalab.serve.tools import ToolParser
+
+
+@dataclass
+class Choice:
+    """One finished sequence: its index in the answer, its request and everything it produced."""
+
+    index: int
+    request: Request
+    outputs: list[Output]
+
+    @property
+    def text(self) -> str:
+        return "".join(o.text for o in self.outputs)
+
+    @property
+    def tokens(self) -> list[TokenInfo]:
+        return [o.token for o in self.outputs if o.token is not None]
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.outputs[-1].finish_reason if self.outputs else None
+
+    @property
+    def logprob(self) -> float:
+        """The sum of the log-probabilities of its tokens (what best_of ranks by)."""
+        return sum(t.logprob or 0.0 for t in self.tokens)
 
 
 class Responses:
@@ -19,27 +51,27 @@ class Responses:
         self.created = int(time.time())
         self.model, self.logprobs = model, logprobs
 
-    def whole(self, outputs: list[Output], usage: dict) -> dict:
-        """The non-streamed answer: all outputs joined into one choice."""
-        text = "".join(o.text for o in outputs)
-        tokens = [o.token for o in outputs if o.token is not None]
-        return self._envelope(self.object, [self.choice(text, tokens, outputs[-1].finish_reason)], usage)
+    def whole(self, choices: list[Choice], usage: dict) -> dict:
+        """The non-streamed answer."""
+        return self._envelope(self.object, [self.choice(c) for c in choices], usage)
 
-    def chunk(self, output: Output) -> dict | None:
-        """One streamed chunk, or None when the output carries nothing to send."""
+    def chunk(self, index: int, request: Request, output: Output) -> dict | None:
+        """One streamed chunk of choice `index`, or None when the output carries nothing to send."""
         if not (output.text or output.finish_reason or (self.logprobs and output.token)):
             return None
         tokens = [output.token] if output.token is not None else []
-        return self._envelope(self.chunk_object, [self.delta(output.text, tokens, output.finish_reason)])
+        delta = self.delta(index, request, output.text, tokens, output.finish_reason)
+        return self._envelope(self.chunk_object, [delta])
 
     def usage_chunk(self, usage: dict) -> dict:
         """The last streamed chunk when the client asked for `stream_options.include_usage`."""
         return self._envelope(self.chunk_object, [], usage)
 
-    def choice(self, text: str, tokens: list[TokenInfo], finish_reason: str) -> dict:
+    def choice(self, choice: Choice) -> dict:
         raise NotImplementedError
 
-    def delta(self, text: str, tokens: list[TokenInfo], finish_reason: str | None) -> dict:
+    def delta(self, index: int, request: Request, text: str, tokens: list[TokenInfo],
+              finish_reason: str | None) -> dict:
         raise NotImplementedError
 
     def _envelope(self, obj: str, choices: list[dict], usage: dict | None = None) -> dict:
@@ -50,55 +82,95 @@ class Responses:
 
 
 class CompletionResponses(Responses):
-    """/v1/completions: choices carry `text`, log-probabilities in the legacy four-list layout."""
+    """/v1/completions: choices carry `text`, log-probabilities in the legacy four-list layout.
+
+    With `echo` the prompt comes first: its text, and (with logprobs) each prompt token with a null
+    log-probability for the first one, as OpenAI's legacy API and lm-evaluation-harness expect.
+    """
 
     object = chunk_object = "text_completion"
     id_prefix = "cmpl"
 
-    def __init__(self, model: str, logprobs: bool):
+    def __init__(self, model: str, logprobs: bool, echo: bool = False):
         super().__init__(model, logprobs)
-        self.offset = 0  # characters of completion text before the next token (`text_offset`)
+        self.echo = echo
+        self.offsets: dict[int, int] = {}  # per choice: characters already sent (`text_offset`)
 
-    def choice(self, text, tokens, finish_reason):
-        return {"index": 0, "text": text, "logprobs": self._logprobs(tokens), "finish_reason": finish_reason}
+    def choice(self, choice: Choice) -> dict:
+        return self.delta(choice.index, choice.request, choice.text, choice.tokens, choice.finish_reason)
 
-    delta = choice  # a chunk's choice looks like a whole one
+    def delta(self, index, request, text, tokens, finish_reason):
+        entries = [(t.text, t.logprob, _likeliest_by_text(t.top)) for t in tokens]
+        if index not in self.offsets:  # the choice's first piece: with echo, the prompt goes first
+            self.offsets[index] = 0
+            if self.echo and request.prompt_infos is None:
+                text = request.tokenizer.decode(request.prompt) + text
+            elif self.echo:
+                prompt = request.prompt_infos
+                text = "".join(p.text for p in prompt) + text
+                entries = [(p.text, p.logprob, None if i == 0 else _likeliest_by_text(p.top))
+                           for i, p in enumerate(prompt)] + entries
+        logprobs = self._logprobs(index, entries)
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
-    def _logprobs(self, tokens: list[TokenInfo]) -> dict | None:
+    def _logprobs(self, index: int, entries: list[tuple[str, float | None, dict | None]]) -> dict | None:
         if not self.logprobs:
             return None
         offsets = []
-        for t in tokens:
-            offsets.append(self.offset)
-            self.offset += len(t.text)
+        for text, _, _ in entries:
+            offsets.append(self.offsets[index])
+            self.offsets[index] += len(text)
         return {
-            "tokens": [t.text for t in tokens],
-            "token_logprobs": [t.logprob for t in tokens],
-            "top_logprobs": [_likeliest_by_text(t.top) for t in tokens],
+            "tokens": [text for text, _, _ in entries],
+            "token_logprobs": [logprob for _, logprob, _ in entries],
+            "top_logprobs": [top for _, _, top in entries],
             "text_offset": offsets,
         }
 
 
 class ChatResponses(Responses):
-    """/v1/chat/completions: an assistant `message` (chunks: `delta`), log-probabilities as `content` items."""
+    """/v1/chat/completions: an assistant `message` (chunks: `delta`), log-probabilities as `content` items;
+    with tools, text the model wrote as tool calls comes back as `tool_calls`."""
 
     object, chunk_object = "chat.completion", "chat.completion.chunk"
     id_prefix = "chatcmpl"
 
-    def __init__(self, model: str, logprobs: bool):
+    def __init__(self, model: str, logprobs: bool, tools: ToolParser | None = None):
         super().__init__(model, logprobs)
-        self.role_sent = False
+        self.tools = tools
+        self.role_sent: set[int] = set()
 
-    def choice(self, text, tokens, finish_reason):
-        message = {"role": "assistant", "content": text}
-        return {"index": 0, "message": message, "logprobs": self._logprobs(tokens), "finish_reason": finish_reason}
+    def choice(self, choice: Choice) -> dict:
+        message = {"role": "assistant", "content": choice.text}
+        finish_reason = choice.finish_reason
+        if self.tools is not None:
+            content, calls = self.tools.parse(choice.text)
+            if calls:
+                message = {"role": "assistant", "content": content or None, "tool_calls": calls}
+                finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+        return {"index": choice.index, "message": message, "logprobs": self._logprobs(choice.tokens),
+                "finish_reason": finish_reason}
 
-    def delta(self, text, tokens, finish_reason):
-        delta = {} if self.role_sent else {"role": "assistant", "content": ""}
-        self.role_sent = True
+    def delta(self, index, request, text, tokens, finish_reason):
+        delta = {} if index in self.role_sent else {"role": "assistant", "content": ""}
+        self.role_sent.add(index)
         if text:
             delta["content"] = text
-        return {"index": 0, "delta": delta, "logprobs": self._logprobs(tokens), "finish_reason": finish_reason}
+        return {"index": index, "delta": delta, "logprobs": self._logprobs(tokens), "finish_reason": finish_reason}
+
+    def replay(self, choices: list[Choice]) -> list[dict]:
+        """A whole answer as stream chunks (tool calls are known only once the text is complete)."""
+        chunks = []
+        for whole in self.whole(choices, {})["choices"]:
+            message = whole["message"]
+            delta = {"role": "assistant", "content": message.get("content")}
+            if message.get("tool_calls"):
+                delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+            chunks.append(self._envelope(self.chunk_object, [
+                {"index": whole["index"], "delta": delta, "logprobs": whole["logprobs"], "finish_reason": None}]))
+            chunks.append(self._envelope(self.chunk_object, [
+                {"index": whole["index"], "delta": {}, "logprobs": None, "finish_reason": whole["finish_reason"]}]))
+        return chunks
 
     def _logprobs(self, tokens: list[TokenInfo]) -> dict | None:
         if not self.logprobs:

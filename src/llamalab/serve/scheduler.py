@@ -16,6 +16,7 @@ import traceback
 import torch
 
 from llamalab.errors import ConfigError, ContextLengthError, ServerBusyError
+from llamalab.generate.constrained import constrain
 from llamalab.generate.decode import generated_ids
 from llamalab.generate.sampling import make_generator, sample
 from llamalab.serve.calls import ModelCalls
@@ -126,7 +127,14 @@ class Scheduler:
             self.calls.move_row(0, n, self._running[0].cached)
             self._running[0], self._running[n] = request, self._running[0]
         request.generator = make_generator(request.params.seed, self.device)
-        logits = self.calls.prefill(torch.tensor([request.prompt], device=self.device))  # (1, vocab)
+        every = request.prompt_logprobs is not None  # echo: every prompt position's logits
+        logits = self.calls.prefill(torch.tensor([request.prompt], device=self.device), every=every)
+        if every:  # (1, prompt_len, vocab)
+            request.record_prompt(logits[0, :-1, : self.vocab_size].float().log_softmax(dim=-1))
+            logits = logits[:, -1]  # (1, vocab)
+        if request.max_tokens == 0:
+            request.finish_without_tokens()
+            return
         self._advance([request], logits)
 
     def _decode(self) -> None:
@@ -141,6 +149,9 @@ class Scheduler:
     def _advance(self, rows: list[Request], logits: torch.Tensor) -> None:
         """Sample each row's next token and hand it, with its log-probabilities if asked, to its request."""
         logits = logits[:, : self.vocab_size]
+        allowed = logits
+        if any(r.constraint is not None for r in rows):  # structured output: each constrained row's grammar mask
+            allowed = constrain(logits, [r.constraint for r in rows])
         previous = None
         if any(r.params.repetition_penalty != 1 for r in rows):
             previous = torch.nn.utils.rnn.pad_sequence(
@@ -149,7 +160,7 @@ class Scheduler:
         generated = None
         if any(r.params.counts_generated for r in rows):  # presence / frequency penalties read the completion only
             generated = generated_ids([r.tokens for r in rows], self.device)  # (n, longest)
-        tokens = sample(logits, [r.params for r in rows], [r.generator for r in rows], previous, generated)
+        tokens = sample(allowed, [r.params for r in rows], [r.generator for r in rows], previous, generated)
         logprobs = logits.log_softmax(dim=-1) if any(r.top_logprobs is not None for r in rows) else None
         for i, (request, token) in enumerate(zip(rows, tokens.tolist())):
             request.accept(token, None if logprobs is None else logprobs[i])

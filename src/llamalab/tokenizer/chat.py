@@ -23,11 +23,12 @@ B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
 
-def encode_dialog(tokenizer: Tokenizer, messages: list[Message]) -> list[int]:
-    """Ids of a dialog ready for generating the assistant's reply, in the tokenizer's chat format."""
+def encode_dialog(tokenizer: Tokenizer, messages: list[Message], tools: list[dict] | None = None) -> list[int]:
+    """Ids of a dialog ready for generating the assistant's reply, in the tokenizer's chat format
+    (`tools`: function definitions for a chat template that renders them)."""
     if tokenizer.chat_template:
         _check_messages(messages)
-        text = render_chat_template(tokenizer.chat_template, messages, tokenizer)
+        text = render_chat_template(tokenizer.chat_template, messages, tokenizer, tools=tools)
         return tokenizer.encode(text, bos=False, allow_special=True)
     if "<|start_header_id|>" in tokenizer.special_tokens:
         return encode_llama3_dialog(tokenizer, messages)
@@ -72,7 +73,7 @@ def _llama3_header(tokenizer: Tokenizer, role: str) -> list[int]:
 
 
 def render_chat_template(template: str, messages: list[Message], tokenizer: Tokenizer,
-                         add_generation_prompt: bool = True) -> str:
+                         add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
     """Render a Hugging Face chat template in a sandbox, with the names and options such templates expect
     (without `add_generation_prompt` a dialog that ends in an answer is rendered as it stands: training data)."""
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
@@ -85,9 +86,22 @@ def render_chat_template(template: str, messages: list[Message], tokenizer: Toke
         if token_id is not None
     }
     try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **specials)
+        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **specials,
+                                                **({'tools': tools} if tools else {}))
     except jinja2.TemplateError as e:
         raise ChatFormatError(f"the chat template failed: {e}") from None
+
+
+def template_renders_tools(template: str | None) -> bool:
+    """Whether a chat template reads a `tools` variable (it shows function definitions to the model itself)."""
+    if not template:
+        return False
+    from jinja2 import meta
+
+    try:
+        return "tools" in meta.find_undeclared_variables(ImmutableSandboxedEnvironment().parse(template))
+    except jinja2.TemplateError:
+        return False
 
 
 def read_chat_template(folder: Path) -> str | None:

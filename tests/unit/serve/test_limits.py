@@ -68,11 +68,12 @@ def test_wrong_types_and_values_are_a_400_naming_the_field(server, path, body, f
 
 
 @pytest.mark.parametrize("path, body", [
-    ("/completions", {"prompt": PROMPT, "n": 2}),
-    ("/completions", {"prompt": PROMPT, "echo": True}),
-    ("/completions", {"prompt": PROMPT, "logit_bias": {"42": 100}}),
-    ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}),
-    ("/completions", {"prompt": [PROMPT, PROMPT]}),
+    ("/completions", {"prompt": PROMPT, "n": 1000}),
+    ("/completions", {"prompt": PROMPT, "logit_bias": {"100000": 100}}),
+    ("/completions", {"prompt": PROMPT, "n": 3, "best_of": 2}),
+    ("/completions", {"prompt": PROMPT, "suffix": "the end"}),  # no fill-in-the-middle tokens
+    ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                           "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nope"}}}}),
     ("/completions", {"prompt": [1, 2, 10**6]}),  # a token id past the vocabulary
     ("/completions", {"prompt": []}),
     ("/chat/completions", {"messages": [{"role": "assistant", "content": "hi"}]}),  # the chat format needs a user turn
