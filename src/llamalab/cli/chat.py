@@ -29,7 +29,8 @@ def add_parser(subparsers):
 def run(args) -> int:
     loaded = load_model(args)
     model, tokenizer = loaded.model, require_tokenizer(loaded.tokenizer, "chat")
-    step, sampling = decode_step(loaded, cache_len=COMPILED_CACHE_LEN), sampling_params(args, loaded.seed)
+    step = decode_step(loaded, cache_len=COMPILED_CACHE_LEN)
+    sampling = sampling_params(args, loaded.seed, tokenizer.sampling_defaults)
     interactive = sys.stdin.isatty()
     system = [{"role": "system", "content": args.system}] if args.system else []
     history = list(system)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # the heavy modules (torch ~1 s) are imported where a command
 
 DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes
 QUANTIZATIONS = ("int8", "int4")  # llamalab.quantize.SCHEMES, named here so that the parser needs no torch
+SAMPLING_DEFAULTS = {"temperature": 0.6, "top_p": 0.9, "top_k": None, "min_p": 0.0}  # Meta's, without a model's own
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,12 +37,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
-    """The sampler flags of `generate` and `chat` (defaults: Meta's temperature 0.6, top-p 0.9)."""
+    """The sampler flags of `generate` and `chat` (defaults: the model's recommended ones from its
+    generation_config.json / GGUF, else Meta's temperature 0.6, top-p 0.9)."""
     parser.add_argument("--max-new-tokens", type=arguments.positive_int, default=max_new_tokens)
-    parser.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling: keep this much probability")
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default: the model's, else 0.6)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling: keep this much probability (default: 0.9)")
     parser.add_argument("--top-k", type=arguments.non_negative_int, help="keep the k most likely tokens")
-    parser.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p × the most likely one")
+    parser.add_argument("--min-p", type=float, help="drop tokens below min-p × the most likely one (default: 0)")
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens")
     parser.add_argument("--presence-penalty", type=float, default=0.0,
                         help="OpenAI's: subtract this from every token already generated ([-2, 2])")
@@ -59,11 +61,15 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def sampling_params(args: argparse.Namespace, seed: int | None) -> SamplingParams:
-    """The sampler flags; `seed` is the loaded model's (under --tp the one every rank shares)."""
+def sampling_params(args: argparse.Namespace, seed: int | None, recommended: dict | None = None) -> SamplingParams:
+    """The sampler flags; those not given come from `recommended` (the tokenizer's sampling_defaults), else
+    SAMPLING_DEFAULTS. `seed` is the loaded model's (under --tp the one every rank shares)."""
     from llamalab.generate.sampling import SamplingParams
 
-    return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+    given = {name: getattr(args, name) for name in SAMPLING_DEFAULTS if getattr(args, name) is not None}
+    chosen = {**SAMPLING_DEFAULTS, **(recommended or {}), **given}
+    return SamplingParams(temperature=chosen["temperature"], top_k=chosen["top_k"], top_p=chosen["top_p"],
+                          min_p=chosen["min_p"],
                           repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
                           frequency_penalty=args.frequency_penalty, logit_bias=parse_logit_bias(args.logit_bias),
                           seed=seed)

@@ -45,8 +45,9 @@ def run(args) -> int:
     loaded = load_model(args)
     model, tokenizer = loaded.model, loaded.tokenizer
     prompt = prompt_ids(args.prompt, args.prompt_ids, tokenizer, model.args.vocab_size)
-    options = dict(sampling=sampling_params(args, loaded.seed), stop_ids=tokenizer.stop_ids if tokenizer else (),
-                   truncate=args.truncate)
+    recommended = tokenizer.sampling_defaults if tokenizer else None
+    options = dict(sampling=sampling_params(args, loaded.seed, recommended),
+                   stop_ids=tokenizer.stop_ids if tokenizer else (), truncate=args.truncate)
     if args.draft:
         weight = model.tok_embeddings.weight
         draft = load_draft(args.draft, device=weight.device, dtype=weight.dtype, tokenizer=tokenizer).model
