@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from llamalab.checkpoint import find_tokenizer, load
+from llamalab.checkpoint.peft import apply_adapters
 from llamalab.config import PRESETS, ModelArgs
 from llamalab.errors import ConfigError
 from llamalab.generate.compiled import compile_decode_step
@@ -60,6 +61,7 @@ def load_model(
     seed: int | None = None,
     threads: int | None = None,
     random_init: bool = False,
+    lora: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """The model of a checkpoint (or, with random_init, of a preset name or ModelArgs), ready for inference.
 
@@ -68,6 +70,7 @@ def load_model(
     quantize: "int8" or "int4" weight-only. compile: `decode_step()` returns a torch.compile'd step.
     tokenizer None: the one beside the checkpoint. seed: of the random weights and of sampling.
     threads: CPU threads for torch (a process-wide setting).
+    lora: a LoRA adapter folder (PEFT's format) folded into the weights before quantization.
     """
     check_threads_and_seed(threads, seed)
     if threads:
@@ -75,12 +78,17 @@ def load_model(
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if tp > 1:
+        if lora:
+            raise ConfigError("a LoRA adapter does not combine with tensor parallelism (tp > 1) yet; merge it first "
+                              "with `llamalab convert MODEL OUT --lora ADAPTER` and load OUT")
         if quantize:
             raise ConfigError("quantization does not combine with tensor parallelism (tp > 1); drop one of them")
         model, seed = _load_tensor_parallel(source, random_init, tp, device, dtype, seed)
         model.requires_grad_(False)
     else:
         model = _load_one(source, random_init, device, dtype, seed)
+        if lora:
+            apply_adapters(model, lora)
         prepare_for_inference(model, quantize, compile)
     return LoadedModel(model, _tokenizer(tokenizer, None if random_init else source), seed, compile, tp)
 

@@ -10,7 +10,8 @@ transformers = pytest.importorskip("transformers")
 from llamalab.checkpoint import load, save  # noqa: E402
 from llamalab.config import ModelArgs  # noqa: E402
 from llamalab.model import Transformer  # noqa: E402
-from llamalab.train.lora import LoRALinear, apply_lora, load_adapters, save_adapters  # noqa: E402
+from llamalab.checkpoint.peft import load_adapters, save_adapters  # noqa: E402
+from llamalab.model.lora import apply_lora, has_adapter  # noqa: E402
 
 GQA = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=64)
 ALL = ["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
@@ -23,7 +24,7 @@ def trained_looking_adapters(model, targets, rank=4, alpha=8.0):
     torch.manual_seed(3)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, LoRALinear):
+            if has_adapter(module):
                 module.lora_b.normal_(0, 0.05)
     return model.eval()
 
@@ -68,7 +69,7 @@ def test_rslora_scale_is_alpha_over_root_rank(tmp_path):
     with_adapter = peft.get_peft_model(hf, config).eval()
     with_adapter.save_pretrained(tmp_path / "peft")
     load_adapters(ours, tmp_path / "peft")
-    assert ours.layers[0].attention.wq.scale == pytest.approx(8 / 2)
+    assert ours.layers[0].attention.wq.lora_scale == pytest.approx(8 / 2)
     with torch.no_grad():
         torch.testing.assert_close(ours(TOKENS), with_adapter(TOKENS).logits, rtol=0, atol=1e-5)
 

@@ -31,6 +31,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
     parser.add_argument("--dtype", choices=DTYPES, help="weights' dtype (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, help="weight-only quantization of the linear layers")
+    parser.add_argument("--lora", metavar="ADAPTER", help="LoRA adapter folder (PEFT format) applied to MODEL's weights")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow to start)")
     parser.add_argument("--seed", type=arguments.seed, help="seed of the random weights and of sampling")
     parser.add_argument("--threads", type=arguments.positive_int, help="CPU threads for torch (default: torch's choice)")
@@ -100,7 +101,7 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
         raise ConfigError("give MODEL (a checkpoint folder or file), or --preset NAME --random-init")
     return load_model(args.model or args.preset, device=args.device, dtype=args.dtype, tp=getattr(args, "tp", 1),
                       quantize=args.quantize, compile=args.compile, tokenizer=args.tokenizer, seed=args.seed,
-                      threads=args.threads, random_init=args.random_init)
+                      threads=args.threads, random_init=args.random_init, lora=args.lora)
 
 
 def decode_step(loaded: LoadedModel, batch_size: int = 1, cache_len: int | None = None) -> Step:

@@ -17,6 +17,7 @@ def add_parser(subparsers):
                    help="cast the weights (q8_0: gguf, llama2c version 2); default: keep them as stored")
     p.add_argument("--shards", type=int, default=1, help="number of files for meta (model-parallel ranks) and hf")
     p.add_argument("--tokenizer", help="tokenizer to ship along (default: the one beside SRC)")
+    p.add_argument("--lora", metavar="ADAPTER", help="LoRA adapter folder (PEFT format) to merge into the weights")
     p.add_argument("--llama2c-version", type=int, choices=(0, 1, 2),
                    help="llama2.c layout: 0 legacy (run.c, default), 1 float32 with header, 2 q8_0 (runq.c)")
     return p
@@ -31,8 +32,22 @@ def run(args) -> int:
             raise CheckpointError(f"--llama2c-version applies to --to llama2c, not {args.to}")
         options["version"] = args.llama2c_version
     src_format = detect_format(args.src)
-    dst = convert(args.src, args.dst, args.to, dtype=args.dtype, shards=args.shards, tokenizer=args.tokenizer,
-                  show_progress=True, **options)
+    if args.lora:
+        dst = _convert_merged(args, options)
+    else:
+        dst = convert(args.src, args.dst, args.to, dtype=args.dtype, shards=args.shards, tokenizer=args.tokenizer,
+                      show_progress=True, **options)
     size = sum(f.stat().st_size for f in (dst.rglob("*") if dst.is_dir() else [dst]) if f.is_file())
     print(f"converted {args.src} ({src_format}) -> {dst} ({args.to}, {size / 2**20:.1f} MiB)")
     return 0
+
+
+def _convert_merged(args, options):
+    """SRC's weights with the --lora adapter folded in, written as --to asks."""
+    from llamalab.checkpoint import find_tokenizer, read, write
+    from llamalab.checkpoint.peft import merge_adapter_state
+
+    model_args, state = read(args.src)
+    state = merge_adapter_state(state, model_args, args.lora)
+    tokenizer = args.tokenizer if args.tokenizer is not None else find_tokenizer(args.src)
+    return write(state, model_args, args.dst, args.to, args.dtype, args.shards, tokenizer, True, **options)

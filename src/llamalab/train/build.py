@@ -13,8 +13,8 @@ from llamalab import checkpoint
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError, DataError
 from llamalab.model import Transformer
+from llamalab.model.lora import apply_lora
 from llamalab.train.config import TrainConfig
-from llamalab.train.lora import apply_lora
 
 
 def model_args(cfg: TrainConfig, vocab_size: int) -> ModelArgs:

@@ -19,16 +19,17 @@ from tqdm import tqdm
 from llamalab import checkpoint
 from llamalab.analysis import accelerator_for_device, mfu
 from llamalab.checkpoint import find_tokenizer
+from llamalab.checkpoint.peft import ADAPTER_CONFIG, save_adapters
 from llamalab.data.chat import ChatBatches, ChatData, is_chat_file
 from llamalab.errors import CheckpointError, ConfigError, DataError
 from llamalab.generate.decode import generate
 from llamalab.generate.sampling import SamplingParams
 from llamalab.model.head_loss import IGNORE_INDEX
+from llamalab.model.lora import merge_lora
 from llamalab.tokenizer import encode_dialog, load_tokenizer
 from llamalab.train.batches import Batches, TokenData, window_batch, windows
 from llamalab.train.build import build_model, prepare_model, unwrap
 from llamalab.train.config import TrainConfig
-from llamalab.train.lora import ADAPTER_CONFIG, merge_lora, save_adapters
 from llamalab.train.metrics import MetricsLog, plot_loss, read_metrics
 from llamalab.train.optim import build_optimizer, build_scheduler
 from llamalab.train.snapshots import load_newest_checkpoint, restore, save_checkpoint, saved_steps

@@ -4,7 +4,8 @@ import torch
 from llamalab.config import ModelArgs
 from llamalab.errors import CheckpointError, ConfigError
 from llamalab.model import Transformer
-from llamalab.train.lora import LoRALinear, adapter_state, apply_lora, load_adapters, merge_lora, save_adapters
+from llamalab.checkpoint.peft import load_adapters, save_adapters
+from llamalab.model.lora import adapter_state, apply_lora, has_adapter, merge_lora
 
 ARGS = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, multiple_of=16, max_seq_len=16)
 TOKENS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -31,7 +32,7 @@ def test_a_fresh_adapter_leaves_the_model_unchanged():
     before = model(TOKENS)
     apply_lora(model, ["wq", "wk", "wv", "wo", "w1", "w2", "w3", "output"], rank=4, alpha=16)
     torch.testing.assert_close(model(TOKENS), before, rtol=0, atol=0)
-    assert sum(isinstance(m, LoRALinear) for m in model.modules()) == 2 * 7 + 1
+    assert sum(has_adapter(m) for m in model.modules()) == 2 * 7 + 1
 
 
 def test_only_the_adapters_train_and_names_stay_canonical():
@@ -81,3 +82,18 @@ def test_wrong_targets_or_adapters_are_refused(tmp_path):
         load_adapters(Transformer(ARGS.replace(dim=64)), tmp_path / "a")
     with pytest.raises(CheckpointError, match="not a PEFT LoRA adapter folder"):
         load_adapters(Transformer(ARGS), tmp_path)
+
+
+def test_convert_merges_an_adapter_into_the_weights(tmp_path, capsys):
+    from llamalab.checkpoint import load, save
+    from llamalab.cli.main import main
+
+    base, model = trained_lora_model(targets=("wq", "wk", "w3"), rank=2, alpha=4.0)
+    save(base, tmp_path / "base", format="hf")
+    save_adapters(model.state_dict(), tmp_path / "adapter", ARGS, ["wq", "wk", "w3"], rank=2, alpha=4.0)
+    assert main(["convert", str(tmp_path / "base"), str(tmp_path / "merged"), "--to", "native",
+                 "--lora", str(tmp_path / "adapter")]) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(load(tmp_path / "merged")(TOKENS), model(TOKENS), rtol=1e-5, atol=1e-5)
+    assert main(["convert", str(tmp_path / "base"), str(tmp_path / "x"), "--to", "native", "--lora", str(tmp_path)]) == 2
+    assert "not a PEFT LoRA adapter folder" in capsys.readouterr().err

@@ -1,8 +1,8 @@
-"""LoRA: low-rank adapters added from outside to chosen projections of a built model; only they train.
+"""LoRA adapters in PEFT's format (`adapter_config.json` + `adapter_model.safetensors`): what PEFT, vLLM
+`--lora-modules` and llama.cpp's `convert_lora_to_gguf` read, and what PEFT writes for a Llama.
 
-A `LoRALinear` is the original `nn.Linear` (same weight, frozen, same state-dict name) plus
-W' = W + (alpha / rank) · B A with A (rank, in) and B (out, rank); B starts at zero, so a fresh
-adapter leaves the model unchanged. `merge_lora` folds B A into W in a state dict.
+Tensors are named after the HF module they adapt (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`);
+as for the weights themselves, the rows of B for wq / wk are in HF's half-split RoPE order.
 """
 from __future__ import annotations
 
@@ -18,66 +18,16 @@ from torch import nn
 from llamalab.checkpoint.hf import FROM_HF_KEYS, HF_KEYS, half_split_to_interleaved, interleaved_to_half_split
 from llamalab.checkpoint.keys import rename
 from llamalab.config import ModelArgs
-from llamalab.errors import CheckpointError, ConfigError
+from llamalab.errors import CheckpointError
 from llamalab.files import atomic_output
+from llamalab.model.lora import adapter_state, apply_lora, merge_adapters
 
-PROJECTIONS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3", "output")
 ADAPTER_FILE, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"  # PEFT's file names
 PEFT_PREFIX = "base_model.model."  # PEFT's names: the wrapper, then LlamaForCausalLM's own module names
 PEFT_PART = {"lora_a": "lora_A.weight", "lora_b": "lora_B.weight"}
 PEFT_TARGETS = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj", "w1": "gate_proj", "w2": "down_proj",
                 "w3": "up_proj", "output": "lm_head"}
 _PEFT_KEY = re.compile(re.escape(PEFT_PREFIX) + r"(.+)\.lora_([AB])(?:\.default)?\.weight")
-
-
-class LoRALinear(nn.Linear):
-    """A Linear with a trainable low-rank update beside its frozen weight."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        nn.Module.__init__(self)  # not nn.Linear.__init__: it would allocate a second weight
-        self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight  # shared, not copied: the state-dict name stays `<name>.weight`
-        self.weight.requires_grad_(False)
-        self.bias = base.bias
-        self.scale = alpha / rank
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=base.weight.device))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # as nn.Linear initialises its weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) + (x @ self.lora_a.t().to(x.dtype)) @ self.lora_b.t().to(x.dtype) * self.scale
-
-
-def apply_lora(model: nn.Module, targets: list[str], rank: int, alpha: float) -> nn.Module:
-    """Freeze every parameter, then put a trainable adapter on each Linear whose name ends in a target."""
-    unknown = sorted(set(targets) - set(PROJECTIONS))
-    if unknown or not targets:
-        raise ConfigError(f"LoRA targets {unknown or targets} not understood; choose among {', '.join(PROJECTIONS)}")
-    if getattr(model.args, "tie_embeddings", False) and "output" in targets:
-        raise ConfigError("the output head is tied to the embedding here; leave 'output' out of the LoRA targets")
-    model.requires_grad_(False)
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, LoRALinear(module, rank, alpha))
-    return model
-
-
-def merge_lora(state: dict[str, torch.Tensor], rank: int, alpha: float) -> dict[str, torch.Tensor]:
-    """A state dict with each adapter folded into its weight, W + (alpha / rank) · B A, and no adapter tensors left."""
-    merged = {k: v for k, v in state.items() if not k.endswith((".lora_a", ".lora_b"))}
-    for key in state:
-        if key.endswith(".lora_a"):
-            name = key.removesuffix(".lora_a")
-            weight = merged[f"{name}.weight"]
-            update = state[f"{name}.lora_b"].float() @ state[key].float() * (alpha / rank)  # (out, in)
-            merged[f"{name}.weight"] = (weight.float() + update).to(weight.dtype)
-    return merged
-
-
-def adapter_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Only the adapter tensors of a state dict, under names like `layers.0.attention.wq.lora_a`."""
-    return {k: v for k, v in state.items() if k.endswith((".lora_a", ".lora_b"))}
 
 
 def save_adapters(state: dict[str, torch.Tensor], folder: str | Path, args: ModelArgs, targets: list[str],
@@ -155,6 +105,29 @@ def load_adapters(model: nn.Module, folder: str | Path) -> nn.Module:
             raise CheckpointError(f"{folder}: adapter {name} has shape {tuple(tensor.shape)}, the model needs "
                                   f"{tuple(expected[name].shape)}; load them on the model they were trained on")
     model.load_state_dict(tensors, strict=False)  # a projection the file lacks keeps B = 0: no change
+    return model
+
+
+def merge_adapter_state(state: dict[str, torch.Tensor], args: ModelArgs, folder: str | Path) -> dict[str, torch.Tensor]:
+    """Meta-named weights with a PEFT adapter folder folded in, W + scale · B A (for `convert --lora`)."""
+    tensors, _, rank, scale = read_adapters(folder, args)
+    merged = dict(state)
+    for key, a in tensors.items():
+        if not key.endswith(".lora_a"):
+            continue
+        name = key.removesuffix(".lora_a")
+        weight = merged.get(f"{name}.weight")
+        if weight is None or weight.shape != (tensors[f"{name}.lora_b"].shape[0], a.shape[1]):
+            raise CheckpointError(f"{folder}: adapter {name} does not fit this model's weights; "
+                                  "merge it into the model it was trained on")
+        update = tensors[f"{name}.lora_b"].float() @ a.float() * scale  # (out, in)
+        merged[f"{name}.weight"] = (weight.float() + update).to(weight.dtype)
+    return merged
+
+
+def apply_adapters(model: nn.Module, folder: str | Path) -> nn.Module:
+    """The model with a PEFT adapter folded into its weights (kept beside int8 / int4 weights): `--lora ADAPTER`."""
+    merge_adapters(load_adapters(model, folder))
     return model
 
 
