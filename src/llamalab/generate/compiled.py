@@ -11,7 +11,7 @@ import types
 
 import torch
 
-from llamalab.generate.decode import Step
+from llamalab.generate.engine import Step
 
 # inductor options of the CUDA step: "reduce-overhead" (CUDA graphs) plus tuned matrix-vector reductions
 CUDA_OPTIONS = {"triton.cudagraphs": True, "coordinate_descent_tuning": True}
@@ -20,11 +20,12 @@ CUDA_OPTIONS = {"triton.cudagraphs": True, "coordinate_descent_tuning": True}
 def compile_decode_step(
     model: torch.nn.Module, mode: str | None = None, backend: str = "inductor", options: dict | None = None
 ) -> Step:
-    """A compiled (tokens (bsz, 1), start_pos) -> logits (bsz, vocab) step.
+    """A compiled (tokens (bsz, 1), start_pos, kv_len) -> logits (bsz, vocab) step; it reads the whole KV cache
+    (static shapes), so it ignores kv_len.
 
     With neither `mode` nor `options` given, inductor on CUDA gets `CUDA_OPTIONS`, elsewhere its defaults.
     """
-    device = model.tok_embeddings.weight.device
+    device = model.device
     inductor_on_cuda = backend == "inductor" and device.type == "cuda"
     if mode is None and options is None and inductor_on_cuda:
         options = CUDA_OPTIONS
@@ -33,7 +34,7 @@ def compile_decode_step(
     compiled = torch.compile(_own_copy(_next_token_logits), mode=mode, options=options, backend=backend,
                              fullgraph=True, dynamic=False)
 
-    def step(tokens: torch.Tensor, start_pos: int | torch.Tensor) -> torch.Tensor:
+    def step(tokens: torch.Tensor, start_pos: int | torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
         if isinstance(start_pos, int):
             start_pos = torch.full((tokens.shape[0],), start_pos, device=tokens.device)
         if not graphs:

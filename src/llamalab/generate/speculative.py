@@ -3,6 +3,7 @@
 Greedy: a proposal is kept while it equals the target's argmax, so the output is exactly the target's
 greedy output. Sampling: a proposal x is kept with probability min(1, p(x)/q(x)) and a rejection is
 redrawn from max(0, p - q), which leaves the target's distribution p unchanged (Leviathan et al., 2023).
+The prompt goes through the `Engine` like any generation; the kept tokens go to the same `Sequence`.
 """
 from __future__ import annotations
 
@@ -31,22 +32,24 @@ class SpeculativeGeneration(Generation):
         if lookahead < 1:
             raise ConfigError(f"lookahead must be at least 1, got {lookahead}")
         super().__init__(model, prompts, max_new_tokens, **options)
-        if self.echo or self.penalize:
-            raise ConfigError("speculative decoding supports neither echo nor a repetition penalty")
+        seq = self.completions[0]
+        if self.echo or seq.params.repetition_penalty != 1 or seq.params.counts_generated:
+            raise ConfigError("speculative decoding supports neither echo nor repetition / presence / frequency "
+                              "penalties")
         self.draft, self.lookahead = draft, lookahead
         draft.setup_cache(1, self.cache_len)
         self.stats = {"proposed": 0, "accepted": 0}
 
     def __iter__(self) -> Iterator[list[list[int]]]:
         with torch.inference_mode():
+            row = self.completions[0]
             start = time.perf_counter()
-            prompt = self.history[:, : self.lengths[0]]  # (1, prompt_len)
-            target_logits = self.model(prompt, 0, last_only=True)[:, -1]  # (1, vocab)
+            new = self.engine.admit([row])  # the target's prefill and first token
+            prompt = torch.tensor([row.prompt], device=self.model.device)  # (1, prompt_len)
             self.draft(prompt[:, :-1], 0, last_only=True)  # the draft's cache lags one token behind the sequence
             self.timings["prefill_s"] = time.perf_counter() - start
             start = time.perf_counter()
-            _, new = self._accept(target_logits)
-            seq, drafted = self.completions[0].prompt_tokens + new[0], self.lengths[0] - 1
+            seq, drafted = row.prompt + new[0], len(row.prompt) - 1
             yield new
             while not self.done:
                 new, drafted = self._speculate(seq, drafted)
@@ -56,16 +59,17 @@ class SpeculativeGeneration(Generation):
 
     def _speculate(self, seq: list[int], drafted: int) -> tuple[list[int], int]:
         """One round: propose up to `lookahead` tokens, verify them with one target pass, return the kept ones."""
-        room = self.limits[0] - len(self.completions[0].tokens)  # tokens this row may still produce
+        row = self.completions[0]
+        room = row.max_tokens - len(row.output)  # tokens this row may still produce
         k = min(self.lookahead, room, self.cache_len - len(seq))
-        device = self.history.device
+        device = self.model.device
         proposals, draft_probs = [], []
         pending = torch.tensor([seq[drafted:]], device=device)  # what the draft has not consumed yet
         for _ in range(k):
             logits = self.draft(pending, drafted, last_only=True)[:, -1]
             drafted += pending.shape[1]
-            probs = probabilities(logits, self.sampling)  # (1, vocab)
-            token = draw(probs, self.generators)
+            probs = probabilities(logits, row.params)  # (1, vocab)
+            token = draw(probs, row.generator)
             proposals.append(int(token))
             draft_probs.append(probs)
             pending = token[:, None]
@@ -73,22 +77,17 @@ class SpeculativeGeneration(Generation):
         # the target scores the last known token and every proposal in one pass: k + 1 next-token distributions
         candidates = torch.tensor([seq[-1:] + proposals], device=device)  # (1, k + 1)
         target_logits = self.model(candidates, len(seq) - 1)[0]  # (k + 1, vocab)
-        kept = verify(proposals, torch.cat(draft_probs), probabilities(target_logits, self.sampling), self._generator)
+        kept = verify(proposals, torch.cat(draft_probs), probabilities(target_logits, row.params), row.generator)
         self.stats["proposed"] += k
         self.stats["accepted"] += len(kept) - 1
         new = []
         for i, token in enumerate(kept):
-            new += self._record(0, token, self._logprob(target_logits[i], token))
+            logprob = float(target_logits[i].log_softmax(-1)[token]) if row.logprobs is not None else None
+            if row.accept(token, logprob):
+                new.append(token)
             if self.done:
                 break
         return new, min(drafted, len(seq) + len(kept) - 1)  # the draft's cache is valid up to the kept proposals
-
-    @property
-    def _generator(self) -> torch.Generator | None:
-        return None if self.generators is None else self.generators[0]
-
-    def _logprob(self, logits: torch.Tensor, token: int) -> float | None:
-        return float(logits.log_softmax(-1)[token]) if self.want_logprobs else None
 
 
 def verify(proposals: list[int], draft_probs: torch.Tensor, target_probs: torch.Tensor,

@@ -1,0 +1,313 @@
+"""The decode engine both `Generation` (generate, chat) and the server's `Scheduler` drive.
+
+The model's KV cache has `slots` rows; each running `Sequence` owns one. `admit` prefills new sequences
+into the next free rows and samples their first tokens; `step` decodes one token for every row in one
+forward pass, each row at its own position; `release` frees the rows of finished sequences, moving the
+last rows into the holes so that the running rows are always 0..n-1. Sampling, log-probabilities, the
+token history the penalties read, grammar masks and stop handling happen here, once, for every caller.
+
+Per-row sampling state lives on the `Sequence`: its `SamplingParams` (temperature, top-k/p, min-p,
+repetition / presence / frequency penalties, logit bias, seed), an optional grammar `constraint`, and
+`processors`, callables that edit that row's logits (vocab,) before it is sampled.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence as Seq
+from typing import Protocol
+
+import torch
+
+from llamalab.errors import ConfigError
+from llamalab.generate.sampling import SamplingParams, make_generator, sample
+
+# A decode step: (tokens (n, 1), start_pos int or (n,) tensor, kv_len) -> next-token logits (n, vocab).
+# kv_len (with per-row positions) is how many cache positions attention reads; a compiled step may ignore it.
+Step = Callable[..., torch.Tensor]
+LogitsProcessor = Callable[["Sequence", torch.Tensor], torch.Tensor]  # (row, logits (vocab,)) -> logits (vocab,)
+
+PREFILL_LOGITS_BYTES = 256 * 2**20  # full-sequence prefill logits are computed in chunks of at most this size
+
+
+class KVCacheLike(Protocol):
+    """What the engine needs of a model's KV cache (`llamalab.model.KVCache`)."""
+
+    batch_size: int
+    max_seq_len: int
+    nbytes: int
+
+    def move_row(self, src: int, dst: int, length: int) -> None: ...
+
+
+class CachedModel(Protocol):
+    """What `generate/` relies on in a model (`llamalab.model.Transformer`)."""
+
+    args: object  # ModelArgs: vocab_size, max_seq_len
+    device: torch.device
+    kv_cache: KVCacheLike | None
+
+    def setup_cache(self, batch_size: int, max_seq_len: int) -> KVCacheLike: ...
+
+    def __call__(self, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0, *, first_row: int = 0,
+                 kv_len: int | None = None, last_only: bool = False) -> torch.Tensor: ...
+
+
+def eager_step(model: CachedModel) -> Step:
+    """The plain decode step: one forward pass computing only the last position's logits."""
+
+    def step(tokens: torch.Tensor, start_pos: int | torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
+        return model(tokens, start_pos, kv_len=kv_len, last_only=True)[:, -1]
+
+    return step
+
+
+class ModelCalls:
+    """The engine's operations on the model; with tensor parallelism the server repeats them on every rank."""
+
+    def __init__(self, model: CachedModel, step: Step | None = None):
+        self.model, self.step = model, step or eager_step(model)
+        self.device = model.device
+
+    def prefill(self, tokens: torch.Tensor, start_pos: int, first_row: int, last_only: bool) -> torch.Tensor:
+        """Write tokens (bsz, seqlen) at start_pos into cache rows first_row..; logits (bsz, seqlen or 1, vocab)."""
+        return self.model(tokens, start_pos, first_row=first_row, last_only=last_only)
+
+    def decode(self, tokens: torch.Tensor, start_pos: int | torch.Tensor, kv_len: int | None) -> torch.Tensor:
+        """One token (n, 1) for each of the rows 0..n-1; next-token logits (n, vocab)."""
+        return self.step(tokens, start_pos, kv_len)
+
+    def move_row(self, src: int, dst: int, length: int) -> None:
+        self.model.kv_cache.move_row(src, dst, length)
+
+    def stop(self) -> None:
+        """No more calls will come."""
+
+
+class Sequence:
+    """One row of generation: its prompt, what it sampled, how to sample and when to stop."""
+
+    def __init__(self, prompt: Seq[int], max_tokens: int, params: SamplingParams = SamplingParams(),
+                 stop_ids: Iterable[int] = (), logprobs: bool = False, top_logprobs: int | None = None,
+                 echo: bool = False, constraint=None):
+        self.prompt = list(prompt)
+        self.max_tokens = max_tokens
+        self.params = params
+        self.stop_ids = frozenset(stop_ids)
+        self.top_logprobs = top_logprobs  # n: the engine hands `accept` the n likeliest (ids, logprobs) too
+        self.constraint = constraint  # a grammar (generate.constrained.TokenConstraint) the tokens follow, or None
+        self.processors: list[LogitsProcessor] = []  # per-row logit edits applied before sampling
+        self.output: list[int] = []  # generated ids; a stop id that ended the row is not among them
+        self.logprobs: list[float] | None = [] if logprobs else None  # log p of each output token (raw model)
+        self.prompt_logprobs: list[float] | None = [] if echo else None  # log p of each prompt token after the first
+        self.sampled = 0  # tokens sampled, a final stop id included
+        self.last_token = self.prompt[-1] if self.prompt else None  # the token the next decode step feeds
+        self.finish_reason: str | None = None  # "stop" (a stop id or stop string) or "length"
+        self.generator: torch.Generator | None = None  # set by the engine on the model's device
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.logprobs is not None or self.top_logprobs is not None
+
+    def finish(self, reason: str = "stop") -> None:
+        """End the row (the engine on a stop id or the length limit, the text layer on a stop string)."""
+        if self.finish_reason is None:
+            self.finish_reason = reason
+
+    def accept(self, token: int, logprob: float | None = None, top: tuple[list[int], list[float]] | None = None
+               ) -> bool:
+        """Take a sampled token; False if it was a stop id (the row is then finished)."""
+        self.sampled += 1
+        self.last_token = token
+        if token in self.stop_ids:
+            self.finish("stop")
+            return False
+        if self.constraint is not None:
+            self.constraint.advance(token)
+        self.output.append(token)
+        if self.logprobs is not None:
+            self.logprobs.append(logprob)
+        if len(self.output) >= self.max_tokens:
+            self.finish("length")
+        return True
+
+    def score_prompt(self, logprobs: torch.Tensor) -> None:
+        """Take the next chunk of prompt scores: logprobs (k, vocab) of the positions before the next k prompt tokens."""
+        if self.prompt_logprobs is None:
+            return
+        start = len(self.prompt_logprobs) + 1
+        targets = torch.tensor(self.prompt[start : start + len(logprobs)], device=logprobs.device)
+        self.prompt_logprobs += logprobs.gather(1, targets[:, None])[:, 0].tolist()
+
+
+class Engine:
+    """Up to `slots` sequences over the model's KV cache (reused when large enough, else allocated)."""
+
+    def __init__(self, model: CachedModel, slots: int, max_seq_len: int, calls: ModelCalls | None = None,
+                 step: Step | None = None, vocab_size: int | None = None):
+        cache = model.kv_cache
+        if cache is None or cache.batch_size < slots or cache.max_seq_len < max_seq_len:
+            cache = model.setup_cache(slots, max_seq_len)
+        self.model, self.slots, self.max_seq_len = model, slots, cache.max_seq_len
+        self.calls = calls or ModelCalls(model, step)
+        self.device = model.device
+        self.vocab_size = vocab_size or model.args.vocab_size  # ids past the tokenizer's are never sampled
+        self.rows: list[Sequence] = []  # cache row i runs rows[i]
+        self.cached: list[int] = []  # positions of row i written to the cache
+        # each row's prompt and sampled tokens (-1 beyond), what the penalties read
+        self.history = torch.full((slots, self.max_seq_len), -1, dtype=torch.long, device=self.device)
+        self._last: torch.Tensor | None = None  # every row's last sampled token (n,), while no row came or went
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.rows)
+
+    # -- admitting ------------------------------------------------------------------------------------
+    def admit(self, seqs: Seq[Sequence]) -> list[list[int]]:
+        """Prefill the sequences (right-padded, together) into the next free rows and sample their first tokens;
+        each one's kept tokens ([] after a stop id, or for max_tokens 0)."""
+        if len(seqs) > self.free:
+            raise ConfigError(f"{len(seqs)} sequences do not fit the {self.free} free rows of the KV cache")
+        first = len(self.rows)
+        for seq in seqs:
+            if len(seq.prompt) >= self.max_seq_len:
+                raise ConfigError(f"a prompt of {len(seq.prompt)} tokens leaves no room in {self.max_seq_len} positions")
+            seq.max_tokens = min(seq.max_tokens, self.max_seq_len - len(seq.prompt))
+            seq.generator = make_generator(seq.params.seed, self.device)
+            self.history[len(self.rows), : len(seq.prompt)] = torch.tensor(seq.prompt)
+            self.history[len(self.rows), len(seq.prompt) :] = -1
+            self.rows.append(seq)
+            self.cached.append(len(seq.prompt))
+        self._last = None
+        logits = self._prefill(first, list(seqs))  # (k, vocab)
+        sampling = [i for i, seq in enumerate(seqs) if seq.max_tokens > 0]
+        for seq in seqs:
+            if seq.max_tokens <= 0:
+                seq.finish("length")
+        new = [[] for _ in seqs]
+        if sampling:
+            kept = self._sample([first + i for i in sampling], logits[sampling])
+            for i, tokens in zip(sampling, kept):
+                new[i] = tokens
+        return new
+
+    def _prefill(self, first: int, seqs: list[Sequence]) -> torch.Tensor:
+        """Run the right-padded prompts through the model into rows first..; each one's next-token logits (k, vocab)."""
+        bsz, lengths = len(seqs), [len(s.prompt) for s in seqs]
+        longest = max(lengths)
+        tokens = self.history[first : first + bsz, :longest].clamp(min=0)  # (bsz, longest), padding as token 0
+        ends = [n - 1 for n in lengths]
+        echo = any(s.prompt_logprobs is not None for s in seqs)
+        chunk = max(1, PREFILL_LOGITS_BYTES // (4 * bsz * self.model.args.vocab_size))
+        last = [None] * bsz
+        for begin in range(0, longest, chunk):
+            end = min(begin + chunk, longest)
+            full = echo or any(begin <= e < end - 1 for e in ends)  # some row ends before the chunk's end
+            logits = self.calls.prefill(tokens[:, begin:end], begin, first, last_only=not full)  # (bsz, n or 1, V)
+            for row, e in enumerate(ends):
+                if begin <= e < end:
+                    last[row] = logits[row, e - begin if full else -1]
+            if echo:
+                for row, seq in enumerate(seqs):
+                    scored = max(0, min(end, ends[row]) - begin)  # positions here that precede a prompt token
+                    if seq.prompt_logprobs is not None and scored:
+                        seq.score_prompt(logits[row, :scored, : self.vocab_size].float().log_softmax(dim=-1))
+        return torch.stack(last)
+
+    # -- decoding -------------------------------------------------------------------------------------
+    def step(self) -> list[list[int]]:
+        """Decode one token for every row (finished rows too, until released); each row's kept tokens."""
+        n = len(self.rows)
+        tokens = self._last if self._last is not None else torch.tensor([s.last_token for s in self.rows],
+                                                                        device=self.device)  # (n,)
+        positions = self.cached
+        if all(p == positions[0] for p in positions):  # rows in step: one span, no mask
+            logits = self.calls.decode(tokens[:, None], positions[0], None)
+        else:
+            start = torch.tensor(positions, device=self.device)  # (n,)
+            logits = self.calls.decode(tokens[:, None], start, max(positions) + 1)
+        # a finished row keeps decoding whatever it samples, at a position that stays in the cache
+        self.cached = [min(p + 1, self.max_seq_len - 1) for p in positions]
+        return self._sample(list(range(n)), logits)
+
+    def _sample(self, rows: list[int], logits: torch.Tensor) -> list[list[int]]:
+        """Sample the next token of each listed row from its logits (len(rows), vocab) and hand it to its sequence."""
+        seqs = [self.rows[i] for i in rows]
+        logits = logits[:, : self.vocab_size]
+        allowed = self._processed(seqs, logits)
+        reads_history = any(s.params.repetition_penalty != 1 or s.params.counts_generated for s in seqs)
+        previous = generated = None
+        if reads_history:
+            history = self.history[rows]  # (len(rows), max_seq_len)
+            if any(s.params.repetition_penalty != 1 for s in seqs):
+                previous = history
+            if any(s.params.counts_generated for s in seqs):  # the completion only
+                prompt_lens = torch.tensor([len(s.prompt) for s in seqs], device=self.device)
+                columns = torch.arange(history.shape[1], device=self.device)
+                generated = torch.where(columns >= prompt_lens[:, None], history, -1)
+        generators = [s.generator for s in seqs]
+        tokens = sample(allowed, [s.params for s in seqs], None if all(g is None for g in generators) else generators,
+                        previous, generated)  # (len(rows),)
+        chosen, tops = self._logprobs(seqs, logits, tokens)
+        values = tokens.tolist()
+        if reads_history:
+            self._record(rows, seqs, values)
+        kept = [[] for _ in rows]
+        for j, (seq, token) in enumerate(zip(seqs, values)):
+            if not seq.done and seq.accept(token, chosen[j], tops[j]):
+                kept[j] = [token]
+        self._last = tokens if rows == list(range(len(self.rows))) else None
+        return kept
+
+    def _processed(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
+        """The logits to sample from: grammar masks and each row's processors applied (the raw ones are kept)."""
+        if any(s.constraint is not None for s in seqs):
+            from llamalab.generate.constrained import constrain  # llguidance, only when a grammar is in use
+
+            logits = constrain(logits, [s.constraint for s in seqs])
+        if any(s.processors for s in seqs):
+            logits = logits.clone()
+            for j, seq in enumerate(seqs):
+                for processor in seq.processors:
+                    logits[j] = processor(seq, logits[j])
+        return logits
+
+    def _logprobs(self, seqs, logits, tokens) -> tuple[list, list]:
+        """Each row's log p of its token under the raw logits, and its top_logprobs likeliest (ids, logprobs)."""
+        if not any(s.wants_logprobs for s in seqs):
+            return [None] * len(seqs), [None] * len(seqs)
+        logprobs = logits.float().log_softmax(dim=-1)  # (rows, vocab)
+        chosen = logprobs.gather(1, tokens[:, None])[:, 0].tolist()
+        tops = [None] * len(seqs)
+        for j, seq in enumerate(seqs):
+            if seq.top_logprobs is not None:
+                top = logprobs[j].topk(min(seq.top_logprobs, logprobs.shape[-1]))
+                tops[j] = (top.indices.tolist(), top.values.tolist())
+        return chosen, tops
+
+    def _record(self, rows: list[int], seqs: list[Sequence], tokens: list[int]) -> None:
+        """Write the running rows' new tokens into the history (one write for all of them)."""
+        index = [(i, len(s.prompt) + s.sampled, t) for i, s, t in zip(rows, seqs, tokens)
+                 if not s.done and len(s.prompt) + s.sampled < self.max_seq_len]
+        if index:
+            at = torch.tensor(index, device=self.device)  # (k, 3): row, column, token
+            self.history[at[:, 0], at[:, 1]] = at[:, 2]
+
+    # -- releasing ------------------------------------------------------------------------------------
+    def release(self) -> list[Sequence]:
+        """Free the rows of finished (or cancelled) sequences, moving the last rows into the holes; return them."""
+        freed = []
+        for i in reversed(range(len(self.rows))):
+            if self.rows[i].done:
+                freed.append(self.rows[i])
+                last = len(self.rows) - 1
+                if i < last:
+                    self.calls.move_row(last, i, self.cached[last])
+                    self.history[i] = self.history[last]
+                    self.rows[i], self.cached[i] = self.rows[last], self.cached[last]
+                self.rows.pop()
+                self.cached.pop()
+                self._last = None
+        return freed
