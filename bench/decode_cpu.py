@@ -10,14 +10,13 @@ alike; the best round counts. Both peers run under the same, default OpenMP sett
 idle OpenMP threads spin a while before they sleep, which the compiled step (one parallel loop per op, hundreds
 per token) needs: with OMP_WAIT_POLICY=PASSIVE it runs ~3x slower. Set PASSIVE only when the cores are shared
 with other busy processes (spinning threads then wait for a time slice at every parallel op, for both peers).
-Variants: `eager` (the model as built), `fast` (`column_major_weights`), `int8` (`quantize_model(...,
-"int8")`), and with `--compile`: `compiled` (`compile_decode_step` after `matvec_linears`) and
-`int8 compiled` (`compile_decode_step` of the int8 model).
+Variants: `eager` (the model as built, no fast path), then as `llamalab.load_model` makes them: `fast` (the default:
+`column_major_weights`), `int8` (`quantize="int8"`), and with `--compile`: `compiled` (`compile=True`:
+`matvec_linears` and `compile_decode_step`) and `int8 compiled` (both).
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import torch
@@ -25,14 +24,13 @@ import torch
 from llamalab.checkpoint.hf import hf_config, to_hf_state_dict
 from llamalab.checkpoint.weights import model_state_dict
 from llamalab.config import ModelArgs
-from llamalab.generate.compiled import compile_decode_step
 from llamalab.generate.decode import Generation, eager_step
-from llamalab.generate.fast import column_major_weights, matvec_linears
 from llamalab.generate.sampling import SamplingParams
+from llamalab.inference import load_model
 from llamalab.model import Transformer
-from llamalab.quantize import quantize_model
 
 GREEDY = SamplingParams(temperature=0)
+SEED = 0
 
 
 def llamalab_tokens_per_s(model: Transformer, step, prompt: list[int], new_tokens: int) -> float:
@@ -63,21 +61,21 @@ def hf_twin(model: Transformer):
     return hf
 
 
-def variants(model: Transformer, compile: bool) -> dict:
-    """name -> (model, decode step) of each llamalab configuration measured."""
-    fast = column_major_weights(copy.deepcopy(model))
-    out = {"eager": (model, eager_step(model)), "fast": (fast, eager_step(fast))}
-    int8 = quantize_model(copy.deepcopy(model), "int8")
-    out["int8"] = (int8, eager_step(int8))
+def variants(model: Transformer, preset: str, compile: bool, cache_len: int) -> dict:
+    """name -> (model, decode step) of each llamalab configuration measured: `model` as built, then the same seeded
+    weights as llamalab.load_model prepares them."""
+    options = {"fast": {}, "int8": {"quantize": "int8"}}
     if compile:
-        matvec = matvec_linears(copy.deepcopy(model))
-        out["compiled"] = (matvec, compile_decode_step(matvec))
-        out["int8 compiled"] = (int8, compile_decode_step(int8))
+        options |= {"compiled": {"compile": True}, "int8 compiled": {"quantize": "int8", "compile": True}}
+    out = {"eager": (model, eager_step(model))}
+    for name, chosen in options.items():
+        loaded = load_model(preset, random_init=True, seed=SEED, device="cpu", dtype="float32", **chosen)
+        out[name] = (loaded.model, loaded.decode_step(1, cache_len))
     return out
 
 
 def bench_preset(preset: str, new_tokens: int, rounds: int, compile: bool) -> dict[str, float]:
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)  # the weights load_model(..., seed=SEED) makes
     model = Transformer(ModelArgs.from_preset(preset)).eval().requires_grad_(False)
     hf = hf_twin(model)
     prompt = torch.randint(3, model.args.vocab_size, (16,)).tolist()
@@ -85,7 +83,7 @@ def bench_preset(preset: str, new_tokens: int, rounds: int, compile: bool) -> di
         ours, theirs = model(torch.tensor([prompt])), hf(torch.tensor([prompt])).logits
     assert torch.allclose(ours, theirs, atol=1e-4), "the HF twin does not compute the same logits"
     runs = {"hf": lambda: hf_tokens_per_s(hf, prompt, new_tokens)}
-    for name, (m, step) in variants(model, compile).items():
+    for name, (m, step) in variants(model, preset, compile, len(prompt) + new_tokens).items():
         m.setup_cache(1, len(prompt) + new_tokens)
         llamalab_tokens_per_s(m, step, prompt, 4)  # warm-up (compilation)
         runs[name] = lambda m=m, step=step: llamalab_tokens_per_s(m, step, prompt, new_tokens)
