@@ -75,7 +75,7 @@ def read_line(interactive: bool) -> str | None:
 def reply(model, tokenizer, history: list[dict[str, str]], max_new_tokens: int, sampling, step, stop) -> str:
     """Stream the assistant's answer to the dialog, then a tokens/s line; return the answer's text."""
     from llamalab.generate.decode import Generation
-    from llamalab.generate.text import stream_text
+    from llamalab.generate.text import fit_dialog, stream_text
 
     prompt = fit_dialog(tokenizer, history, model.args.max_seq_len)
     generation = Generation(model, [prompt], max_new_tokens, sampling, stop_ids=tokenizer.stop_ids, step=step)
@@ -91,15 +91,3 @@ def reply(model, tokenizer, history: list[dict[str, str]], max_new_tokens: int, 
     seconds = time.perf_counter() - start
     print(f"[{len(completion.tokens)} tokens, {len(completion.tokens) / seconds:.1f} tokens/s]", file=sys.stderr)
     return answer
-
-
-def fit_dialog(tokenizer, history: list[dict[str, str]], context: int) -> list[int]:
-    """The dialog's prompt ids; the oldest exchanges (after the system prompt) are dropped while it fills the context."""
-    from llamalab.tokenizer import encode_dialog
-
-    first = 1 if history[0]["role"] == "system" else 0
-    while True:
-        ids = encode_dialog(tokenizer, history)
-        if len(ids) < context or len(history) - first < 3:
-            return ids
-        del history[first : first + 2]  # one user message and its answer

@@ -139,6 +139,17 @@ def chat_completion(
                      **options)
 
 
+def fit_dialog(tokenizer: Tokenizer, dialog: list[dict[str, str]], context: int) -> list[int]:
+    """The dialog's prompt ids, shorter than `context`: the oldest exchanges after the system prompt are deleted from
+    `dialog` (in place) while it does not fit, keeping at least the last message."""
+    first = 1 if dialog[0]["role"] == "system" else 0
+    while True:
+        ids = encode_dialog(tokenizer, dialog)
+        if len(ids) < context or len(dialog) - first < 3:
+            return ids
+        del dialog[first : first + 2]  # one user message and its answer
+
+
 def _complete(model, tokenizer, prompts, max_gen_len, sampling, stop, **options) -> list[Completion]:
     max_new_tokens = max_gen_len or model.args.max_seq_len - 1
     generation = Generation(model, prompts, max_new_tokens, sampling, stop_ids=tokenizer.stop_ids, **options)

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from llamalab.generate.decode import Generation
 from llamalab.generate.sampling import SamplingParams
-from llamalab.generate.text import TextStream, chat_completion, stream_text, text_completion
-from llamalab.tokenizer import load_tokenizer
+from llamalab.generate.text import TextStream, chat_completion, fit_dialog, stream_text, text_completion
+from llamalab.tokenizer import encode_dialog, load_tokenizer
 
 GREEDY = SamplingParams(temperature=0)
 
@@ -109,3 +109,14 @@ def test_a_megabyte_stop_string_costs_no_more_per_token_than_a_short_one(tokeniz
     text = "".join(stream.push(i) for i in ids) + stream.close()
     assert time.monotonic() < deadline
     assert text == "the cat sat on the mat " * 20 and not stream.stopped
+
+
+def test_fit_dialog_drops_the_oldest_exchanges_after_the_system_prompt(tokenizer):
+    system = {"role": "system", "content": "be brief"}
+    exchanges = [{"role": r, "content": f"{r} message {i}"} for i in range(3) for r in ("user", "assistant")]
+    dialog = [system, *exchanges, {"role": "user", "content": "the last question"}]
+    kept = [system, *exchanges[4:], dialog[-1]]  # the newest exchange and the question
+    context = len(encode_dialog(tokenizer, kept)) + 1
+    assert len(encode_dialog(tokenizer, [system, *exchanges[2:], dialog[-1]])) >= context  # one more would not fit
+    ids = fit_dialog(tokenizer, dialog, context)
+    assert dialog == kept and ids == encode_dialog(tokenizer, kept)
