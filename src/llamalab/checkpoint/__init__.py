@@ -22,7 +22,7 @@ from llamalab.model import Transformer
 FORMATS = {"meta": meta, "hf": hf, "llama2c": llama2c, "gguf": gguf_format, "native": native}
 FOLDER_FORMATS = {"meta", "hf", "native"}  # the others are one file
 SHARDED_FORMATS = {"meta", "hf"}
-QUANTIZED_FORMATS = {"gguf", "llama2c"}  # accept dtype "q8_0"
+QUANTIZED_FORMATS = {"gguf", "llama2c"}  # accept dtype "q8_0"; gguf also q4_0, q4_1, q5_0, q5_1
 
 __all__ = ["FORMATS", "convert", "detect_format", "find_tokenizer", "load", "read", "resolve_model", "save"]
 
@@ -60,16 +60,24 @@ def read(path: str | Path, max_seq_len: int | None = None) -> tuple[ModelArgs, S
 
 
 def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None,
-         max_seq_len: int | None = None) -> Transformer:
-    """A Transformer with the weights of any checkpoint; dtype None keeps the file's (dequantized: float32)."""
-    args, state = _read_unchecked(Path(path), max_seq_len)
+         max_seq_len: int | None = None, keep_quantized: bool = True) -> Transformer:
+    """A Transformer with the weights of any checkpoint; dtype None keeps the file's (dequantized: float32).
+
+    keep_quantized (GGUF): Q8_0 / Q4_0 / Q4_1 matrices load into int8 / int4 layers holding exactly the file's
+    values, computing in `dtype` (float32: exact weights; bfloat16/float16: PyTorch's int4 kernels); a Q8_0
+    embedding stays int8 (shared with a tied head). False: every weight dequantized to `dtype`.
+    """
+    options = {"dtype": dtype, "keep_quantized": keep_quantized}
+    args, state = _read_unchecked(Path(path), max_seq_len, options)
     return build_model(args, state, device, dtype, source=path)  # checks them against the model it builds
 
 
-def _read_unchecked(path: Path, max_seq_len: int | None) -> tuple[ModelArgs, StateDict]:
+def _read_unchecked(path: Path, max_seq_len: int | None, gguf_options: dict | None = None
+                    ) -> tuple[ModelArgs, StateDict]:
     path = resolve_model(path)  # a hub id: its snapshot in the local Hugging Face cache
     fmt = detect_format(path)
-    args, state = FORMATS[fmt].read(path if fmt not in FOLDER_FORMATS or path.is_dir() else path.parent)
+    options = (gguf_options or {}) if fmt == "gguf" else {}
+    args, state = FORMATS[fmt].read(path if fmt not in FOLDER_FORMATS or path.is_dir() else path.parent, **options)
     return (args if max_seq_len is None else args.replace(max_seq_len=max_seq_len)), state
 
 
@@ -94,6 +102,8 @@ def write(state: StateDict, args: ModelArgs, path: str | Path, format: str, dtyp
     if format not in FORMATS:
         raise CheckpointError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
     dtype = parse_dtype(dtype)
+    if isinstance(dtype, str) and dtype != "q8_0" and format != "gguf":
+        raise CheckpointError(f"dtype {dtype} is for gguf; {format} stores float weights")
     if dtype == "q8_0" and format not in QUANTIZED_FORMATS:
         raise CheckpointError(f"dtype q8_0 is for {' and '.join(sorted(QUANTIZED_FORMATS))}; "
                               f"{format} stores float weights")

@@ -2,6 +2,8 @@
 
 llama.cpp's `llama` architecture rotates interleaved pairs like Meta (its HF converter undoes HF's q/k
 permutation), so Meta's wq/wk are stored as they are. Tensors are streamed one at a time; norms stay F32.
+Reading can keep Q8_0 / Q4_0 / Q4_1 tensors quantized (see checkpoint/gguf_blocks.py); every other type
+gguf dequantizes is converted tensor by tensor to the requested dtype.
 Llama 3.1 RoPE scaling is the `rope_freqs` tensor of per-frequency divisors that llama.cpp applies; its
 parameters are also kept under `llamalab.rope_scaling.*` so that they read back exactly.
 """
@@ -15,6 +17,8 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as GGML
 
+from llamalab.checkpoint.gguf_blocks import KEPT_TYPES, read_raw, to_quantized
+from llamalab.checkpoint.gguf_header import TensorInfo, read_header
 from llamalab.checkpoint.keys import inverse, rename
 from llamalab.checkpoint.vocab import vocabulary
 from llamalab.checkpoint.weights import StateDict, progress_bar
@@ -41,9 +45,12 @@ FROM_GGUF_KEYS = inverse(GGUF_KEYS)
 ROPE_FREQS = "rope_freqs.weight"
 SCALING_KEY = "llamalab.rope_scaling.{}"
 
-GGML_TYPES = {torch.float32: GGML.F32, torch.float16: GGML.F16, torch.bfloat16: GGML.BF16, "q8_0": GGML.Q8_0}
+GGML_TYPES = {torch.float32: GGML.F32, torch.float16: GGML.F16, torch.bfloat16: GGML.BF16, "q8_0": GGML.Q8_0,
+              "q4_0": GGML.Q4_0, "q4_1": GGML.Q4_1, "q5_0": GGML.Q5_0, "q5_1": GGML.Q5_1}
 FILE_TYPES = {GGML.F32: gguf.LlamaFileType.ALL_F32, GGML.F16: gguf.LlamaFileType.MOSTLY_F16,
-              GGML.BF16: gguf.LlamaFileType.MOSTLY_BF16, GGML.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}
+              GGML.BF16: gguf.LlamaFileType.MOSTLY_BF16, GGML.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+              GGML.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0, GGML.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1,
+              GGML.Q5_0: gguf.LlamaFileType.MOSTLY_Q5_0, GGML.Q5_1: gguf.LlamaFileType.MOSTLY_Q5_1}
 
 
 def rope_freq_factors(args: ModelArgs) -> torch.Tensor:
@@ -84,7 +91,7 @@ def write(path: Path, state: StateDict, args: ModelArgs, dtype: torch.dtype | st
 
 
 def _tensor_type(tensor: torch.Tensor, main_type: GGML) -> GGML:
-    """Norms (1-D) stay F32 as llama.cpp wants; a matrix whose rows do not fill Q8_0 blocks falls back to F16."""
+    """Norms (1-D) stay F32 as llama.cpp wants; a matrix whose rows do not fill the type's blocks falls back to F16."""
     if tensor.dim() == 1:
         return GGML.F32
     block, _ = gguf.GGML_QUANT_SIZES[main_type]
@@ -133,38 +140,61 @@ def _add_vocabulary(writer: gguf.GGUFWriter, tokenizer: Path) -> None:
 
 
 # -- reading ----------------------------------------------------------------------------------------
-def read(path: Path) -> tuple[ModelArgs, StateDict]:
-    """ModelArgs and weights of a llama GGUF: F32/F16/BF16 memory-mapped, quantized ones dequantized to float32."""
-    try:
-        reader = gguf.GGUFReader(path, "c")  # copy-on-write: writable arrays without reading the file
-    except (ValueError, OSError, IndexError, KeyError) as e:
-        raise CheckpointError(f"{path}: not a readable GGUF file, or truncated ({e})") from None
-    arch = _field(reader, path, "general.architecture")
+def read(path: Path, dtype: torch.dtype | None = None, keep_quantized: bool = False) -> tuple[ModelArgs, StateDict]:
+    """ModelArgs and weights of a llama GGUF.
+
+    F32/F16/BF16 tensors are memory-mapped. keep_quantized: Q8_0, Q4_0 and Q4_1 matrices become QuantizedWeight
+    (exactly the values gguf dequantizes them to). Every other quantized type is dequantized, one tensor at a time,
+    to `dtype` (None: float32).
+    """
+    metadata, tensors = read_header(path)
+    arch = _field(metadata, path, "general.architecture")
     if arch != "llama":
         raise CheckpointError(f"{path}: GGUF architecture {arch!r}; llamalab reads 'llama'")
-    tensors = {t.name: t for t in reader.tensors}
-    state = {}
-    for name, t in tensors.items():
-        if name == ROPE_FREQS:
-            continue
-        key = rename(name, FROM_GGUF_KEYS)
-        if key is None:
-            raise CheckpointError(f"{path}: unknown tensor name {name!r} in a llama GGUF")
-        if t.tensor_type in (GGML.F32, GGML.F16):
-            state[key] = torch.from_numpy(t.data)
-        elif t.tensor_type == GGML.BF16:  # the reader gives raw bytes (rows, 2*cols)
-            state[key] = torch.from_numpy(t.data.view(np.int16)).view(torch.bfloat16)
-        else:
-            state[key] = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type))
-    args = _args(reader, path, state)
-    if ROPE_FREQS in tensors and args.rope_scaling is None:
-        args = args.replace(rope_scaling=_scaling_from_factors(torch.from_numpy(tensors[ROPE_FREQS].data), args, path))
+    mapped = np.memmap(path, dtype=np.uint8, mode="c")  # copy-on-write: writable arrays without reading the file
+    state, rope_freqs = {}, None
+    with open(path, "rb") as file:
+        for t in tensors:
+            if t.name == ROPE_FREQS:
+                rope_freqs = torch.from_numpy(_mapped(mapped, t))
+                continue
+            key = rename(t.name, FROM_GGUF_KEYS)
+            if key is None:
+                raise CheckpointError(f"{path}: unknown tensor name {t.name!r} in a llama GGUF")
+            state[key] = _tensor(file, mapped, t, path, dtype, keep_quantized)
+    args = _args(metadata, path, state)
+    if rope_freqs is not None and args.rope_scaling is None:
+        args = args.replace(rope_scaling=_scaling_from_factors(rope_freqs, args, path))
     return args, state
 
 
-def _args(reader: gguf.GGUFReader, path: Path, state: StateDict) -> ModelArgs:
+def _tensor(file, mapped: np.memmap, t: TensorInfo, path: Path, dtype: torch.dtype | None, keep_quantized: bool):
+    """One tensor of the file: memory-mapped float, a QuantizedWeight, or dequantized to dtype."""
+    if t.tensor_type in (GGML.F32, GGML.F16, GGML.BF16):
+        values = torch.from_numpy(_mapped(mapped, t))
+        return values.view(torch.bfloat16) if t.tensor_type == GGML.BF16 else values
+    raw = read_raw(file, t)  # a transient copy: the mapped pages of the file are never touched
+    if keep_quantized and t.tensor_type in KEPT_TYPES and len(t.shape) == 2:
+        quantized = to_quantized(raw, t.tensor_type, t.shape)
+        if quantized is not None:
+            return quantized
+    try:
+        values = gguf.quants.dequantize(raw, t.tensor_type)
+    except NotImplementedError:
+        raise CheckpointError(f"{path}: tensor {t.name} has type {t.tensor_type.name}, which llamalab cannot read; "
+                              "re-quantize the model with a common type (e.g. Q8_0, Q4_K_M)") from None
+    return torch.from_numpy(values).to(dtype or torch.float32)
+
+
+def _mapped(mapped: np.memmap, t: TensorInfo) -> np.ndarray:
+    """A float tensor's values as a view of the mapped file (bfloat16 as int16, reinterpreted by the caller)."""
+    dtypes = {GGML.F32: np.float32, GGML.F16: np.float16, GGML.BF16: np.int16}
+    return mapped[t.offset:t.offset + t.n_bytes].view(dtypes[t.tensor_type]).reshape(t.shape)
+
+
+def _args(metadata: dict, path: Path, state: StateDict) -> ModelArgs:
     def llama(key, default=None):
-        return _field(reader, path, f"llama.{key}", default)
+        return _field(metadata, path, f"llama.{key}", default)
 
     embedding = state.get("tok_embeddings.weight")
     try:
@@ -174,17 +204,17 @@ def _args(reader: gguf.GGUFReader, path: Path, state: StateDict) -> ModelArgs:
             vocab_size=llama("vocab_size", embedding.shape[0] if embedding is not None else None),
             hidden_dim=llama("feed_forward_length"), norm_eps=_shortest(llama("attention.layer_norm_rms_epsilon")),
             rope_theta=_shortest(llama("rope.freq_base", 10000.0)), max_seq_len=llama("context_length", 2048),
-            rope_scaling=_stored_scaling(reader, path),
+            rope_scaling=_stored_scaling(metadata, path),
             tie_embeddings="output.weight" not in state,
         )
     except (ConfigError, TypeError, ValueError) as e:  # metadata of the wrong type: a string where a number goes
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def _stored_scaling(reader: gguf.GGUFReader, path: Path) -> RopeScaling | None:
+def _stored_scaling(metadata: dict, path: Path) -> RopeScaling | None:
     """Llama 3.1 scaling from our llamalab.rope_scaling.* keys, when the file has them."""
     defaults = vars(RopeScaling())
-    values = {name: _field(reader, path, SCALING_KEY.format(name), None) for name in defaults}
+    values = {name: _field(metadata, path, SCALING_KEY.format(name), None) for name in defaults}
     if None in values.values():
         return None
     return RopeScaling(**{name: type(defaults[name])(value) for name, value in values.items()})
@@ -197,13 +227,13 @@ def _shortest(value: float) -> float:
     return float(str(np.float32(value)))
 
 
-def _field(reader: gguf.GGUFReader, path: Path, key: str, default=...):
-    field = reader.get_field(key)
-    if field is None:
+def _field(metadata: dict, path: Path, key: str, default=...):
+    value = metadata.get(key)
+    if value is None:
         if default is ...:
             raise CheckpointError(f"{path}: GGUF metadata lacks {key!r}")
         return default
-    return field.contents()
+    return value
 
 
 def _scaling_from_factors(factors: torch.Tensor, args: ModelArgs, path: Path) -> RopeScaling:

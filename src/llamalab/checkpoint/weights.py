@@ -9,18 +9,20 @@ from safetensors import SafetensorError, safe_open
 from tqdm import tqdm
 
 from llamalab.checkpoint.plausible import check_layers_present
+from llamalab.checkpoint.quantized import QuantizedWeight, install_quantized
 from llamalab.config import ModelArgs
 from llamalab.errors import CheckpointError
 from llamalab.model import Transformer
 
 StateDict = dict[str, torch.Tensor]
 
-# --dtype names; "q8_0" is the 8-bit block quantisation of GGUF and llama2.c version 2.
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "q8_0": "q8_0"}
+# --dtype names; "q8_0" is the 8-bit block quantisation of GGUF and llama2.c version 2, q4_*/q5_* GGUF's (via gguf.quants).
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "q8_0": "q8_0",
+          "q4_0": "q4_0", "q4_1": "q4_1", "q5_0": "q5_0", "q5_1": "q5_1"}
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
-    """A torch dtype, "q8_0" or None (keep the weights' dtype), from a name or a dtype."""
+    """A torch dtype, a GGUF block type name ("q8_0", "q4_1", ...) or None (keep the weights' dtype)."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
@@ -65,20 +67,35 @@ def check_state_dict(state: StateDict, args: ModelArgs, source: str | Path, mode
 
 def build_model(args: ModelArgs, state: StateDict, device="cpu", dtype: torch.dtype | None = None,
                 source: str | Path = "the weights") -> Transformer:
-    """A Transformer built on the meta device whose parameters ARE the given tensors (moved/cast only if asked)."""
+    """A Transformer built on the meta device whose parameters ARE the given tensors (moved/cast only if asked).
+
+    QuantizedWeight values (GGUF kept quantized) become int8 / int4 layers computing in `dtype`.
+    """
     check_layers_present(args, state, source)  # before a model of the header's size is built
     with torch.device("meta"):
         model = Transformer(args)
     check_state_dict(state, args, source, model)
     dtype = dtype or state["tok_embeddings.weight"].dtype
-    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}  # no copy when already there
-    if args.tie_embeddings:
+    quantized = {k: v for k, v in state.items() if isinstance(v, QuantizedWeight)}
+    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items() if k not in quantized}  # no copy when there
+    state |= install_quantized(model, quantized, device, dtype)
+    tied = args.tie_embeddings and "output" not in _swapped(model)
+    if tied:
         state["output.weight"] = state["tok_embeddings.weight"]
-    model.load_state_dict(state, assign=True, strict=True)
-    if args.tie_embeddings:
+    result = model.load_state_dict(state, assign=True, strict=not quantized)
+    swapped = _swapped(model)
+    if result.unexpected_keys or any(k.rpartition(".")[0] not in swapped for k in result.missing_keys):
+        raise CheckpointError(f"{source}: the weights do not fill the model ({_few(result.missing_keys)} missing)")
+    if tied:
         model.output.weight = model.tok_embeddings.weight  # assign=True gave each module its own Parameter
     model.init_rope(torch.device(device))
     return model.eval()
+
+
+def _swapped(model: Transformer) -> set[str]:
+    """Names of the modules install_quantized put in (their buffers are not in the state dict)."""
+    return {name for name, module in model.named_modules(remove_duplicate=False)
+            if type(module).__module__.startswith("llamalab.quantize")}
 
 
 def load_tensors(path: Path) -> StateDict:

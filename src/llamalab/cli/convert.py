@@ -5,7 +5,7 @@ from llamalab.errors import CheckpointError
 
 # llamalab.checkpoint's FORMATS and DTYPES, named here so that the parser needs no torch
 FORMATS = ("meta", "hf", "llama2c", "gguf", "native")
-DTYPES = ("float32", "float16", "bfloat16", "q8_0")
+DTYPES = ("float32", "float16", "bfloat16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 
 
 def add_parser(subparsers):
@@ -14,7 +14,8 @@ def add_parser(subparsers):
     p.add_argument("dst", help="output folder, or file for llama2c / gguf (written atomically)")
     p.add_argument("--to", required=True, choices=FORMATS, help="output format")
     p.add_argument("--dtype", choices=DTYPES,
-                   help="cast the weights (q8_0: gguf, llama2c version 2); default: keep them as stored")
+                   help="cast the weights (q8_0: gguf, llama2c version 2; q4_0, q4_1, q5_0, q5_1: gguf); "
+                        "default: keep them as stored")
     p.add_argument("--shards", type=int, default=1, help="number of files for meta (model-parallel ranks) and hf")
     p.add_argument("--tokenizer", help="tokenizer to ship along (default: the one beside SRC)")
     p.add_argument("--lora", metavar="ADAPTER", help="LoRA adapter folder (PEFT format) to merge into the weights")

@@ -1,7 +1,8 @@
 """Weight-only int4: groups of `group_size` weights along the input dimension share a scale and a zero.
 
 A weight is stored as a 4-bit code q in 0..15 standing for (q - 8) * scale + zero (`zero` is the
-value of the middle code), two codes a byte: the low nibble holds the even input column.
+value of the middle code), two codes a byte: the low nibble holds the even input column. GGUF's Q4_0
+(zero 0) and Q4_1 (zero = min + 8·scale) blocks of 32 are this layout with group_size 32.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llamalab.errors import ConfigError
+from llamalab.quantize.rows import linear_by_row_blocks
 
 CPU_KERNEL_TILES = 2  # inner k-tiles argument of PyTorch's CPU int4 packing (any of 1, 2, 4, 8 works)
 KERNEL_GROUP_SIZES = (32, 64, 128, 256)  # the group sizes PyTorch's int4 kernels accept
@@ -51,14 +53,17 @@ class Int4Linear(nn.Module):
 
     Where PyTorch has an int4 kernel for the shape (CPU: out_features a multiple of 16; CUDA from Ampere
     on: out_features a multiple of 8, in_features of 32; group size 32, 64, 128 or 256) the product runs
-    in it with bfloat16 activations, on a copy of the codes in that kernel's layout; elsewhere the weight
-    is dequantized on the fly (`reference_forward`).
+    in it with `kernel_dtype` activations (bfloat16 or float16), on a copy of the codes in that kernel's
+    layout; elsewhere, or with kernel_dtype None, the exactly dequantized weight is multiplied in the
+    input's dtype, a block of rows at a time (float32: the dequantized model's product up to summation order).
     """
 
-    def __init__(self, in_features: int, out_features: int, group_size: int = 128, device=None):
+    def __init__(self, in_features: int, out_features: int, group_size: int = 128, device=None,
+                 kernel_dtype: torch.dtype | None = torch.bfloat16):
         super().__init__()
         check_group_size(in_features, group_size)
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.kernel_dtype = kernel_dtype
         n_groups = in_features // group_size
         self.register_buffer("weight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
         self.register_buffer("scales", torch.ones(out_features, n_groups, dtype=torch.float32, device=device))
@@ -80,7 +85,8 @@ class Int4Linear(nn.Module):
         """Copy the codes, scales and zeros into the layout of the int4 kernel of the weight's device, if it has one."""
         device = self.weight.device
         self.kernel_weight = torch.empty(0, dtype=torch.uint8, device=device)
-        if self.group_size not in KERNEL_GROUP_SIZES:
+        self.kernel_scales_and_zeros = torch.empty(0, dtype=self.kernel_dtype or torch.bfloat16, device=device)
+        if self.kernel_dtype is None or self.group_size not in KERNEL_GROUP_SIZES:
             return
         tiles = _cuda_inner_k_tiles(device, self.in_features, self.out_features)
         if device.type == "cpu" and self.out_features % 16 == 0:
@@ -92,7 +98,7 @@ class Int4Linear(nn.Module):
         else:
             return
         scales_and_zeros = torch.stack((self.scales, self.zeros), dim=-1)  # (out, n_groups, 2)
-        self.kernel_scales_and_zeros = scales_and_zeros.transpose(0, 1).to(torch.bfloat16).contiguous()  # (n_groups, out, 2)
+        self.kernel_scales_and_zeros = scales_and_zeros.transpose(0, 1).to(self.kernel_dtype).contiguous()  # (n_groups, out, 2)
 
     def _apply(self, fn, recurse=True):
         # after .to(device) / .to_empty() the kernel copy must follow the codes
@@ -100,25 +106,30 @@ class Int4Linear(nn.Module):
         self.pack_for_kernel()
         return self
 
-    def dequantize(self) -> torch.Tensor:
-        """The float32 weight (out, in) the codes stand for."""
-        codes = unpack_int4(self.weight).float().view(self.out_features, -1, self.group_size)  # (out, n_groups, group)
-        weight = (codes - 8) * self.scales[..., None] + self.zeros[..., None]
-        return weight.view(self.out_features, self.in_features)
+    def dequantize(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """The float32 weight (out, in) the codes stand for (rows start:stop only, when given)."""
+        codes = unpack_int4(self.weight[start:stop]).float()  # (rows, in)
+        codes = codes.view(codes.shape[0], -1, self.group_size)  # (rows, n_groups, group)
+        weight = (codes - 8) * self.scales[start:stop, :, None] + self.zeros[start:stop, :, None]
+        return weight.view(-1, self.in_features)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantize().to(x.dtype))
+        if torch.compiler.is_compiling():  # inductor fuses the dequantization into the product
+            return F.linear(x, self.dequantize().to(x.dtype))
+        return linear_by_row_blocks(x, self.dequantize, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel_weight.numel() == 0:
             return self.reference_forward(x)
-        x2d = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # (tokens, in)
+        x2d = x.reshape(-1, self.in_features).to(self.kernel_dtype).contiguous()  # (tokens, in)
         kernel = getattr(torch.ops.aten, KERNELS[x.device.type])
         out = kernel(x2d, self.kernel_weight, self.group_size, self.kernel_scales_and_zeros)
         return out.to(x.dtype).view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int4 group_size={self.group_size}"
+        kernel = str(self.kernel_dtype).removeprefix("torch.") if self.kernel_dtype else "none"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int4 group_size={self.group_size}, "
+                f"kernel={kernel}")
 
 
 def _cuda_inner_k_tiles(device: torch.device, in_features: int, out_features: int) -> int | None:

@@ -1,0 +1,144 @@
+"""SmolLM2-135M-Instruct's Q4_1 GGUF loaded by llamalab against transformers' reading of the same file.
+
+Reference: transformers' model of the file (every tensor dequantized to float32 by gguf). Our dequantized float32
+model must give its logits within 1e-4 relative. The kept-quantized model (int4 layers for Q4_1, an int8 table for
+the Q8_0 embedding and tied head) holds bit for bit the same weights; in float32 its products differ from the
+dense ones only in summation order (dequantized a block of rows at a time), so it meets the same 1e-4 bound.
+Greedy continuations are checked teacher-forced: along transformers' 64 greedy tokens every argmax of ours must be
+transformers' next token, which is the same as our greedy loop producing those tokens.
+"""
+import json
+import subprocess
+import sys
+
+import gguf
+import pytest
+import torch
+
+from llamalab.checkpoint import load
+from llamalab.checkpoint.gguf_blocks import read_raw
+from llamalab.checkpoint.gguf_format import FROM_GGUF_KEYS
+from llamalab.checkpoint.gguf_header import read_header
+from llamalab.checkpoint.keys import rename
+from llamalab.quantize import Int4Linear, Int8Embedding, Int8Linear
+
+PROMPTS = ["<|im_start|>user\nWhat is 12 times 7?<|im_end|>\n<|im_start|>assistant\n", "def fibonacci(n):\n    ",
+           "The capital of France is", "Once upon a time, in a small village,"]
+GREEDY_TOKENS = 64
+GREEDY_PROMPTS = 2  # the first two prompts (transformers' 64-step generate is the slow part of this file)
+REL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def dequantized(smollm2_gguf):
+    return load(smollm2_gguf, dtype=torch.float32, keep_quantized=False).requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def kept(smollm2_gguf):
+    return load(smollm2_gguf).requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def reference(hf_smollm2):
+    """transformers' prompt ids, logits and 64 greedy tokens for each prompt."""
+    tokenizer, model = hf_smollm2
+    out = []
+    with torch.no_grad():
+        for i, text in enumerate(PROMPTS):
+            ids = tokenizer(text, return_tensors="pt").input_ids
+            logits = model(ids).logits
+            greedy = full_logits = None
+            if i < GREEDY_PROMPTS:
+                greedy = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=GREEDY_TOKENS,
+                                        do_sample=False, eos_token_id=None, pad_token_id=tokenizer.eos_token_id)
+                full_logits = model(greedy).logits
+            out.append((ids, logits, greedy, full_logits))
+    return out
+
+
+def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
+
+
+def test_kept_quantized_layers_hold_exactly_the_values_gguf_dequantizes(smollm2_gguf, kept):
+    _, tensors = read_header(smollm2_gguf)
+    types = set()
+    with open(smollm2_gguf, "rb") as f:
+        for t in tensors:
+            if t.tensor_type.name not in ("Q4_1", "Q8_0"):
+                continue
+            types.add(t.tensor_type.name)
+            expected = torch.from_numpy(gguf.quants.dequantize(read_raw(f, t), t.tensor_type))
+            module = kept.get_submodule(rename(t.name, FROM_GGUF_KEYS).removesuffix(".weight"))
+            table = module.table if isinstance(module, Int8Embedding) else module
+            assert torch.equal(table.dequantize(), expected), t.name
+    assert types == {"Q4_1", "Q8_0"}
+    assert isinstance(kept.layers[7].feed_forward.w2, Int4Linear) and kept.layers[7].feed_forward.w2.group_size == 32
+    assert isinstance(kept.tok_embeddings, Int8Embedding) and kept.output is kept.tok_embeddings.table
+    assert isinstance(kept.output, Int8Linear) and kept.dtype == torch.float32
+
+
+def test_dequantized_float32_logits_match_transformers(dequantized, reference):
+    with torch.no_grad():
+        for ids, logits, _, _ in reference:
+            assert relative_error(dequantized(ids), logits) < REL
+
+
+def test_kept_quantized_float32_logits_match_transformers(kept, reference):
+    with torch.no_grad():
+        for ids, logits, _, _ in reference:
+            assert relative_error(kept(ids), logits) < REL
+
+
+@pytest.mark.parametrize("which", ["dequantized", "kept"])
+def test_greedy_64_tokens_are_transformers(which, request, reference):
+    model = request.getfixturevalue(which)
+    with torch.no_grad():
+        for ids, _, greedy, full_logits in reference[:GREEDY_PROMPTS]:
+            n = ids.shape[1]
+            assert greedy.shape[1] == n + GREEDY_TOKENS
+            ours = model(greedy[:, :-1])  # teacher-forced along transformers' greedy path
+            assert torch.equal(ours[0, n - 1:].argmax(-1), greedy[0, n:])
+            assert relative_error(ours, full_logits[:, :-1]) < REL
+
+
+def test_kept_quantized_decode_through_the_kv_cache_matches_the_full_pass(kept, reference):
+    ids, _, greedy, full_logits = reference[0]
+    n = ids.shape[1]
+    kept.setup_cache(1, n + 8)
+    try:
+        with torch.no_grad():
+            steps = [kept(ids, 0)[:, -1]] + [kept(greedy[:, n + i:n + i + 1], n + i)[:, -1] for i in range(7)]
+    finally:
+        kept.clear_cache()
+    assert relative_error(torch.stack(steps, 1), full_logits[:, n - 1:n + 7]) < REL
+
+
+def test_bfloat16_kept_quantized_uses_the_int4_kernel_and_stays_near_the_reference(smollm2_gguf, reference):
+    """bfloat16 activations (PyTorch's int4 kernel rounds activations and scales to bfloat16, ~3 significant
+    digits, through 30 layers): logits within 5% of the largest and the same next token on every prompt."""
+    model = load(smollm2_gguf, dtype=torch.bfloat16).requires_grad_(False)
+    assert model.layers[0].attention.wq.kernel_weight.numel() > 0
+    with torch.no_grad():
+        for ids, logits, _, _ in reference:
+            ours = model(ids)
+            assert relative_error(ours, logits) < 0.05
+            assert ours[0, -1].argmax() == logits[0, -1].argmax()
+
+
+RSS_SCRIPT = """
+import json, resource, sys, torch
+import llamalab.checkpoint
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model = llamalab.checkpoint.load(sys.argv[1])
+print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base}))
+"""
+
+
+def test_loading_keeps_peak_memory_under_twice_the_file_size(smollm2_gguf):
+    """Peak resident memory of a fresh process, above its baseline after importing torch and llamalab."""
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(smollm2_gguf)], capture_output=True, text=True,
+                         check=True, timeout=300)
+    peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_kib"] * 1024
+    assert peak < 2 * smollm2_gguf.stat().st_size, f"peak {peak / 2**20:.0f} MiB"
