@@ -64,3 +64,16 @@ def test_cli_prompts_get_no_bos_as_add_bos_token_says(smollm2_gguf, tokenizer, h
     assert prompt_ids(text, None, tokenizer, 49152) == expected
     assert main(["tokenizer", "encode", str(smollm2_gguf), text, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ids"] == expected
+
+
+def test_served_chat_answers_paris_and_stops_at_im_end(smollm2_model, tokenizer):
+    from fastapi.testclient import TestClient
+
+    from llamalab.serve import Scheduler, create_app
+
+    app = create_app(Scheduler(smollm2_model, slots=1, max_seq_len=256), tokenizer, "smollm2")
+    with TestClient(app) as client:
+        response = client.post("/v1/chat/completions", json={"model": "smollm2", "messages": QUESTION,
+                                                              "temperature": 0, "max_tokens": 32})
+    choice = response.json()["choices"][0]
+    assert (choice["message"]["content"], choice["finish_reason"]) == (ANSWER, "stop")
