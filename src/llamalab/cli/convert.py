@@ -10,7 +10,8 @@ DTYPES = ("float32", "float16", "bfloat16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_
 
 def add_parser(subparsers):
     p = subparsers.add_parser("convert", help="convert a checkpoint between meta, hf, llama2c, gguf and native")
-    p.add_argument("src", help="checkpoint folder (meta, hf, native) or file (.gguf, llama2.c .bin)")
+    p.add_argument("src", help="checkpoint folder (meta, hf, native, a sharded training checkpoint `step_N/`) or file "
+                               "(.gguf, llama2.c .bin)")
     p.add_argument("dst", help="output folder, or file for llama2c / gguf (written atomically)")
     p.add_argument("--to", required=True, choices=FORMATS, help="output format")
     p.add_argument("--dtype", choices=DTYPES,
@@ -32,9 +33,12 @@ def run(args) -> int:
         if args.to != "llama2c":
             raise CheckpointError(f"--llama2c-version applies to --to llama2c, not {args.to}")
         options["version"] = args.llama2c_version
-    src_format = detect_format(args.src)
-    if args.lora:
-        dst = _convert_merged(args, options)
+    from llamalab.train.sharded import is_sharded_snapshot
+
+    sharded = is_sharded_snapshot(args.src)
+    src_format = "sharded training checkpoint" if sharded else detect_format(args.src)
+    if args.lora or sharded:
+        dst = _convert_merged(args, options, sharded)
     else:
         dst = convert(args.src, args.dst, args.to, dtype=args.dtype, shards=args.shards, tokenizer=args.tokenizer,
                       show_progress=True, **options)
@@ -43,12 +47,15 @@ def run(args) -> int:
     return 0
 
 
-def _convert_merged(args, options):
-    """SRC's weights with the --lora adapter folded in, written as --to asks."""
+def _convert_merged(args, options, sharded: bool):
+    """SRC's weights (a sharded training checkpoint gathered in this process) with the --lora adapter folded in,
+    written as --to asks."""
     from llamalab.checkpoint import find_tokenizer, read, write
     from llamalab.checkpoint.peft import merge_adapter_state
+    from llamalab.train.sharded import read_sharded_weights, snapshot_tokenizer
 
-    model_args, state = read(args.src)
-    state = merge_adapter_state(state, model_args, args.lora)
-    tokenizer = args.tokenizer if args.tokenizer is not None else find_tokenizer(args.src)
+    model_args, state = read_sharded_weights(args.src) if sharded else read(args.src)
+    if args.lora:
+        state = merge_adapter_state(state, model_args, args.lora)
+    tokenizer = args.tokenizer or (snapshot_tokenizer(args.src) if sharded else find_tokenizer(args.src))
     return write(state, model_args, args.dst, args.to, args.dtype, args.shards, tokenizer, True, **options)

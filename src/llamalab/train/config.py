@@ -78,6 +78,8 @@ class TrainConfig:
     sample_tokens: int = setting(200, "tokens per printed sample")
     save_every: int = setting(500, "steps between training checkpoints (0: only at the end)")
     keep_last: int = setting(2, "training checkpoints kept")
+    sharded_checkpoints: bool = setting(False, "write training checkpoints with torch.distributed.checkpoint: each "
+                                               "process its own shards, resumable at another process count")
     log_every: int = setting(10, "steps between metrics.jsonl records")
     seed: int = setting(1337, "seed of the initial weights, data order and samples")
     resume: bool = setting(False, "continue from the newest checkpoint in out_dir")

@@ -32,6 +32,7 @@ from llamalab.train.build import build_model, prepare_model, unwrap
 from llamalab.train.config import TrainConfig
 from llamalab.train.metrics import MetricsLog, plot_loss, read_metrics
 from llamalab.train.optim import build_optimizer, build_scheduler
+from llamalab.train.sharded import load_sharded, read_run_state, save_sharded, sharded_steps, snapshot_path
 from llamalab.train.snapshots import load_newest_checkpoint, restore, save_checkpoint, saved_steps
 
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -189,25 +190,39 @@ class Trainer:
         extra = {"scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "data": self.batches.state_dict(), "config": self.cfg.to_dict(),
                  "model_args": self.model.args.to_dict()}
+        if self.cfg.sharded_checkpoints:
+            return save_sharded(self.checkpoints, self.step, self.module, self.optimizer, extra, self.cfg.keep_last)
         return save_checkpoint(self.checkpoints, self.step, self.module, self.optimizer, extra, self.cfg.keep_last)
 
     def resume(self) -> bool:
-        """Continue from the newest checkpoint in out_dir/checkpoints; False when there is none."""
-        state = load_newest_checkpoint(self.checkpoints, self._say)
-        if state is None:
-            return False
-        if state["model_args"] != self.model.args.to_dict():
-            raise CheckpointError(f"the checkpoints in {self.checkpoints} are of another model shape; "
-                                  "resume with the settings of that run or choose another --out-dir")
-        try:
-            restore(state, self.module, self.optimizer)
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"cannot resume from {self.checkpoints}: {e}") from None
+        """Continue from the newest checkpoint in out_dir/checkpoints; False when there is none.
+
+        A sharded checkpoint resumes at any process count and layout; a whole-file one at the same process count.
+        """
+        sharded = sharded_steps(self.checkpoints)
+        if sharded:
+            path = snapshot_path(self.checkpoints, sharded[-1])
+            self._check_shape(read_run_state(path))
+            state = load_sharded(path, self.module, self.optimizer)
+        else:
+            state = load_newest_checkpoint(self.checkpoints, self._say)
+            if state is None:
+                return False
+            self._check_shape(state)
+            try:
+                restore(state, self.module, self.optimizer)
+            except (RuntimeError, KeyError, ValueError) as e:
+                raise CheckpointError(f"cannot resume from {self.checkpoints}: {e}") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.batches.load_state_dict(state["data"])
         self.step = state["step"]
         return True
+
+    def _check_shape(self, state: dict) -> None:
+        if state["model_args"] != self.model.args.to_dict():
+            raise CheckpointError(f"the checkpoints in {self.checkpoints} are of another model shape; "
+                                  "resume with the settings of that run or choose another --out-dir")
 
     # -- the run -----------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -217,7 +232,7 @@ class Trainer:
         """
         cfg = self.cfg
         resumed = self.resume() if cfg.resume else False
-        if not resumed and saved_steps(self.checkpoints):
+        if not resumed and (saved_steps(self.checkpoints) or sharded_steps(self.checkpoints)):
             raise ConfigError(f"{self.checkpoints} holds checkpoints of an earlier run; continue it with --resume "
                               "or choose another --out-dir")
         log = MetricsLog(self.out_dir / "metrics.jsonl", self.step, self.out_dir / "tensorboard"
