@@ -58,3 +58,24 @@ def test_gguf_sampling_keys_are_the_defaults(tmp_path, tiktoken_model_path):
     tok = load_tokenizer(tmp_path / "b.gguf")
     assert tok.sampling_defaults == {"temperature": 0.25, "top_p": 0.75, "top_k": 20}
     assert (tok.bos_id, tok.add_bos, tok.chat_template) == (None, False, None)  # none of those keys in the file
+
+
+
+def test_add_bos_token_of_tokenizer_config_is_honoured(tmp_path, hf_llama2_dir, sp_model_path):
+    """A Llama tokenizer adds BOS unless tokenizer_config.json says add_bos_token: false (transformers 5 itself
+    adds none for this folder whatever the flag says, so the ids are checked against sentencepiece)."""
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(sp_model_path))
+    for flag in (None, True, False):
+        folder = tmp_path / str(flag)
+        shutil.copytree(hf_llama2_dir, folder)
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        if flag is not None:
+            config["add_bos_token"] = flag
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        ours = load_tokenizer(folder)
+        assert ours.add_bos is (flag is not False)
+        for text in ("the cat sat", "a café in 東京"):
+            assert ours.encode(text) == [1] * ours.add_bos + sp.encode(text), (flag, text)
+            assert ours.encode(text, bos=True)[0] == 1
