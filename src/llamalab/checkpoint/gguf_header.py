@@ -80,9 +80,11 @@ def _parse(buf, path: Path, size: int) -> tuple[dict[str, Any], list[TensorInfo]
             dims = [cursor.scalar("<Q") for _ in range(cursor.scalar("<I"))]
             type_id, offset = cursor.scalar("<I"), cursor.scalar("<Q")
             entries.append((name, tuple(reversed(dims)), type_id, offset))
-    except struct.error:
+    except (struct.error, OverflowError):  # OverflowError: a corrupt length sends the cursor past any offset
         raise CheckpointError(f"{path}: truncated GGUF header") from None
-    alignment = int(metadata.get("general.alignment") or 32)
+    alignment = metadata.get("general.alignment") or 32
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment < 1:
+        raise CheckpointError(f"{path}: general.alignment {alignment!r} is not a positive whole number")
     data_start = -(-cursor.offset // alignment) * alignment
     tensors = []
     for name, shape, type_id, offset in entries:

@@ -65,8 +65,11 @@ def write_plot(path: str, models: dict[str, ModelArgs], work: Workload) -> None:
     from llamalab.files import atomic_output
 
     figure = plot_scaling(models, work)
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    if fmt not in figure.canvas.get_supported_filetypes():
+        raise ConfigError(f"--plot {path}: matplotlib cannot write .{fmt}; end the name with .png, .svg or .pdf")
     with atomic_output(path) as tmp:
-        figure.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=120)
+        figure.savefig(tmp, format=fmt, dpi=120)
 
 
 def _models(args) -> dict[str, ModelArgs]:

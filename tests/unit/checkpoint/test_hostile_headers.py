@@ -118,3 +118,19 @@ def test_a_corrupt_sentencepiece_model_is_a_tokenizer_error(tmp_path, sp_tokeniz
     (tmp_path / "tokenizer.model").write_bytes(bytes(data))
     with pytest.raises(TokenizerError, match="not a readable SentencePiece model"):
         load_tokenizer(tmp_path / "tokenizer.model")
+
+
+@pytest.mark.parametrize("count", [2**62, 2**64 - 1])
+def test_a_gguf_array_count_past_any_offset_is_a_checkpoint_error(tmp_path, model, count):
+    """Found by the fuzz suite: a corrupt array length sent the GGUF header reader's cursor past what
+    struct can address (OverflowError)."""
+    import struct
+
+    path = save(model, tmp_path / "m.gguf", format="gguf", dtype="float32")
+    data = bytearray(path.read_bytes())
+    key_length = struct.unpack_from("<Q", data, 24)[0]  # the first key: general.architecture
+    where = 32 + key_length  # its value type, then the value
+    struct.pack_into("<IIQ", data, where, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32, count)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="m.gguf"):
+        load(path)
