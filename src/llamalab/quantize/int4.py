@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llamalab.errors import ConfigError
+from llamalab.quantize.frozen import frozen_linear
 from llamalab.quantize.rows import linear_by_row_blocks
 
 CPU_KERNEL_TILES = 2  # inner k-tiles argument of PyTorch's CPU int4 packing (any of 1, 2, 4, 8 works)
@@ -119,6 +120,8 @@ class Int4Linear(nn.Module):
         return linear_by_row_blocks(x, self.dequantize, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or self.training):  # training through the frozen weight (QLoRA)
+            return frozen_linear(x, self.dequantize, self.out_features)
         if self.kernel_weight.numel() == 0:
             return self.reference_forward(x)
         x2d = x.reshape(-1, self.in_features).to(self.kernel_dtype).contiguous()  # (tokens, in)

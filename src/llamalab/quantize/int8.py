@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llamalab.quantize.frozen import frozen_linear
 from llamalab.quantize.rows import linear_by_row_blocks
 
 
@@ -69,6 +70,8 @@ class Int8Linear(nn.Module):
         return F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or self.training):  # training through the frozen weight (QLoRA)
+            return frozen_linear(x, self.dequantize, self.out_features)
         if x.device.type != "cpu" or self.group_size is not None:
             return self.reference_forward(x)
         x2d = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (tokens, in)

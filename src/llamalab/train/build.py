@@ -33,7 +33,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, device: torch.device) -> Tran
     A preset's max_seq_len is kept; otherwise the model's context is the training sequence length.
     """
     if cfg.init_from is not None:
-        model = checkpoint.load(cfg.init_from, device=device, dtype=torch.float32)
+        model = checkpoint.load(cfg.init_from, device=device, dtype=torch.float32, keep_quantized=cfg.qlora == "keep")
         overrides = {k: v for k, v in cfg.model.items() if getattr(model.args, k) != v}
         if set(overrides) - {"dropout", "max_seq_len"}:
             raise ConfigError(f"a loaded model keeps its shape, so {sorted(overrides)} cannot change; "
@@ -89,6 +89,10 @@ def prepare_model(model: Transformer, cfg: TrainConfig, device: torch.device) ->
     world = dist.get_world_size() if dist.is_initialized() else 1
     if cfg.tp > 1:  # before LoRA and checkpoint wrappers rename the modules the TP plan names
         apply_fsdp_tp(model, make_mesh(tp=cfg.tp, dp_shard=cfg.dp_shard or max(1, world // cfg.tp)), loss_parallel=True)
+    if cfg.qlora in ("int8", "int4"):
+        from llamalab.quantize import quantize_model
+
+        quantize_model(model, cfg.qlora, include_output=not model.args.tie_embeddings)
     if cfg.lora_rank:
         apply_lora(model, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha)
     if cfg.activation_checkpointing:

@@ -20,6 +20,7 @@ from llamalab.errors import ConfigError
 
 
 AUTOCAST_DTYPES = ("auto", "float32", "bfloat16", "float16")
+QLORA_BASES = ("", "keep", "int8", "int4")
 
 
 def setting(default: Any, help: str, choices: tuple[str, ...] | None = None):
@@ -70,6 +71,8 @@ class TrainConfig:
     lora_alpha: float = setting(16.0, "LoRA scale numerator: the update is alpha/rank * B A")
     lora_targets: list[str] = setting(["wq", "wv"], "projections that get adapters (wq wk wv wo w1 w2 w3 output)")
     merge: bool = setting(False, "fold the LoRA adapters into the saved model's weights")
+    qlora: str = setting("", "QLoRA: LoRA over a frozen quantized base: int8 / int4 (the float weights quantized), or "
+                             "keep (a GGUF's int8 / int4 weights as stored); empty: a float32 base", QLORA_BASES)
     # evaluation, samples, checkpoints, logs
     eval_every: int = setting(100, "steps between validation passes (0: only at the end)")
     eval_batches: int = setting(20, "micro-batches of validation data per pass")
@@ -114,6 +117,11 @@ class TrainConfig:
         if self.tp > 1 and self.sample_every:
             raise ConfigError("samples are not drawn during a --tp run: set sample_every to 0 and try the saved "
                               "model with `llamalab generate`")
+        if self.qlora not in QLORA_BASES:
+            raise ConfigError(f"qlora must be one of keep, int8, int4 (or empty), got {self.qlora!r}")
+        if self.qlora and (not self.lora_rank or self.merge or self.tp > 1):
+            raise ConfigError("qlora trains LoRA adapters over frozen quantized weights: it needs --lora-rank, and "
+                              "neither --merge (merge later with `llamalab convert MODEL OUT --lora ADAPTERS`) nor --tp")
         if self.merge and not self.lora_rank:
             raise ConfigError("merge folds LoRA adapters into the weights; it needs lora_rank > 0")
         unknown = sorted(set(self.model) - MODEL_FIELDS)

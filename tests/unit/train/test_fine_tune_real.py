@@ -1,5 +1,6 @@
-"""Behaviour: LoRA fine-tuning of the real SmolLM2 on a small chat set teaches it a made-up fact, which `chat` and
-`generate --lora` then state and the base model does not know."""
+"""Behaviour: LoRA fine-tuning of the real SmolLM2 (the Q4_1 GGUF: its tokenizer and chat template read from the
+file) on a small chat set teaches it a made-up fact, which `chat --lora` and `generate --lora` on the GGUF then
+state and the base model does not know."""
 import io
 import json
 import sys
@@ -36,16 +37,17 @@ def chat_answer(monkeypatch, capsys, argv, question):
 
 
 @pytest.fixture(scope="module")
-def fine_tuned(smollm2_hf_dir, tmp_path_factory):
-    """(base model folder, adapter folder) after 8 LoRA steps on the fact set (about a minute on one CPU core)."""
+def fine_tuned(smollm2_gguf, tmp_path_factory):
+    """(the GGUF, adapter folder) after 8 LoRA steps on the fact set over the dequantized weights (about a minute on
+    one CPU core); the adapter then runs beside the GGUF's int4 / int8 layers."""
     folder = tmp_path_factory.mktemp("fine-tune")
     data = write_fact_set(folder / "fact.jsonl")
-    assert main(["train", "--init-from", str(smollm2_hf_dir), "--data", str(data), "--out-dir", str(folder / "run"),
+    assert main(["train", "--init-from", str(smollm2_gguf), "--data", str(data), "--out-dir", str(folder / "run"),
                  "--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "wq", "wk", "wv", "wo", "w1", "w2", "w3",
                  "--lr", "5e-3", "--min-lr", "5e-4", "--warmup-steps", "1", "--weight-decay", "0", "--max-steps", "8",
                  "--batch-size", "2", "--seq-len", "96", "--eval-every", "0", "--save-every", "0", "--log-every", "1",
                  "--sample-tokens", "4", "--dtype", "float32", "--no-progress"]) == 0
-    return smollm2_hf_dir, folder / "run" / "adapters"
+    return smollm2_gguf, folder / "run" / "adapters"
 
 
 def test_the_adapter_teaches_the_fact_and_the_base_model_lacks_it(fine_tuned, monkeypatch, capsys):
@@ -67,5 +69,5 @@ def test_generate_applies_the_adapter_too(fine_tuned, capsys):
     base, adapters = fine_tuned
     prompt = "<|im_start|>user\nWhich city is the capital of Zorblaxia?<|im_end|>\n<|im_start|>assistant\n"
     assert main(["generate", str(base), "--lora", str(adapters), "--prompt", prompt, "--temperature", "0",
-                 "--max-new-tokens", "12", "--json"]) == 0
+                 "--max-new-tokens", "24", "--json"]) == 0
     assert FACT in json.loads(capsys.readouterr().out.splitlines()[-1])["text"]

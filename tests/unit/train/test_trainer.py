@@ -151,6 +151,23 @@ def test_lora_fine_tuning_of_a_saved_model(tiny_config, tmp_path):
         torch.testing.assert_close(merged(tokens), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_qlora_trains_adapters_over_int4_weights(tiny_config, tmp_path):
+    from llamalab.quantize.int4 import Int4Linear
+
+    base = trainer_for(tiny_config(max_steps=3))
+    base.fit()
+    base_folder = base.save_model(tmp_path / "base")
+    qlora = trainer_for(tiny_config(init_from=str(base_folder), lora_rank=4, lora_targets=["wq", "wv", "w2"],
+                                    qlora="int4", max_steps=6, lr=3e-2, out_dir=str(tmp_path / "q")))
+    assert isinstance(qlora.model.layers[0].attention.wq, Int4Linear)
+    start = qlora.evaluate()
+    qlora.fit()
+    assert qlora.evaluate() < start
+    assert (qlora.save_model(tmp_path / "q" / "adapters") / "adapter_model.safetensors").is_file()
+    with pytest.raises(ConfigError, match="qlora trains LoRA adapters"):
+        tiny_config(qlora="int8")
+
+
 def test_bad_settings_are_one_clear_error(tiny_config, corpus, tmp_path):
     with pytest.raises(DataError, match="vocabulary of 320 ids but the model has vocab_size=256"):
         trainer_for(tiny_config(model=dict(dim=32, n_layers=1, n_heads=4, vocab_size=256)))
