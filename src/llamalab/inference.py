@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from llamalab.checkpoint import find_tokenizer, load
+from llamalab.checkpoint.parts import read_args, read_parts
 from llamalab.checkpoint.peft import apply_adapters
 from llamalab.config import PRESETS, ModelArgs
 from llamalab.errors import ConfigError
@@ -21,7 +23,8 @@ from llamalab.generate.decode import Generation, Step, eager_step
 from llamalab.generate.fast import column_major_weights, matvec_linears
 from llamalab.generate.sampling import SamplingParams
 from llamalab.model import Transformer
-from llamalab.parallel.mesh import is_main_process
+from llamalab.parallel.mesh import init_distributed, is_main_process, make_mesh, shared_seed
+from llamalab.parallel.sizes import check_tp_size
 from llamalab.quantize import quantize_model
 from llamalab.tokenizer import Tokenizer, load_tokenizer
 
@@ -184,12 +187,7 @@ def _load_tensor_parallel(source: Source, random_init: bool, tp: int, device: to
                           seed: int | None) -> tuple[Transformer, int]:
     """The model split over the tp ranks of the torchrun group (each rank reading only its part) and the seed every
     rank samples with."""
-    from functools import partial
-
-    from llamalab.checkpoint.parts import read_args, read_parts
     from llamalab.parallel.loading import load_tp_model  # DTensor takes 2 s to import: only when tp asks
-    from llamalab.parallel.mesh import init_distributed, make_mesh, shared_seed
-    from llamalab.parallel.sizes import check_tp_size
     from llamalab.parallel.tensor_parallel import apply_tp
 
     path = None if random_init else _checkpoint_path(source)
