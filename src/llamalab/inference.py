@@ -133,8 +133,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def check_threads_and_seed(threads: int | None, seed: int | None) -> None:
     """ConfigError for a thread count below 1 or a seed torch cannot take (outside [-2**63, 2**64 - 1])."""
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads must be a whole number of at least 1, got {threads!r}")
+    if threads is not None and (not isinstance(threads, int) or not 1 <= threads <= 4096):
+        raise ConfigError(f"threads must be a whole number from 1 to 4096, got {threads!r}")
     if seed is not None and (not isinstance(seed, int) or not -(2**63) <= seed <= 2**64 - 1):
         raise ConfigError(f"seed must be a whole number in [-2**63, 2**64 - 1], got {seed!r}")
 

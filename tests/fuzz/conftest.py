@@ -25,12 +25,12 @@ def tokenizer_file(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    """A random 2-layer model (vocab 320, context 64) whose checkpoints the loader fuzz mutates."""
+    """A random 2-layer model (vocab 300: the tokenizer's, context 64) whose checkpoints the fuzz mutates and runs."""
     import torch
 
     from llamalab.config import ModelArgs
     from llamalab.model import Transformer
 
     torch.manual_seed(0)
-    args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=320, multiple_of=16, max_seq_len=64)
+    args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=16, max_seq_len=64)
     return Transformer(args).eval().requires_grad_(False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 
+MAX_THREADS = 4096  # far beyond any CPU; torch.set_num_threads overflows past 2**63
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed and torch.Generator.manual_seed accept
 
 
@@ -25,6 +26,13 @@ def non_negative_int(text: str) -> int:
     value = _integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def thread_count(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{value} threads: at most {MAX_THREADS}")
     return value
 
 

@@ -28,7 +28,7 @@ class Server:
     @property
     def cache_bytes(self) -> int:
         """Bytes of the KV cache the scheduler allocated for its slots."""
-        return sum(layer.attention.cache.k.nbytes * 2 for layer in self.scheduler.model.layers)
+        return self.scheduler.model.kv_cache.nbytes
 
     def run(self, host: str = "127.0.0.1", port: int = 8000) -> None:
         """Serve on host:port until interrupted."""
@@ -67,8 +67,9 @@ def check_cache_fits(model, slots: int, max_seq_len: int) -> None:
     device = model.norm.weight.device
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _free_host_memory()
     if free is not None and needed > free:
-        raise ConfigError(f"a KV cache of {slots} slots x {max_seq_len} tokens needs {needed / 2**30:.1f} GiB, more "
-                          f"than the {free / 2**30:.1f} GiB free on {device}; lower --slots or --max-seq-len")
+        raise ConfigError(f"a KV cache of {slots} rows x {max_seq_len} tokens needs {needed / 2**30:.1f} GiB, more "
+                          f"than the {free / 2**30:.1f} GiB free on {device}; ask for fewer rows (--slots, --batch-size) "
+                          "or a shorter context")
 
 
 def _free_host_memory() -> int | None:

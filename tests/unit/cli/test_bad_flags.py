@@ -43,6 +43,7 @@ def assert_one_line_error(status: int, err: str, *needles: str) -> None:
 @pytest.mark.parametrize("flags, needle", [
     (["--threads", "-1"], "--threads"),
     (["--threads", "0"], "--threads"),
+    (["--threads", str(2**64)], "--threads"),
     (["--seed", str(10**20)], "--seed"),
     (["--seed", "1e20"], "--seed"),
     (["--device", "bogus"], "bogus"),
@@ -99,3 +100,22 @@ def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path, monkeypatch)
     for bad in (str(tmp_path / "empty"), str(tmp_path / "missing")):
         with pytest.raises(ConfigError, match="api-key-file"):
             read_api_key(None, bad)
+
+
+def test_analyze_plot_with_a_suffix_matplotlib_cannot_write_is_one_line(tmp_path, capsys):
+    """Found by the fuzz suite: --plot out.5 was a matplotlib ValueError traceback."""
+    status, err = run_cli(["analyze", "--preset", "debug", "--plot", str(tmp_path / "out.5")], capsys)
+    assert_one_line_error(status, err, ".5")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--batch-size", str(2**64)], "KV cache"),  # found by the fuzz suite: a TypeError from torch.randint
+    (["--batch-size", "10000000"], "KV cache"),
+    (["--repeats", "0"], "--repeats"),
+    (["--prompt-len", "100", "--new-tokens", "100"], "context"),
+])
+def test_bench_flags(checkpoint, capsys, flags, needle):
+    status, err = run_cli(["bench", str(checkpoint), "--prompt-len", "4", "--new-tokens", "2", "--repeats", "1",
+                           *flags], capsys)
+    assert_one_line_error(status, err, needle)
