@@ -113,7 +113,8 @@ def fit_context(prompt: list[int], context: int, max_new_tokens: int, truncate: 
     return prompt
 
 
-def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, **options) -> list[Completion]:
+def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+             **options) -> list[Completion]:
     """Run a `Generation` to the end and return its completions (options as for `Generation`)."""
     generation = Generation(model, prompts, max_new_tokens, **options)
     for _ in generation:

@@ -12,7 +12,8 @@ repetition / presence / frequency penalties, logit bias, seed), an optional gram
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence as Seq
+from collections.abc import Callable, Iterable
+from collections.abc import Sequence as Seq
 from typing import Protocol
 
 import torch
@@ -118,23 +119,34 @@ class Sequence:
 
     def accept(self, token: int, logprob: float | None = None, top: tuple[list[int], list[float]] | None = None
                ) -> bool:
-        """Take a sampled token; False if it was a stop id (the row is then finished)."""
+        """Take a sampled token (`top`: the likeliest (ids, logprobs) when top_logprobs is set); False if it was a
+        stop id. The row finishes on a stop id or at max_tokens."""
+        if not self.take(token, logprob):
+            self.finish("stop")
+            return False
+        if len(self.output) >= self.max_tokens:
+            self.finish("length")
+        return True
+
+    def take(self, token: int, logprob: float | None = None) -> bool:
+        """The bookkeeping of `accept`: count the token, advance the grammar, append it unless it is a stop id."""
         self.sampled += 1
         self.last_token = token
         if token in self.stop_ids:
-            self.finish("stop")
             return False
         if self.constraint is not None:
             self.constraint.advance(token)
         self.output.append(token)
         if self.logprobs is not None:
             self.logprobs.append(logprob)
-        if len(self.output) >= self.max_tokens:
-            self.finish("length")
         return True
 
+    def prefilled(self) -> None:
+        """Called once the prompt is in the cache (and scored, with echo), before the first token is sampled."""
+
     def score_prompt(self, logprobs: torch.Tensor) -> None:
-        """Take the next chunk of prompt scores: logprobs (k, vocab) of the positions before the next k prompt tokens."""
+        """Take the next chunk of prompt scores: logprobs (k, vocab) of the positions before the next k prompt
+        tokens."""
         if self.prompt_logprobs is None:
             return
         start = len(self.prompt_logprobs) + 1
@@ -173,7 +185,8 @@ class Engine:
         first = len(self.rows)
         for seq in seqs:
             if len(seq.prompt) >= self.max_seq_len:
-                raise ConfigError(f"a prompt of {len(seq.prompt)} tokens leaves no room in {self.max_seq_len} positions")
+                raise ConfigError(
+                    f"a prompt of {len(seq.prompt)} tokens leaves no room in {self.max_seq_len} positions")
             seq.max_tokens = min(seq.max_tokens, self.max_seq_len - len(seq.prompt))
             seq.generator = make_generator(seq.params.seed, self.device)
             self.history[len(self.rows), : len(seq.prompt)] = torch.tensor(seq.prompt)
@@ -182,6 +195,8 @@ class Engine:
             self.cached.append(len(seq.prompt))
         self._last = None
         logits = self._prefill(first, list(seqs))  # (k, vocab)
+        for seq in seqs:
+            seq.prefilled()
         sampling = [i for i, seq in enumerate(seqs) if seq.max_tokens > 0]
         for seq in seqs:
             if seq.max_tokens <= 0:

@@ -71,7 +71,7 @@ def rope_tables(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x (bsz, seqlen, n_heads, head_dim) by angles cos/sin (bsz or 1, seqlen, head_dim/2)."""
+    """Rotate interleaved pairs of x (bsz, seqlen, n_heads, head_dim) by cos/sin (bsz or 1, seqlen, head_dim/2)."""
     xf = x.float().unflatten(-1, (-1, 2))  # (bsz, seqlen, n_heads, head_dim/2, 2)
     x_even, x_odd = xf[..., 0], xf[..., 1]
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # (bsz, seqlen, 1, head_dim/2)

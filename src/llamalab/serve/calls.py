@@ -1,4 +1,4 @@
-"""What the scheduler asks of the model: prefill a prompt into row 0, decode rows 0..n-1, move a cache row.
+"""The engine's model calls in lockstep over tensor-parallel ranks.
 
 With tensor parallelism (`--tp`) every rank holds a slice of the model and must run the same calls in
 the same order: rank 0 schedules and uses `LockstepCalls`, which broadcasts each call before running
@@ -6,71 +6,30 @@ it; the other ranks run `follow`, which receives the calls and repeats them.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.distributed as dist
 
+from llamalab.generate.engine import ModelCalls
+
+__all__ = ["LockstepCalls", "ModelCalls", "follow"]
+
 PREFILL, DECODE, MOVE, STOP = range(4)  # the operation codes rank 0 broadcasts
-
-
-class ModelCalls:
-    """The scheduler's model operations on this process's model."""
-
-    def __init__(self, model):
-        self.model = model
-        self.device = model.tok_embeddings.weight.device
-
-    def prefill(self, tokens: torch.Tensor, every: bool = False) -> torch.Tensor:
-        """Write one prompt (1, prompt_len) into KV-cache row 0; its next-token logits (1, vocab),
-        or with `every` the logits of every position (1, prompt_len, vocab)."""
-        logits = self.model(tokens, start_pos=0, last_only=not every)
-        return logits if every else logits[:, -1]
-
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
-        """One token (n, 1) per row 0..n-1, each at its own position (n,); next-token logits (n, vocab).
-
-        `length` > every position: attention reads only that many cache positions, not the whole cache.
-        """
-        with self._cache_window(length):
-            return self.model(tokens, start_pos=positions)[:, -1]
-
-    def move_row(self, src: int, dst: int, length: int) -> None:
-        """Copy the first `length` positions of KV-cache row src into row dst, in every layer."""
-        for layer in self.model.layers:
-            cache = layer.attention.cache
-            cache.k[dst, :, :length] = cache.k[src, :, :length]
-            cache.v[dst, :, :length] = cache.v[src, :, :length]
-
-    def stop(self) -> None:
-        """No more calls will come."""
-
-    @contextlib.contextmanager
-    def _cache_window(self, length: int):
-        """Show the model the first `length` positions of each layer's KV cache (views: writes reach the cache)."""
-        caches = [layer.attention.cache for layer in self.model.layers]
-        whole = [(cache.k, cache.v) for cache in caches]
-        for cache, (k, v) in zip(caches, whole):
-            cache.k, cache.v = k[:, :, :length], v[:, :, :length]  # (slots, n_kv_heads, length, head_dim)
-        try:
-            yield
-        finally:
-            for cache, (k, v) in zip(caches, whole):
-                cache.k, cache.v = k, v
+HEADER = 6  # longs in a call's header: the code and up to five sizes
 
 
 class LockstepCalls(ModelCalls):
     """Rank 0's calls: each is first broadcast, so that the ranks running `follow` do the same."""
 
-    def prefill(self, tokens, every=False):
-        self._announce(PREFILL, tokens.shape[1], int(every))
+    def prefill(self, tokens, start_pos, first_row, last_only):
+        self._announce(PREFILL, *tokens.shape, start_pos, first_row, int(last_only))
         dist.broadcast(tokens, src=0)
-        return super().prefill(tokens, every)
+        return super().prefill(tokens, start_pos, first_row, last_only)
 
-    def decode(self, tokens, positions, length):
-        self._announce(DECODE, tokens.shape[0], length)
-        dist.broadcast(torch.cat([tokens, positions[:, None]], dim=1), src=0)  # (n, 2)
-        return super().decode(tokens, positions, length)
+    def decode(self, tokens, start_pos, kv_len):
+        shared = isinstance(start_pos, int)  # every row at one position: only the tokens travel
+        self._announce(DECODE, tokens.shape[0], start_pos if shared else -1, kv_len or 0)
+        dist.broadcast(tokens if shared else torch.cat([tokens, start_pos[:, None]], dim=1), src=0)  # (n, 1 or 2)
+        return super().decode(tokens, start_pos, kv_len)
 
     def move_row(self, src, dst, length):
         self._announce(MOVE, src, dst, length)
@@ -80,7 +39,7 @@ class LockstepCalls(ModelCalls):
         self._announce(STOP)
 
     def _announce(self, op: int, *sizes: int) -> None:
-        header = torch.tensor([op, *sizes, 0, 0, 0][:4], device=self.device)
+        header = torch.tensor([op, *sizes] + [0] * (HEADER - 1 - len(sizes)), device=self.device)
         dist.broadcast(header, src=0)
 
 
@@ -91,20 +50,21 @@ def follow(model, slots: int, max_seq_len: int) -> None:
     """
     model.eval().setup_cache(batch_size=slots, max_seq_len=max_seq_len)
     calls = ModelCalls(model)
-    header = torch.empty(4, dtype=torch.long, device=calls.device)
+    header = torch.empty(HEADER, dtype=torch.long, device=calls.device)
     with torch.inference_mode():
         while True:
             dist.broadcast(header, src=0)
-            op, a, b, c = header.tolist()
+            op, a, b, c, d, e = header.tolist()
             if op == STOP:
                 return
             if op == MOVE:
                 calls.move_row(a, b, c)
-                continue
-            shape = (1, a) if op == PREFILL else (a, 2)
-            payload = torch.empty(shape, dtype=torch.long, device=calls.device)
-            dist.broadcast(payload, src=0)
-            if op == PREFILL:
-                calls.prefill(payload, every=bool(b))
+            elif op == PREFILL:
+                tokens = torch.empty(a, b, dtype=torch.long, device=calls.device)
+                dist.broadcast(tokens, src=0)
+                calls.prefill(tokens, c, d, bool(e))
             else:
-                calls.decode(payload[:, :1], payload[:, 1], length=b)
+                payload = torch.empty(a, 1 if b >= 0 else 2, dtype=torch.long, device=calls.device)
+                dist.broadcast(payload, src=0)
+                start_pos = b if b >= 0 else payload[:, 1]
+                calls.decode(payload[:, :1], start_pos, c or None)

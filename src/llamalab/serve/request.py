@@ -1,8 +1,9 @@
 """One request to the scheduler: prompt ids and sampling settings in, text deltas with their tokens out.
 
-The scheduler feeds a request its sampled tokens one at a time (`accept`); the request turns them
-into text, cut at the first stop string, decides when it is finished and hands every piece of
-output to its `sink` (a callable the HTTP layer provides; it is called from the scheduler thread).
+A `Request` is a row of the decode engine (`generate.engine.Sequence`): the engine feeds it its sampled
+tokens one at a time (`accept`); the request turns them into text, cut at the first stop string, and
+hands every piece of output to its `sink` (a callable the HTTP layer provides; it is called from the
+scheduler thread).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llamalab.generate.constrained import TokenConstraint
+from llamalab.generate.engine import Sequence
 from llamalab.generate.sampling import SamplingParams
 from llamalab.generate.text import TextStream
 from llamalab.tokenizer import StreamDecoder, Tokenizer
@@ -25,6 +27,7 @@ class TokenInfo:
     text: str
     logprob: float | None = None
     top: list[tuple[str, float]] = field(default_factory=list)  # (text, logprob) of the likeliest tokens
+    stop: bool = False  # the stop token that ended the text (listed by /v1/completions' logprobs, not by chat)
 
 
 @dataclass
@@ -37,60 +40,79 @@ class Output:
     error: str | None = None
 
 
-class Request:
+class Request(Sequence):
     """A prompt to complete with up to `max_tokens` tokens; `sink` receives each `Output`."""
 
     def __init__(self, prompt: list[int], max_tokens: int, tokenizer: Tokenizer, sink: Callable[[Output], None],
                  params: SamplingParams = SamplingParams(), stop: tuple[str, ...] = (),
                  top_logprobs: int | None = None, ignore_eos: bool = False, prompt_logprobs: int | None = None,
                  constraint: TokenConstraint | None = None):
-        self.prompt, self.max_tokens, self.params = prompt, max_tokens, params
-        self.top_logprobs = top_logprobs  # None: no log-probabilities; n: the chosen token's and n alternatives
-        self.prompt_logprobs = prompt_logprobs  # as top_logprobs, for the prompt's tokens (echo)
-        self.prompt_infos: list[TokenInfo] | None = None  # set by the prefill when prompt_logprobs is
-        self.constraint = constraint  # the grammar the tokens must follow (structured output), or None
+        # top_logprobs None: no log-probabilities; n: the chosen token's and n alternatives
+        super().__init__(prompt, max_tokens, params, stop_ids=() if ignore_eos else tokenizer.stop_ids,
+                         top_logprobs=top_logprobs, echo=prompt_logprobs is not None, constraint=constraint)
+        self.prompt_top = prompt_logprobs  # as top_logprobs, for the prompt's tokens (echo)
+        self.prompt_infos: list[TokenInfo] | None = None  # set after the prefill when prompt_logprobs is
+        self._prompt_scores: list[torch.Tensor] = []  # echo: the prefill's log-probabilities, chunk by chunk
         self.sink = sink
         self.tokenizer = tokenizer
-        self.stop_ids = frozenset() if ignore_eos else tokenizer.stop_ids
         self.text = TextStream(tokenizer, stop)
-        self.generator: torch.Generator | None = None  # set by the scheduler on the model's device
-        self.tokens: list[int] = []  # generated ids, the stop token included
-        self.finished = False
+        self.finished = False  # the last output went out
         self.cancelled = False  # set by the consumer (client gone); the scheduler frees the slot
 
     @property
-    def cached(self) -> int:
-        """Positions of this request in the KV cache: everything but the last sampled token."""
-        return len(self.prompt) + len(self.tokens) - 1
+    def tokens(self) -> list[int]:
+        """Generated ids, a stop token that ended the request included (what usage counts)."""
+        return self.output + [self.last_token] if self.sampled > len(self.output) else self.output
 
     @property
     def done(self) -> bool:
-        return self.finished or self.cancelled
+        return self.finished or self.cancelled or self.finish_reason is not None
 
     def cancel(self) -> None:
         self.cancelled = True
 
-    def accept(self, token: int, logprobs: torch.Tensor | None = None) -> None:
-        """Take the next sampled token (and the log-probabilities (vocab,) it was drawn from, if asked)."""
-        self.tokens.append(token)
-        if self.constraint is not None and token not in self.stop_ids:
-            self.constraint.advance(token)
-        if token in self.stop_ids:
-            self._finish("stop")
-            return
+    def accept(self, token: int, logprob: float | None = None, top: tuple[list[int], list[float]] | None = None
+               ) -> bool:
+        """Take the next sampled token, its log-probability and the likeliest (ids, logprobs), if asked."""
+        if not self.take(token, logprob):
+            if self.finish_reason is None:  # the stop token: no text, but its log-probability (vLLM's legacy logprobs)
+                self.finish_reason = "stop"
+                stop = TokenInfo(token, "", stop=True) if self.top_logprobs is not None else None
+                if stop is not None:
+                    stop.logprob = logprob
+                    stop.top = [(self._text_of(i), lp) for i, lp in zip(*top)] if top is not None else []
+                self._finish("stop", info=stop)
+            return False
         before = len(self.text.text)
         released = self.text.push(token)
         info = TokenInfo(token, self.text.text[before:])
-        if logprobs is not None and self.top_logprobs is not None:
-            info.logprob = float(logprobs[token])
-            top = logprobs.topk(min(self.top_logprobs, logprobs.numel()))
-            info.top = [(self._text_of(i), lp) for i, lp in zip(top.indices.tolist(), top.values.tolist())]
+        if self.top_logprobs is not None:
+            info.logprob = logprob
+            info.top = [(self._text_of(i), lp) for i, lp in zip(*top)]
         if self.text.stopped:
+            self.finish_reason = "stop"
             self._emit(Output(released, info, finish_reason="stop"))
-        elif len(self.tokens) >= self.max_tokens:
+        elif len(self.output) >= self.max_tokens:
+            self.finish_reason = "length"
             self._finish("length", released, info)
         else:
             self._emit(Output(released, info))
+        return True
+
+    def finish(self, reason: str = "stop") -> None:
+        """End now (a stop token; max_tokens 0 after the prefill), with the text still held back."""
+        if self.finish_reason is None:
+            self.finish_reason = reason
+            self._finish(reason)
+
+    def score_prompt(self, logprobs: torch.Tensor) -> None:
+        self._prompt_scores.append(logprobs)
+
+    def prefilled(self) -> None:
+        if self.prompt_top is not None:
+            self.record_prompt(torch.cat(self._prompt_scores) if self._prompt_scores else
+                               torch.empty(0, 1, device="cpu"))
+            self._prompt_scores = []
 
     def record_prompt(self, logprobs: torch.Tensor) -> None:
         """Keep each prompt token's log-probability and alternatives, from logprobs (prompt_len - 1, vocab) of
@@ -98,7 +120,7 @@ class Request:
         texts = prompt_token_texts(self.tokenizer, self.prompt)
         infos = [TokenInfo(self.prompt[0], texts[0])]
         chosen = logprobs.gather(1, torch.tensor(self.prompt[1:], device=logprobs.device)[:, None])[:, 0].tolist()
-        top = logprobs.topk(min(self.prompt_logprobs, logprobs.shape[-1])) if self.prompt_logprobs else None
+        top = logprobs.topk(min(self.prompt_top, logprobs.shape[-1])) if self.prompt_top else None
         for i, token in enumerate(self.prompt[1:]):
             info = TokenInfo(token, texts[i + 1], chosen[i])
             if top is not None:
@@ -106,10 +128,6 @@ class Request:
                 info.top = [(self.tokenizer.decode([t]), lp) for t, lp in alternatives]
             infos.append(info)
         self.prompt_infos = infos
-
-    def finish_without_tokens(self) -> None:
-        """End after the prefill (max_tokens 0: the prompt was only to be scored)."""
-        self._emit(Output(finish_reason="length"))
 
     def _text_of(self, token: int) -> str:
         """The text `token` would add after the tokens before it (a lone piece may lose its leading space)."""

@@ -2,8 +2,8 @@
 
 Requests wait in a queue. Between two decode steps the scheduler admits waiting requests into free
 rows ("slots") of the model's KV cache, prefilling each prompt on its own, and it frees a row as soon
-as its request finishes or is cancelled. The running requests always occupy rows 0..n-1, so a decode
-step is a single forward pass over n rows, each row at its own position.
+as its request finishes or is cancelled. The rows, the forward passes, sampling and stop handling are
+the decode `Engine`'s (the one `generate` uses too); the scheduler adds the queue and the thread.
 """
 from __future__ import annotations
 
@@ -16,10 +16,7 @@ import traceback
 import torch
 
 from llamalab.errors import ConfigError, ContextLengthError, ServerBusyError
-from llamalab.generate.constrained import constrain
-from llamalab.generate.decode import generated_ids
-from llamalab.generate.sampling import make_generator, sample
-from llamalab.serve.calls import ModelCalls
+from llamalab.generate.engine import Engine, ModelCalls
 from llamalab.serve.request import Request
 
 
@@ -39,11 +36,13 @@ class Scheduler:
         self.slots, self.max_waiting = slots, max_waiting
         self.max_seq_len = max_seq_len or model.args.max_seq_len
         self.vocab_size = vocab_size or model.args.vocab_size  # ids past the tokenizer's are never sampled
-        self.calls = calls or ModelCalls(model)  # LockstepCalls when the model is split over ranks
-        self.device = model.tok_embeddings.weight.device
+        self.device = model.device
         model.setup_cache(batch_size=slots, max_seq_len=self.max_seq_len)
+        # LockstepCalls when the model is split over ranks
+        self.engine = Engine(model, slots, self.max_seq_len, calls=calls, vocab_size=self.vocab_size)
+        self.calls = self.engine.calls
         self._waiting: collections.deque[Request] = collections.deque()
-        self._running: list[Request] = []  # the request in KV-cache row i is _running[i]
+        self._running: list[Request] = self.engine.rows  # the request in KV-cache row i is _running[i]
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="llamalab-scheduler", daemon=True)
@@ -117,62 +116,16 @@ class Scheduler:
             self._fail(requests, f"generation failed: {type(e).__name__}: {e}")
 
     def _prefill(self, request: Request) -> None:
-        """Write the prompt's keys and values into the free row n and sample the first token.
-
-        The model prefills a single sequence into row 0, so row 0's request first moves to row n.
-        """
-        n = len(self._running)
-        self._running.append(request)
-        if n:
-            self.calls.move_row(0, n, self._running[0].cached)
-            self._running[0], self._running[n] = request, self._running[0]
-        request.generator = make_generator(request.params.seed, self.device)
-        every = request.prompt_logprobs is not None  # echo: every prompt position's logits
-        logits = self.calls.prefill(torch.tensor([request.prompt], device=self.device), every=every)
-        if every:  # (1, prompt_len, vocab)
-            request.record_prompt(logits[0, :-1, : self.vocab_size].float().log_softmax(dim=-1))
-            logits = logits[:, -1]  # (1, vocab)
-        if request.max_tokens == 0:
-            request.finish_without_tokens()
-            return
-        self._advance([request], logits)
+        """Write the prompt's keys and values into the next free row and sample the first token."""
+        self.engine.admit([request])
 
     def _decode(self) -> None:
         """One forward pass over all running rows, each fed its last token at its own position."""
-        rows = self._running
-        tokens = torch.tensor([[r.tokens[-1]] for r in rows], device=self.device)  # (n, 1)
-        cached = [r.cached for r in rows]
-        positions = torch.tensor(cached, device=self.device)  # (n,)
-        logits = self.calls.decode(tokens, positions, length=max(cached) + 1)  # (n, vocab)
-        self._advance(rows, logits)
-
-    def _advance(self, rows: list[Request], logits: torch.Tensor) -> None:
-        """Sample each row's next token and hand it, with its log-probabilities if asked, to its request."""
-        logits = logits[:, : self.vocab_size]
-        allowed = logits
-        if any(r.constraint is not None for r in rows):  # structured output: each constrained row's grammar mask
-            allowed = constrain(logits, [r.constraint for r in rows])
-        previous = None
-        if any(r.params.repetition_penalty != 1 for r in rows):
-            previous = torch.nn.utils.rnn.pad_sequence(
-                [torch.tensor(r.prompt + r.tokens) for r in rows], batch_first=True, padding_value=-1
-            ).to(self.device)  # (n, longest)
-        generated = None
-        if any(r.params.counts_generated for r in rows):  # presence / frequency penalties read the completion only
-            generated = generated_ids([r.tokens for r in rows], self.device)  # (n, longest)
-        tokens = sample(allowed, [r.params for r in rows], [r.generator for r in rows], previous, generated)
-        logprobs = logits.log_softmax(dim=-1) if any(r.top_logprobs is not None for r in rows) else None
-        for i, (request, token) in enumerate(zip(rows, tokens.tolist())):
-            request.accept(token, None if logprobs is None else logprobs[i])
+        self.engine.step()
 
     def _release(self) -> None:
         """Free the rows of finished and cancelled requests, moving the last rows into the holes."""
-        for i in reversed(range(len(self._running))):
-            if self._running[i].done:
-                last = self._running.pop()
-                if i < len(self._running):
-                    self.calls.move_row(len(self._running), i, last.cached)
-                    self._running[i] = last
+        self.engine.release()
 
     def _fail(self, requests: list[Request], message: str) -> None:
         for request in requests:

@@ -69,7 +69,7 @@ def first_event(lines) -> str:
 def test_client_disconnecting_mid_stream_frees_its_slot(slow_server):
     with httpx.Client(timeout=30) as http:  # 100 tokens take 3 s; leave after the first
         with http.stream("POST", slow_server.url + "/completions", json=LONG) as response:
-            first_event(response.iter_lines())
+            first_event(events := response.iter_lines())  # noqa: F841 (held: dropping the iterator closes the stream)
             assert running(slow_server) == 1
     assert wait_until_idle(slow_server, timeout=1.5) < 1.0
 
