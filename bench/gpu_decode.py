@@ -79,7 +79,7 @@ def generation_tokens_per_s(model: Transformer, step: Step, prompts: list[list[i
 @torch.inference_mode()
 def step_loop_tokens_per_s(model: Transformer, step: Step, prompt: list[int], new_tokens: int) -> float:
     """Decode tokens/s of the step fed its own argmax on the device: no host sync until the end."""
-    device = model.tok_embeddings.weight.device
+    device = model.device
     token = model(torch.tensor([prompt], device=device), 0, last_only=True)[:, -1].argmax(-1, keepdim=True)  # (1, 1)
     synchronize(device)
     start = time.perf_counter()

@@ -86,7 +86,7 @@ def train_variant(name: str, variant: Variant, base: ModelArgs, cfg: TrainConfig
         "val_loss": summary["val_loss"],
         "train_loss": summary["loss"],
         "tokens_per_s": statistics.median(speeds),
-        "kv_cache_bytes_per_token": kv_cache_bytes(args, dtype=DTYPE_NAMES[model.tok_embeddings.weight.dtype]),
+        "kv_cache_bytes_per_token": kv_cache_bytes(args, dtype=DTYPE_NAMES[model.dtype]),
         "metrics": str(metrics),
     }
     return row, model

@@ -177,7 +177,7 @@ def perplexity(model: Transformer, ids: np.ndarray | torch.Tensor, context: int 
     if int(ids.max()) >= model.args.vocab_size:
         raise DataError(f"token id {int(ids.max())} is outside the model's vocabulary of {model.args.vocab_size}; "
                         "the text was tokenized for another model")
-    device = model.tok_embeddings.weight.device
+    device = model.device
     spans = sliding_windows(len(ids), context, stride)
     nats, scored = 0.0, 0
     start = time.perf_counter()
