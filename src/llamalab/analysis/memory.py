@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from llamalab.analysis.params import count_parameters, linear_shapes
+from llamalab.analysis.params import block_matrices, count_parameters, linear_shapes
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
 from llamalab.tuning import LOSS_CHUNK_LOGITS
@@ -144,6 +144,18 @@ class TrainingMemory:
         return self.weights + self.gradients + self.master_weights + self.optimizer + self.activations
 
 
+LORA_TARGET_SHAPES = {"wq": 0, "wk": 1, "wv": 2, "wo": 3, "w1": 4, "w2": 5, "w3": 6}  # index in a block's matrices
+DEQUANTIZE_ROWS = 1024  # rows of a quantized weight dequantized at once in a QLoRA pass (quantize/rows.py)
+
+
+def lora_parameters(args: ModelArgs, rank: int, targets: tuple[str, ...] | list[str]) -> int:
+    """Trainable parameters of LoRA adapters of `rank` on the targeted projections: rank × (in + out) each."""
+    block = [shape for shapes in block_matrices(args).values() for shape in shapes]
+    per_layer = sum(rank * sum(block[LORA_TARGET_SHAPES[t]]) for t in targets if t in LORA_TARGET_SHAPES)
+    head = rank * (args.dim + args.vocab_size) if "output" in targets else 0
+    return args.n_layers * per_layer + head
+
+
 def training_memory(
     args: ModelArgs,
     batch: int,
@@ -152,18 +164,42 @@ def training_memory(
     checkpointing: bool = False,
     tp: int = 1,
     dp: int = 1,
+    zero: int = 3,
+    lora_rank: int = 0,
+    lora_targets: tuple[str, ...] | list[str] = ("wq", "wv"),
+    base: str | None = None,
 ) -> TrainingMemory:
     """Memory of one rank training with AdamW on a micro-batch of `batch` sequences.
 
     Parallel layout: tensor parallelism splits every weight matrix over `tp` ranks (norms replicated);
-    fully sharded data parallelism (FSDP / ZeRO-3) splits all parameter-sized state over `dp` ranks.
+    data parallelism over `dp` ranks shards, as ZeRO stage `zero`: 1 the optimizer states (AdamW moments and
+    fp32 master weights), 2 also the gradients, 3 (FSDP) also the weights.
+    With `lora_rank` only adapters on `lora_targets` train: the frozen base is kept in `base` (fp32, bf16, or
+    int8 / int4: QLoRA; default the precision's compute dtype) and only the adapters have gradients and AdamW
+    state; the activations are the full model's plus each adapter's rank-sized product (and, over a
+    quantized base, the one block of weight rows dequantized at a time).
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown training precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if tp < 1 or dp < 1:
-        raise ConfigError(f"tp and dp must be at least 1, got tp={tp}, dp={dp}")
+    if tp < 1 or dp < 1 or zero not in (1, 2, 3):
+        raise ConfigError(f"need tp >= 1, dp >= 1 and zero in 1, 2, 3; got tp={tp}, dp={dp}, zero={zero}")
     params = count_parameters(args)
-    per_rank = ((params.total - params.norms) / tp + params.norms) / dp
-    weights, gradients, master, optimizer = (round(per_rank * b) for b in PRECISIONS[precision])
-    activations = activation_bytes(args, batch, seq_len, compute_dtype(precision), checkpointing, tp)
-    return TrainingMemory(weights, gradients, master, optimizer, activations)
+    bytes_w, bytes_g, bytes_master, bytes_opt = PRECISIONS[precision]
+    dtype = compute_dtype(precision)
+    per_rank = (params.total - params.norms) / tp + params.norms  # parameters on this rank before data sharding
+    activations = activation_bytes(args, batch, seq_len, dtype, checkpointing, tp)
+    if lora_rank:
+        base = base or dtype
+        trainable = lora_parameters(args, lora_rank, lora_targets) / tp
+        frozen = weight_bytes(args, base) / tp
+        weights = frozen / (dp if zero == 3 else 1) + trainable * bytes_w / (dp if zero == 3 else 1)
+        per_rank = trainable
+        tokens, p = batch * seq_len, dtype_bytes(dtype)
+        activations += round(tokens * lora_rank * p * args.n_layers * len(set(lora_targets) & set(LORA_TARGET_SHAPES)))
+        if base in ("int8", "int4"):
+            activations += max(min(n_out, DEQUANTIZE_ROWS) * n_in for n_in, n_out in linear_shapes(args)) * FP32
+    else:
+        weights = per_rank * bytes_w / (dp if zero == 3 else 1)
+    gradients = per_rank * bytes_g / (dp if zero >= 2 else 1)
+    master, optimizer = per_rank * bytes_master / dp, per_rank * bytes_opt / dp
+    return TrainingMemory(round(weights), round(gradients), round(master), round(optimizer), activations)
