@@ -89,6 +89,7 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         self.checkpoints = self.out_dir / "checkpoints"
         self.step = 0
+        self.step_tokens = 0  # token positions of the last step (all processes)
         self.stop_requested = False
         self.peak_flops = _peak_flops(device)
 
@@ -101,7 +102,8 @@ class Trainer:
     def train_step(self) -> torch.Tensor:
         """One optimizer step over a global batch; returns this process's mean loss (a 0-d tensor, no sync)."""
         self.module.train()
-        inputs, targets = self.batches.next()  # (batch_size * grad_accum, seq_len) each
+        inputs, targets = self.batches.next()  # (batch_size * grad_accum, seq_len) each (chat data: the padded length)
+        self.step_tokens = inputs.numel() * self.dp_world  # positions computed this step by all the processes
         total = torch.zeros((), device=self.device)
         micro_batches = zip(inputs.chunk(self.cfg.grad_accum), targets.chunk(self.cfg.grad_accum))
         for i, (x, y) in enumerate(micro_batches):
@@ -241,7 +243,7 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", disable=not (cfg.progress and self.is_main),
                    dynamic_ncols=True, desc="training")
         summary = {"resumed_from": self.step if resumed else None, "interrupted": False}
-        train_seconds, steps_timed, loss = 0.0, 0, math.nan
+        train_seconds, tokens_timed, loss = 0.0, 0, math.nan
         try:
             if cfg.eval_every and self.step == 0:  # where the curve starts: about ln(vocab_size)
                 record = self._validate(summary)
@@ -253,12 +255,12 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 train_seconds += time.perf_counter() - start
-                steps_timed += 1
+                tokens_timed += self.step_tokens
                 bar.update()
                 record = {}
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     loss = self._global_mean(loss_t)
-                    tokens_per_s = tokens_per_step * steps_timed / train_seconds
+                    tokens_per_s = tokens_timed / train_seconds
                     record = {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                               "tokens": self.step * tokens_per_step, "tokens_per_s": tokens_per_s}
                     postfix = {"loss": f"{loss:.3f}", "lr": f"{record['lr']:.2e}", "tok/s": f"{tokens_per_s:,.0f}"}
@@ -266,7 +268,7 @@ class Trainer:
                         record["mfu"] = mfu(tokens_per_s / self.world, self.model.args, cfg.seq_len, self.peak_flops)
                         postfix["mfu"] = f"{100 * record['mfu']:.1f}%"
                     bar.set_postfix(postfix, refresh=False)
-                    train_seconds, steps_timed = 0.0, 0
+                    train_seconds, tokens_timed = 0.0, 0
                 if (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.max_steps:
                     record.update(self._validate(summary))
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < cfg.max_steps:
