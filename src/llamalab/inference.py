@@ -101,7 +101,7 @@ def prepare_for_inference(model: Transformer, quantize: str | None = None, compi
     model.eval().requires_grad_(False)
     if quantize:
         quantize_model(model, quantize)
-    if model.tok_embeddings.weight.device.type == "cpu":
+    if model.device.type == "cpu":
         matvec_linears(model) if compile else column_major_weights(model)
     return model
 

@@ -40,7 +40,6 @@ def run(args) -> int:
     from llamalab.generate.decode import Generation
     from llamalab.generate.speculative import SpeculativeGeneration
     from llamalab.inference import load_model as load_draft
-    from llamalab.parallel.mesh import is_main_process
 
     loaded = load_model(args)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -49,13 +48,12 @@ def run(args) -> int:
     options = dict(sampling=sampling_params(args, loaded.seed, recommended),
                    stop_ids=tokenizer.stop_ids if tokenizer else (), truncate=args.truncate)
     if args.draft:
-        weight = model.tok_embeddings.weight
-        draft = load_draft(args.draft, device=weight.device, dtype=weight.dtype, tokenizer=tokenizer).model
+        draft = load_draft(args.draft, device=model.device, dtype=model.dtype, tokenizer=tokenizer).model
         generation = SpeculativeGeneration(model, draft, [prompt], args.max_new_tokens, args.lookahead, **options)
     else:
         step = decode_step(loaded, cache_len=len(prompt) + args.max_new_tokens)
         generation = Generation(model, [prompt], args.max_new_tokens, step=step, **options)
-    printing = is_main_process()  # with --tp every rank generates; rank 0 prints
+    printing = loaded.main_process  # with --tp every rank generates; rank 0 prints
     for delta in deltas(generation, tokenizer, args.stop):
         if printing and not args.json:
             print(delta, end="", flush=True)

@@ -18,7 +18,7 @@ def benchmark(model: torch.nn.Module, step: Step, batch_size: int, prompt_len: i
         raise ConfigError("batch size, prompt length, new tokens and repeats must be positive")
     if prompt_len + new_tokens > model.args.max_seq_len:
         raise ConfigError(f"prompt length + new tokens must fit the context of {model.args.max_seq_len}")
-    device = model.tok_embeddings.weight.device
+    device = model.device
     prompts = torch.randint(0, model.args.vocab_size, (batch_size, prompt_len)).tolist()
     model.setup_cache(batch_size, prompt_len + new_tokens)
     greedy = SamplingParams(temperature=0)
@@ -33,7 +33,7 @@ def benchmark(model: torch.nn.Module, step: Step, batch_size: int, prompt_len: i
     copy = copy_bandwidth(device)
     step_s = decode / max(steps, 1)
     return {
-        "device": str(device), "dtype": str(model.tok_embeddings.weight.dtype).removeprefix("torch."),
+        "device": str(device), "dtype": str(model.dtype).removeprefix("torch."),
         "batch_size": batch_size, "prompt_len": prompt_len, "new_tokens": new_tokens,
         "prefill_tokens_per_s": batch_size * prompt_len / prefill,
         "decode_tokens_per_s": batch_size / step_s, "decode_ms_per_step": step_s * 1000,
@@ -46,10 +46,9 @@ def decode_bytes(model: torch.nn.Module, batch_size: int, context_len: int) -> i
     """Bytes one decode step reads: the blocks', final norm's and head's weights, and the filled KV cache."""
     modules = [*model.layers, model.norm, model.output]
     tensors = {id(t): t for m in modules for t in [*m.parameters(), *m.buffers()]}  # a tied head counts once
-    caches = [layer.attention.cache for layer in model.layers]
-    weights = sum(t.nbytes for t in tensors.values()) - sum(c.k.nbytes + c.v.nbytes for c in caches)
-    a, element = model.args, caches[0].k.element_size()
-    return weights + 2 * a.n_layers * a.kv_heads * a.head_dim * element * batch_size * context_len
+    cache = model.kv_cache
+    weights = sum(t.nbytes for t in tensors.values()) - cache.nbytes  # the cache's buffers are the blocks' too
+    return weights + cache.bytes_per_token() * batch_size * context_len
 
 
 def copy_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 5) -> float:
