@@ -20,27 +20,24 @@ def test_32_concurrent_clients_each_get_what_they_get_alone(server, greedy_refer
             return "".join([c.choices[0].text async for c in await client.completions.create(stream=True, **options)])
         return (await client.completions.create(**options)).choices[0].text
 
-    async def run():
+    async def run():  # how much faster together is, bench/serve.py measures; here only what each client gets
         client = openai.AsyncOpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
-        start = time.perf_counter()
         alone = [await complete(client, i) for i in range(32)]
-        sequential_s = time.perf_counter() - start
-        start = time.perf_counter()
         together = await asyncio.gather(*(complete(client, i) for i in range(32)))
-        return alone, together, sequential_s, time.perf_counter() - start
+        return alone, together
 
-    alone, together, sequential_s, concurrent_s = asyncio.run(run())
+    alone, together = asyncio.run(run())
     assert alone == expected
     assert together == expected
-    assert concurrent_s < 0.5 * sequential_s, f"32 at once took {concurrent_s:.2f}s, one by one {sequential_s:.2f}s"
 
 
 @pytest.fixture(scope="module")
 def slow_server(launch):
-    """One slot, one waiting place, 30 ms per forward pass: requests stay running long enough to watch."""
+    """One slot, one waiting place, 200 ms per forward pass: a 100-token request runs 20 s unless it is cancelled,
+    so a slot freed within the tests' generous deadlines (10 s) was freed by the cancellation."""
 
     def slowed(forward):
-        return lambda *args, **kwargs: time.sleep(0.03) or forward(*args, **kwargs)
+        return lambda *args, **kwargs: time.sleep(0.2) or forward(*args, **kwargs)
 
     return launch(wrap=slowed, slots=1, max_waiting=1)
 
@@ -49,13 +46,15 @@ def running(server) -> int:
     return httpx.get(server.root + "/health").json()["running"]
 
 
-def wait_until_idle(server, timeout: float) -> float:
-    """Seconds until no request runs (fails after `timeout`)."""
-    start = time.perf_counter()
+FREED_DEADLINE_S = 10.0  # half the 20 s a 100-token request takes: generous for a loaded 2-core machine
+
+
+def wait_until_idle(server, deadline_s: float = FREED_DEADLINE_S) -> None:
+    """Return once no request runs; fail after `deadline_s`."""
+    deadline = time.monotonic() + deadline_s
     while running(server):
-        assert time.perf_counter() - start < timeout, "the slot was not freed"
+        assert time.monotonic() < deadline, "the slot was not freed"
         time.sleep(0.02)
-    return time.perf_counter() - start
 
 
 LONG = {"model": "tiny", "prompt": "once upon a time", "max_tokens": 100, "ignore_eos": True, "stream": True}
@@ -67,17 +66,17 @@ def first_event(lines) -> str:
 
 
 def test_client_disconnecting_mid_stream_frees_its_slot(slow_server):
-    with httpx.Client(timeout=30) as http:  # 100 tokens take 3 s; leave after the first
+    with httpx.Client(timeout=30) as http:  # 100 tokens take 20 s; leave after the first
         with http.stream("POST", slow_server.url + "/completions", json=LONG) as response:
             first_event(events := response.iter_lines())  # noqa: F841 (held: dropping the iterator closes the stream)
             assert running(slow_server) == 1
-    assert wait_until_idle(slow_server, timeout=1.5) < 1.0
+    wait_until_idle(slow_server)
 
 
 def test_client_giving_up_on_a_whole_completion_frees_its_slot(slow_server):
     with pytest.raises(httpx.TimeoutException):
         httpx.post(slow_server.url + "/completions", json={**LONG, "stream": False}, timeout=0.3)
-    assert wait_until_idle(slow_server, timeout=2.0) < 1.5
+    wait_until_idle(slow_server)
 
 
 def test_too_many_waiting_requests_get_429_and_the_others_continue(slow_server):
@@ -93,6 +92,6 @@ def test_too_many_waiting_requests_get_429_and_the_others_continue(slow_server):
                 held.close()
                 holding_the_slot.close()
                 first_event(waiting.iter_lines())  # admitted once the first one is gone
-    wait_until_idle(slow_server, timeout=1.5)
+    wait_until_idle(slow_server)
     r = client.completions.create(model="tiny", prompt="hello", max_tokens=2)
     assert r.usage.completion_tokens >= 1

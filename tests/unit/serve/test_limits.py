@@ -149,7 +149,9 @@ def test_a_request_that_breaks_the_model_fails_alone(launch, greedy_reference, t
 
     worker = threading.Thread(target=stream)
     worker.start()
+    deadline = time.monotonic() + 60
     while httpx.get(server.root + "/health").json()["running"] == 0:
+        assert time.monotonic() < deadline and worker.is_alive(), "the stream never started"
         time.sleep(0.01)
     with pytest.raises(openai.InternalServerError, match="simulated out of memory"):
         client.completions.create(model="tiny", prompt=f"{PROMPT} {PROMPT}", max_tokens=5)
