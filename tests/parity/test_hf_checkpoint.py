@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402  (a test dependency: failing to import it must fail the run, not skip)
 
 from llamalab.checkpoint import convert, load, save  # noqa: E402
 from llamalab.checkpoint.hf import hf_config  # noqa: E402

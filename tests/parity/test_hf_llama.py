@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402  (a test dependency: failing to import it must fail the run, not skip)
 
 from llamalab.checkpoint.hf import args_from_hf_config, from_hf_state_dict, hf_config, to_hf_state_dict  # noqa: E402
 from llamalab.config import ModelArgs, RopeScaling  # noqa: E402
@@ -11,10 +11,10 @@ from llamalab.model import Transformer  # noqa: E402
 CONFIGS = {
     "llama2-mha": ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=128, multiple_of=32, max_seq_len=64),
     "llama3-gqa-scaled": ModelArgs(
-        dim=128, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=256, multiple_of=32, ffn_dim_multiplier=1.3,
-        rope_theta=500000.0, max_seq_len=256,
+        dim=128, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=32, ffn_dim_multiplier=1.3,
+        rope_theta=500000.0, max_seq_len=256,  # head_dim 32: wavelengths 872 and 1984 lie in the blend band (512, 2048)
         rope_scaling=RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                 original_max_position_embeddings=32),
+                                 original_max_position_embeddings=2048),
     ),
     "tied-mqa": ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=1, vocab_size=128, multiple_of=32,
                           max_seq_len=64, tie_embeddings=True),

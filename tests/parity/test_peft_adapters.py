@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
+import peft  # noqa: E402  (test dependencies: failing to import them must fail the run, not skip)
+import transformers  # noqa: E402
 
 from llamalab.checkpoint import load, save  # noqa: E402
 from llamalab.config import ModelArgs  # noqa: E402
