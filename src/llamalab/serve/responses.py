@@ -177,7 +177,7 @@ class ChatResponses(Responses):
             return None
         return {"content": [
             {**_token_entry(t.text, t.logprob), "top_logprobs": [_token_entry(text, lp) for text, lp in t.top]}
-            for t in tokens
+            for t in tokens if not t.stop  # the chat API lists no end-of-turn token
         ]}
 
 

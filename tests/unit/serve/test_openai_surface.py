@@ -91,6 +91,21 @@ def test_echo_with_a_generated_token_as_lm_eval_asks(client, model, tokenizer, g
         assert choice.text == tokenizer.decode(ids + [token])
 
 
+def test_a_stop_token_that_ends_the_text_is_in_the_completion_logprobs(client, model, tokenizer):
+    """As in vLLM: max_tokens 1 always lists one token after the prompt, even the end-of-text (its text is "")."""
+    ids = tokenizer.encode(PROMPT)
+    r = client.completions.create(model="tiny", prompt=ids, max_tokens=1, echo=True, logprobs=1, temperature=0,
+                                  logit_bias={str(tokenizer.eos_id): 100})
+    lp = r.choices[0].logprobs
+    with torch.no_grad():
+        expected = float(model(torch.tensor([ids]))[0, -1].double().log_softmax(-1)[tokenizer.eos_id])
+    assert len(lp.tokens) == len(ids) + 1 and lp.tokens[-1] == "" and r.choices[0].finish_reason == "stop"
+    assert lp.token_logprobs[-1] == pytest.approx(expected, abs=1e-4)  # the model's own, not the biased one
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3,
+                                          logprobs=True, logit_bias={str(tokenizer.eos_id): 100})
+    assert chat.choices[0].message.content == "" and chat.choices[0].logprobs.content == []
+
+
 def test_echo_streams_the_prompt_first(client, tokenizer):
     whole = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=5, temperature=0, echo=True)
     chunks = list(client.completions.create(model="tiny", prompt=PROMPT, max_tokens=5, temperature=0, echo=True,
