@@ -44,6 +44,12 @@ def check_group_size(in_features: int, group_size: int) -> None:
         )
 
 
+def even_column_high(packed: torch.Tensor) -> torch.Tensor:
+    """Our packing (even input column in the low nibble) → the CUDA int4 kernel's input: uint8 (out, in/2) with the
+    even column in the high nibble, as `_convert_weight_to_int4pack` expects."""
+    return (packed << 4) | (packed >> 4)  # uint8: the shift left drops the old high nibble
+
+
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """uint8 (out, in/2) → the codes 0..15 as uint8 (out, in)."""
     return torch.stack((packed & 0xF, packed >> 4), dim=-1).flatten(-2)  # (out, in/2, 2) → (out, in)
@@ -94,8 +100,7 @@ class Int4Linear(nn.Module):
             codes = unpack_int4(self.weight).to(torch.int32)  # (out, in)
             self.kernel_weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, CPU_KERNEL_TILES)
         elif tiles:
-            swapped = (self.weight << 4) | (self.weight >> 4)  # (out, in/2): the CUDA kernel wants the even column high
-            self.kernel_weight = torch.ops.aten._convert_weight_to_int4pack(swapped, tiles)
+            self.kernel_weight = torch.ops.aten._convert_weight_to_int4pack(even_column_high(self.weight), tiles)
         else:
             return
         scales_and_zeros = torch.stack((self.scales, self.zeros), dim=-1)  # (out, n_groups, 2)
