@@ -41,8 +41,10 @@ def test_alpaca_records_become_a_user_turn_and_an_answer(tmp_path, tokenizer):
     path.write_text(json.dumps({"instruction": "Add the numbers.", "input": "2 and 2", "output": "4"}) + "\n\n"
                     + json.dumps({"instruction": "Say hi.", "output": "Hi"}) + "\n")
     dialogs = read_dialogs(path)
-    assert dialogs == [[{"role": "user", "content": "Add the numbers.\n\n2 and 2"}, {"role": "assistant", "content": "4"}],
-                       [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi"}]]
+    assert dialogs == [
+        [{"role": "user", "content": "Add the numbers.\n\n2 and 2"}, {"role": "assistant", "content": "4"}],
+        [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi"}],
+    ]
     example = render_example(tokenizer, dialogs[0])
     assert [t for t in example.labels if t != -100] == [36, IM_END, NL]
 
