@@ -5,7 +5,9 @@ import time
 import httpx
 import pytest
 
+from llamalab.config import ModelArgs
 from llamalab.errors import TokenizerError
+from llamalab.model import Transformer
 from llamalab.serve import Scheduler, create_app
 
 PROMPT = "the dog ran far away"
@@ -59,10 +61,10 @@ def test_docs_and_schema_need_the_api_key_when_one_is_set(launch):
 
 
 def test_a_tokenizer_larger_than_the_model_is_refused_up_front(tokenizer):
-    from conftest import tiny_model
-
+    smaller = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=4, vocab_size=tokenizer.vocab_size - 10,
+                                    multiple_of=16, max_seq_len=32))
     with pytest.raises(TokenizerError, match=f"{tokenizer.vocab_size} tokens"):
-        create_app(Scheduler(tiny_model(tokenizer.vocab_size - 10), slots=1), tokenizer, "tiny")
+        create_app(Scheduler(smaller, slots=1), tokenizer, "tiny")
 
 
 def test_a_megabyte_stop_string_does_not_stall_another_client(server):
