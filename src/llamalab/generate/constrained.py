@@ -120,7 +120,11 @@ class _ByteTokens:
         self.tokens = [_token_bytes(tokenizer, i) for i in range(tokenizer.vocab_size)]
 
     def __call__(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, bos=False)
+        """Ids of `text` as a continuation: SentencePiece's dummy-prefix space, which a text continuing another
+        does not get, is avoided by encoding after a newline and dropping the newline's ids."""
+        head = self.tokenizer.encode("\n", bos=False, eos=False)
+        ids = self.tokenizer.encode("\n" + text, bos=False, eos=False)
+        return ids[len(head):] if ids[: len(head)] == head else self.tokenizer.encode(text, bos=False, eos=False)
 
 
 def _token_bytes(tokenizer: Tokenizer, token: int) -> bytes:
