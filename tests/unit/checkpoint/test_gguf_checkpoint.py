@@ -16,7 +16,11 @@ from transformers.convert_slow_tokenizer import TikTokenConverter
 
 from llamalab.checkpoint import load, save
 from llamalab.config import ModelArgs, RopeScaling
-from llamalab.tokenizer import LLAMA3_PATTERN, LLAMA3_SPECIAL_TOKENS, load_tokenizer
+from llamalab.tokenizer import LLAMA3_SPECIAL_TOKENS, load_tokenizer
+
+# Meta's Llama 3 pre-tokenizer pattern (llama3/tokenizer.py), written out as the oracle, not the package's copy
+META_LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                       r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 LLAMA_CPP_NAMES = {  # llama.cpp's tensor names for the llama architecture, as in its convert scripts
     "tok_embeddings": "token_embd", "norm": "output_norm", "output": "output",
@@ -122,8 +126,8 @@ def test_reads_a_llama_cpp_llama31_file_without_our_keys(tmp_path):
 def llama3_tokenizers(tmp_path_factory):
     """A tiny Llama-3-style tokenizer as Meta ships it (tiktoken ranks); its tokenizer.json made by transformers."""
     folder = tmp_path_factory.mktemp("llama3-tok")
-    text = " ".join(["the cat sat on the mat; naïve café owners sold 東京 bread in 2024!"] * 30)
-    ranks = bpe_train(text, 256 + 40, LLAMA3_PATTERN, visualise=None)
+    text = " ".join(["the cat sat on the mat; naïve café owners sold 東京 bread in 2024! call 5551234567, 31415"] * 30)
+    ranks = bpe_train(text, 256 + 40, META_LLAMA3_PATTERN, visualise=None)  # digit merges: "55", "12", ...
     lines = [f"{base64.b64encode(token).decode()} {rank}" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])]
     (folder / "tokenizer.model").write_text("\n".join(lines) + "\n")
     (folder / "hf").mkdir()
@@ -146,9 +150,10 @@ def test_llama3_vocabulary_is_byte_level_bpe_that_encodes_like_tiktoken(tmp_path
     # what llama.cpp does with these keys: byte-level BPE of the merges after Llama 3's split
     bpe = tokenizers.Tokenizer(tokenizers.models.BPE({t: i for i, t in enumerate(tokens)}, [tuple(m.split(" ")) for m in merges]))
     bpe.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
-        tokenizers.pre_tokenizers.Split(tokenizers.Regex(LLAMA3_PATTERN), "isolated"),
+        tokenizers.pre_tokenizers.Split(tokenizers.Regex(META_LLAMA3_PATTERN), "isolated"),
         tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    for text in ("the cat sat on the mat", "naïve café, 東京 2024!", "  spaces\n\nand 12345 digits"):
+    for text in ("the cat sat on the mat", "naïve café, 東京 2024!", "  spaces\n\nand 12345 digits",
+                 "5551234567 31415 20242024 55512345675551234567"):  # long runs: split in threes, then merged
         assert bpe.encode(text).ids == tiktoken_tok.encode(text, bos=False)
 
 
