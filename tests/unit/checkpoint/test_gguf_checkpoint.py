@@ -126,8 +126,9 @@ def test_reads_a_llama_cpp_llama31_file_without_our_keys(tmp_path):
 def llama3_tokenizers(tmp_path_factory):
     """A tiny Llama-3-style tokenizer as Meta ships it (tiktoken ranks); its tokenizer.json made by transformers."""
     folder = tmp_path_factory.mktemp("llama3-tok")
-    text = " ".join(["the cat sat on the mat; naïve café owners sold 東京 bread in 2024! call 5551234567, 31415"] * 30)
-    ranks = bpe_train(text, 256 + 40, META_LLAMA3_PATTERN, visualise=None)  # digit merges: "55", "12", ...
+    numbers = ["5551234567 31415926 2718281828"] * 60  # frequent enough that digit pairs merge: "555", "123", ...
+    text = " ".join(["the cat sat on the mat; naïve café owners sold 東京 bread in 2024!"] * 30 + numbers)
+    ranks = bpe_train(text, 256 + 40, META_LLAMA3_PATTERN, visualise=None)
     lines = [f"{base64.b64encode(token).decode()} {rank}" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])]
     (folder / "tokenizer.model").write_text("\n".join(lines) + "\n")
     (folder / "hf").mkdir()
