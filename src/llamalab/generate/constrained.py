@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import llguidance
+import tokenizers
 import torch
 
 from llamalab.errors import ConfigError
@@ -104,9 +105,9 @@ def constrain(logits: torch.Tensor, constraints: Sequence[TokenConstraint | None
 
 def _wrapped(tokenizer: Tokenizer):
     """What llguidance reads a tokenizer from: a tokenizer.json text, or each token's bytes."""
-    path = getattr(tokenizer, "path", None)
-    if path is not None and str(path).endswith(".json"):
-        return path.read_text(encoding="utf-8")
+    model = getattr(tokenizer, "model", None)
+    if isinstance(model, tokenizers.Tokenizer):  # tokenizer.json, or a GGUF BPE vocabulary built as one
+        return model.to_str()
     return llguidance.TokenizerWrapper(_ByteTokens(tokenizer))
 
 

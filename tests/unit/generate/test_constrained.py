@@ -36,7 +36,12 @@ def hf(smollm2_hf_dir):
     return load_tokenizer(smollm2_hf_dir / "tokenizer.json")
 
 
-@pytest.mark.parametrize("which", ["spm", "hf"])
+@pytest.fixture(scope="module")
+def gguf(smollm2_gguf):
+    return load_tokenizer(smollm2_gguf)  # the GGUF's own BPE vocabulary
+
+
+@pytest.mark.parametrize("which", ["spm", "hf", "gguf"])
 def test_random_logits_under_a_schema_give_valid_json(which, request):
     tokenizer = request.getfixturevalue(which)
     compiler = GrammarCompiler(tokenizer, tokenizer.vocab_size, {tokenizer.eos_id})
