@@ -20,6 +20,7 @@ from gguf import GGUFValueType as T
 
 from llamalab.errors import CheckpointError
 
+MAX_DIMS = 4  # ggml's GGML_MAX_DIMS
 SCALARS = {T.UINT8: "<B", T.INT8: "<b", T.UINT16: "<H", T.INT16: "<h", T.UINT32: "<I", T.INT32: "<i",
            T.FLOAT32: "<f", T.BOOL: "<?", T.UINT64: "<Q", T.INT64: "<q", T.FLOAT64: "<d"}
 
@@ -70,14 +71,19 @@ def _parse(buf, path: Path, size: int) -> tuple[dict[str, Any], list[TensorInfo]
         version, n_tensors, n_kv = cursor.scalar("<I"), cursor.scalar("<Q"), cursor.scalar("<Q")
         if version not in (2, 3):
             raise ValueError(f"version {version}; llamalab reads GGUF versions 2 and 3")
+        cursor.check_count(n_kv, 12)  # a key is at least a length, a type and a value
         metadata = {}
         for _ in range(n_kv):
             key = cursor.string()
             metadata[key] = cursor.value(cursor.scalar("<I"))
+        cursor.check_count(n_tensors, 24)
         entries = []
         for _ in range(n_tensors):
             name = cursor.string()
-            dims = [cursor.scalar("<Q") for _ in range(cursor.scalar("<I"))]
+            n_dims = cursor.scalar("<I")
+            if n_dims > MAX_DIMS:
+                raise ValueError(f"tensor {name} has {n_dims} dimensions (GGUF allows {MAX_DIMS})")
+            dims = [cursor.scalar("<Q") for _ in range(n_dims)]
             type_id, offset = cursor.scalar("<I"), cursor.scalar("<Q")
             entries.append((name, tuple(reversed(dims)), type_id, offset))
     except (struct.error, OverflowError):  # OverflowError: a corrupt length sends the cursor past any offset
@@ -94,6 +100,8 @@ def _parse(buf, path: Path, size: int) -> tuple[dict[str, Any], list[TensorInfo]
             raise CheckpointError(f"{path}: tensor {name} has GGML type {type_id}, which llamalab cannot read; "
                                   "re-quantize the model with a common type (e.g. Q8_0, Q4_K_M)") from None
         info = TensorInfo(name, shape, tensor_type, data_start + offset)
+        if shape and shape[-1] % gguf.GGML_QUANT_SIZES[tensor_type][0]:
+            raise CheckpointError(f"{path}: tensor {name} has rows of {shape[-1]}, not whole {tensor_type.name} blocks")
         if info.offset + info.n_bytes > size:
             raise CheckpointError(f"{path}: tensor {name} runs past the end of the file; the file is truncated")
         tensors.append(info)
@@ -111,6 +119,11 @@ class _Cursor:
         self.offset += struct.calcsize(fmt)
         return value
 
+    def check_count(self, count: int, min_bytes: int) -> None:
+        """A count of items that the rest of the buffer cannot hold is a corrupt header, not a long loop."""
+        if count * min_bytes > len(self.buf) - self.offset:
+            raise ValueError(f"a count of {count:,} items runs past the end of the file")
+
     def string(self) -> str:
         length = self.scalar("<Q")
         end = self.offset + length
@@ -125,6 +138,7 @@ class _Cursor:
             return self.string()
         if kind == T.ARRAY:  # skipped: weights need none of them (the vocabulary is the tokenizer's)
             item, count = self.scalar("<I"), self.scalar("<Q")
+            self.check_count(count, struct.calcsize(SCALARS[item]) if item in SCALARS else 8)
             if item in SCALARS:
                 self.offset += struct.calcsize(SCALARS[item]) * count
             elif item == T.STRING:
