@@ -114,11 +114,12 @@ class Int4Linear(nn.Module):
 
     def dequantize(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """The float32 weight (out, in) the codes stand for (rows start:stop only, when given)."""
-        packed = self.weight[start:stop]
+        packed, scales = self.weight[start:stop], self.scales[start:stop]
         codes = torch.empty(*packed.shape, 2, device=packed.device)  # (rows, in/2, 2): even, odd input columns
         codes[..., 0], codes[..., 1] = packed & 0xF, packed >> 4
         codes = codes.view(packed.shape[0], -1, self.group_size)  # (rows, n_groups, group)
-        weight = codes.sub_(8).mul_(self.scales[start:stop, :, None]).add_(self.zeros[start:stop, :, None])
+        lowest = self.zeros[start:stop] - 8 * scales  # (rows, n_groups): the value of code 0 (GGUF's Q4_1 min)
+        weight = torch.addcmul(lowest[..., None], codes, scales[..., None])  # code·scale is exact: one rounding
         return weight.view(-1, self.in_features)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
