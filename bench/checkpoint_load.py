@@ -68,7 +68,8 @@ def main() -> None:
     args = ModelArgs.from_preset(opts.preset, tie_embeddings=False)
     with tempfile.TemporaryDirectory() as tmp:
         model = Transformer(args)
-        folders = {"llamalab": Path(tmp) / "hf", "transformers": Path(tmp) / "hf", "llamalab-native": Path(tmp) / "native"}
+        folders = {"llamalab": Path(tmp) / "hf", "transformers": Path(tmp) / "hf",
+                   "llamalab-native": Path(tmp) / "native"}
         save(model, folders["llamalab"], format="hf", dtype=getattr(torch, opts.dtype))
         save(model, folders["llamalab-native"], format="native", dtype=getattr(torch, opts.dtype))
         size = sum(f.stat().st_size for f in folders["llamalab"].iterdir()) / 2**20
@@ -79,8 +80,8 @@ def main() -> None:
     print(f"{opts.preset}, {opts.dtype}, checkpoint {size:.0f} MiB; best of {opts.rounds} rounds")
     best = {loader: {key: min(r[key] for r in runs) for key in runs[0]} for loader, runs in results.items()}
     for loader, r in best.items():
-        print(f"  {loader:<15} cold load {r['cold_seconds']:.2f} s, warm load {r['warm_seconds']:.2f} s; warm load added "
-              f"{r['warm_mib']:.0f} MiB resident, {r['after_forward_mib']:.0f} MiB after a forward pass")
+        print(f"  {loader:<15} cold load {r['cold_seconds']:.2f} s, warm load {r['warm_seconds']:.2f} s; warm load "
+              f"added {r['warm_mib']:.0f} MiB resident, {r['after_forward_mib']:.0f} MiB after a forward pass")
     for run in ("cold", "warm"):
         ratio = best["transformers"][f"{run}_seconds"] / best["llamalab"][f"{run}_seconds"]
         print(f"  {run} load time ratio transformers / llamalab: {ratio:.1f}x")

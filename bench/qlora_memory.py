@@ -95,7 +95,8 @@ def measure(base: str, batch: int, seq_len: int, rank: int, steps: int) -> dict:
     seconds = (time.perf_counter() - start) / steps
     estimate = training_memory(model.args, batch, seq_len, "bf16", lora_rank=rank, lora_targets=TARGETS,
                                base={"bf16": "bf16", "int8": "int8", "gguf-q4_1": "int4"}[base])
-    return {"base": base, "peak_bytes": peak.peak, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"base": base, "peak_bytes": peak.peak, "peak_rss": rss,
             "s_per_step": seconds, "estimate": estimate.total}
 
 
@@ -114,10 +115,13 @@ def main() -> None:
     for base in BASES:  # each base in a fresh process: peak RSS is per process
         child = [sys.executable, __file__, "--one", base, "--batch", str(args.batch), "--seq-len", str(args.seq_len),
                  "--rank", str(args.rank), "--steps", str(args.steps)]
-        rows.append(json.loads(subprocess.run(child, capture_output=True, text=True, check=True).stdout.splitlines()[-1]))
+        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.splitlines()[-1]))
     peer = rows[0]
-    print(f"SmolLM2-135M LoRA rank {args.rank} on {', '.join(TARGETS)}; batch {args.batch} x {args.seq_len} tokens, bf16")
-    print(f"{'base':<10} {'peak tensors':>13} {'vs bf16':>8} {'estimate':>10} {'peak RSS':>10} {'vs bf16':>8} {'s/step':>7}")
+    print(f"SmolLM2-135M LoRA rank {args.rank} on {', '.join(TARGETS)}; "
+          f"batch {args.batch} x {args.seq_len} tokens, bf16")
+    print(f"{'base':<10} {'peak tensors':>13} {'vs bf16':>8} {'estimate':>10} {'peak RSS':>10} {'vs bf16':>8} "
+          f"{'s/step':>7}")
     for r in rows:
         print(f"{r['base']:<10} {r['peak_bytes'] / 2**20:>10.1f} MiB {r['peak_bytes'] / peer['peak_bytes']:>7.2f}x "
               f"{r['estimate'] / 2**20:>6.1f} MiB {r['peak_rss'] / 2**20:>6.0f} MiB "

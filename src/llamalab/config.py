@@ -89,7 +89,8 @@ class ModelArgs:
         """Raise ConfigError naming the field and the fix when the sizes cannot form a model."""
         for name in ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "max_seq_len", "max_batch_size"):
             _require_int(f"ModelArgs.{name}", getattr(self, name))
-        for name in ("norm_eps", "rope_theta", "dropout") + (("ffn_dim_multiplier",) if self.ffn_dim_multiplier else ()):
+        floats = ("norm_eps", "rope_theta", "dropout") + (("ffn_dim_multiplier",) if self.ffn_dim_multiplier else ())
+        for name in floats:
             _require_number(f"ModelArgs.{name}", getattr(self, name))
         if not isinstance(self.tie_embeddings, bool):
             raise ConfigError(f"ModelArgs.tie_embeddings must be true or false, got {self.tie_embeddings!r}")

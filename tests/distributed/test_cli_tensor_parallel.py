@@ -1,4 +1,5 @@
-"""`llamalab generate MODEL --tp 2` on the 2 ranks of a torchrun-style group prints one result: the model's greedy tokens."""
+"""`llamalab generate MODEL --tp 2` on the 2 ranks of a torchrun-style group prints one result: the model's greedy
+tokens."""
 import contextlib
 import io
 import json

@@ -124,7 +124,7 @@ def test_two_torchrun_nodes_train_like_one_process(data, one_process, tmp_path):
     nodes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outputs = [node.communicate(timeout=300) for node in nodes]
-    for node, (out, err) in zip(nodes, outputs):
+    for node, (_, err) in zip(nodes, outputs):
         assert node.returncode == 0, err[-3000:]
     assert any("x 4 processes (fsdp)" in out for out, _ in outputs)
     assert losses(tmp_path) == pytest.approx(losses(one_process), rel=1e-5)
@@ -140,5 +140,5 @@ def test_convert_writes_a_sharded_checkpoint_as_a_model(one_process, tmp_path, c
     assert (tmp_path / "hf" / "tokenizer.model").is_file()  # the run's tokenizer went along
     tokens = torch.randint(0, 320, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(checkpoint.load(tmp_path / "hf")(tokens), checkpoint.load(one_process / "model")(tokens),
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(checkpoint.load(tmp_path / "hf")(tokens),
+                                   checkpoint.load(one_process / "model")(tokens), rtol=0, atol=1e-6)

@@ -56,7 +56,8 @@ def test_transformers_loads_what_we_save(tmp_path, name, shards):
 
 def llama_cpp_permute(weights: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's convert_hf_to_gguf.py undoes HF's q/k row permutation like this."""
-    return weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
+    pairs = weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+    return pairs.swapaxes(1, 2).reshape(weights.shape)
 
 
 def test_gguf_q_and_k_are_what_llama_cpp_makes_of_hf_weights(tmp_path):

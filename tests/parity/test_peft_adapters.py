@@ -8,9 +8,9 @@ import peft  # noqa: E402  (test dependencies: failing to import them must fail 
 import transformers  # noqa: E402
 
 from llamalab.checkpoint import load, save  # noqa: E402
+from llamalab.checkpoint.peft import load_adapters, save_adapters  # noqa: E402
 from llamalab.config import ModelArgs  # noqa: E402
 from llamalab.model import Transformer  # noqa: E402
-from llamalab.checkpoint.peft import load_adapters, save_adapters  # noqa: E402
 from llamalab.model.lora import apply_lora, has_adapter  # noqa: E402
 
 GQA = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=64)

@@ -110,7 +110,7 @@ def attention_weights(attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.
 
 
 def logit_lens(model: Transformer, residual: torch.Tensor) -> torch.Tensor:
-    """Next-token probabilities (seqlen, vocab) of the final norm and head applied to a residual stream (seqlen, dim)."""
+    """Next-token probabilities (seqlen, vocab): the final norm and head applied to a residual stream (seqlen, dim)."""
     with torch.no_grad():
         logits = model.output(model.norm(residual[None].to(model.norm.weight.dtype)))[0].float()
     return logits.softmax(-1)

@@ -45,8 +45,8 @@ def to_json(result: Inspection, label: Label = str) -> dict:
         "tokens": result.tokens, "token_text": [label(t) for t in result.tokens],
         "chosen": result.chosen.tolist(), "chosen_prob": result.chosen_prob.tolist(),
         "logit_lens_top": [[[{"id": int(i), "text": label(int(i)), "p": float(p)}
-                             for i, p in zip(result.lens_top_ids[l, s], result.lens_top_probs[l, s])]
-                            for s in range(len(result.tokens))] for l in layers],
+                             for i, p in zip(result.lens_top_ids[layer, s], result.lens_top_probs[layer, s])]
+                            for s in range(len(result.tokens))] for layer in layers],
         "attention_entropy": result.entropy.tolist(), "n_kv_heads": result.n_kv_heads,
         "residual_rms": result.residual_rms.tolist(), "attention_rms": result.attention_rms.tolist(),
         "ffn_rms": result.ffn_rms.tolist(), "outliers": result.outliers,
@@ -76,7 +76,8 @@ def logit_lens_figure(result: Inspection, label: Label) -> Figure:
     top.set_xticks(range(seqlen), [_short(label(int(t))) for t in result.chosen], rotation=60, fontsize=7)
     top.set_xlabel("the model's next token")
     ax.set_yticks(range(0, n_layers, 1 if n_layers <= 40 else 5))
-    ax.set(xlabel="input token", ylabel="layer (output of block)", title="logit lens (cell text: that layer's top guess)")
+    ax.set(xlabel="input token", ylabel="layer (output of block)",
+           title="logit lens (cell text: that layer's top guess)")
     return fig
 
 

@@ -28,7 +28,7 @@ def read_raw(file, tensor: TensorInfo) -> np.ndarray:
 
 
 def to_quantized(raw: np.ndarray, ggml_type: GGML, shape: tuple[int, int]) -> QuantizedWeight | None:
-    """The QuantizedWeight of a (out, in) matrix stored as `ggml_type` blocks, or None if ours cannot hold it exactly."""
+    """The QuantizedWeight of an (out, in) matrix stored as `ggml_type` blocks; None if ours cannot hold it exactly."""
     out_features, in_features = shape
     blocks = torch.from_numpy(raw).view(out_features, in_features // BLOCK, -1)  # (out, n_blocks, block bytes)
     d = _float16(blocks[..., 0:2])  # (out, n_blocks)

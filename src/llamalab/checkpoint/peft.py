@@ -63,7 +63,8 @@ def read_adapters(folder: str | Path, args: ModelArgs) -> tuple[dict[str, torch.
         config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
         stored = load_file(folder / ADAPTER_FILE)
     except (OSError, json.JSONDecodeError, ValueError) as e:
-        raise CheckpointError(f"{folder}: not a PEFT LoRA adapter folder ({ADAPTER_CONFIG} + {ADAPTER_FILE}): {e}") from None
+        raise CheckpointError(
+            f"{folder}: not a PEFT LoRA adapter folder ({ADAPTER_CONFIG} + {ADAPTER_FILE}): {e}") from None
     if not isinstance(config, dict) or config.get("peft_type", "LORA") != "LORA" or "r" not in config:
         raise CheckpointError(f"{folder}: {ADAPTER_CONFIG} is not a PEFT LoRA config (peft_type LORA, r, lora_alpha)")
     unsupported = [k for k in ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern", "layers_to_transform")

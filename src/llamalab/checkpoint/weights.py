@@ -16,7 +16,8 @@ from llamalab.model import Transformer
 
 StateDict = dict[str, torch.Tensor]
 
-# --dtype names; "q8_0" is the 8-bit block quantisation of GGUF and llama2.c version 2, q4_*/q5_* GGUF's (via gguf.quants).
+# --dtype names; "q8_0" is the 8-bit block quantisation of GGUF and llama2.c version 2, q4_*/q5_* GGUF's
+# (via gguf.quants).
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "q8_0": "q8_0",
           "q4_0": "q4_0", "q4_1": "q4_1", "q5_0": "q5_0", "q5_1": "q5_1"}
 

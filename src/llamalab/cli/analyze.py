@@ -158,7 +158,8 @@ def format_report(name: str, r: dict) -> str:
         ]
         if a["memory_bytes"]:
             need, have = a["memory_needed"], a["memory_bytes"]
-            rows.append(("fits in memory", f"{'yes' if need <= have else 'NO'} ({need / have:.0%} of {_si(have, 'B')})"))
+            fits = "yes" if need <= have else "NO"
+            rows.append(("fits in memory", f"{fits} ({need / have:.0%} of {_si(have, 'B')})"))
     if "utilisation" in r:
         u = r["utilisation"]
         rows += [f"measured {u['tokens_per_second']:,.0f} tokens/s", ("MFU", f"{u['mfu']:.1%}")]

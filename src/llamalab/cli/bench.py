@@ -37,7 +37,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{report['model']} on {report['device']} ({report['dtype']}{', ' + args.quantize if args.quantize else ''}), "
+    quantized = f", {args.quantize}" if args.quantize else ""
+    print(f"{report['model']} on {report['device']} ({report['dtype']}{quantized}), "
           f"batch {args.batch_size}, prompt {args.prompt_len}, {args.new_tokens} new tokens")
     print(f"  prefill    {report['prefill_tokens_per_s']:10.1f} tokens/s")
     print(f"  decode     {report['decode_tokens_per_s']:10.1f} tokens/s  ({report['decode_ms_per_step']:.2f} ms/step)")

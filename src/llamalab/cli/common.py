@@ -31,10 +31,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
     parser.add_argument("--dtype", choices=DTYPES, help="weights' dtype (default: bfloat16 on GPU, float32 on CPU)")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, help="weight-only quantization of the linear layers")
-    parser.add_argument("--lora", metavar="ADAPTER", help="LoRA adapter folder (PEFT format) applied to MODEL's weights")
+    parser.add_argument("--lora", metavar="ADAPTER",
+                        help="LoRA adapter folder (PEFT format) applied to MODEL's weights")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow to start)")
     parser.add_argument("--seed", type=arguments.seed, help="seed of the random weights and of sampling")
-    parser.add_argument("--threads", type=arguments.thread_count, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=arguments.thread_count,
+                        help="CPU threads for torch (default: torch's choice)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:

@@ -34,7 +34,8 @@ def run(args) -> int:
         print(json.dumps(info))
         return 0
     print(f"preset {args.preset}")
-    for key, value in {**info["config"], "head_dim": info["head_dim"], "ffn_hidden_dim": info["ffn_hidden_dim"]}.items():
+    derived = {"head_dim": info["head_dim"], "ffn_hidden_dim": info["ffn_hidden_dim"]}
+    for key, value in {**info["config"], **derived}.items():
         print(f"  {key:<20} {value}")
     print(f"  {'parameters':<20} {n_params:,} ({n_params / 1e9:.2f} B)")
     return 0

@@ -9,7 +9,8 @@ from llamalab import __version__
 from llamalab.errors import LlamalabError
 
 # Each module `llamalab.cli.<name>` defines `add_parser(subparsers)` and `run(args) -> int | None`.
-COMMANDS = ["info", "convert", "tokenizer", "analyze", "serve", "generate", "chat", "eval", "inspect", "bench", "data", "train", "demo", "ablate"]
+COMMANDS = ["info", "convert", "tokenizer", "analyze", "serve", "generate", "chat", "eval", "inspect", "bench", "data",
+            "train", "demo", "ablate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

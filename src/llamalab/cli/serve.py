@@ -24,11 +24,14 @@ def add_parser(subparsers):
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1 (use it when binding beyond loopback; "
                    f"visible to other users in `ps`: prefer --api-key-file or ${API_KEY_ENV})")
     p.add_argument("--api-key-file", help="read the API key from this file (its first line)")
-    p.add_argument("--slots", type=arguments.positive_int, default=32, help="requests decoded together (rows of the KV cache)")
+    p.add_argument("--slots", type=arguments.positive_int, default=32,
+                   help="requests decoded together (rows of the KV cache)")
     p.add_argument("--max-seq-len", type=arguments.positive_int,
                    help=f"context of a request, prompt included (default: the model's, at most {DEFAULT_MAX_SEQ_LEN})")
-    p.add_argument("--max-waiting", type=arguments.non_negative_int, default=256, help="requests allowed to wait for a slot; more get 429")
-    p.add_argument("--max-body-mb", type=arguments.positive_float, default=4.0, help="largest request body accepted (413 beyond)")
+    p.add_argument("--max-waiting", type=arguments.non_negative_int, default=256,
+                   help="requests allowed to wait for a slot; more get 429")
+    p.add_argument("--max-body-mb", type=arguments.positive_float, default=4.0,
+                   help="largest request body accepted (413 beyond)")
     p.add_argument("--served-model-name", help="the model id clients see (default: MODEL's name, or the preset)")
     return p
 

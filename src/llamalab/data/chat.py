@@ -150,7 +150,7 @@ class ChatData:
         return ChatExample(ids, labels) if any(x != IGNORE_INDEX for x in labels[1:]) else None
 
     def batch(self, split: str, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) of the examples at `indices`, each (len(indices), longest - 1), padded; targets -100 there."""
+        """(inputs, targets) of the examples at `indices`, each (len(indices), longest - 1); padding's targets -100."""
         return pad_batch([self.splits[split][i] for i in indices], self.pad_id)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 @torch.no_grad()
 def column_major_weights(model: nn.Module) -> nn.Module:
-    """Store every nn.Linear weight column-major (a tied embedding is the same Parameter and follows); return the model."""
+    """Store every nn.Linear weight column-major (a tied embedding is the same Parameter: it follows); return model."""
     for module in model.modules():
         if type(module) is nn.Linear and module.weight.is_contiguous():
             module.weight.data = module.weight.data.t().contiguous().t()  # (out, in) with strides (1, out)

@@ -46,8 +46,10 @@ class SamplingParams:
              "must be >= 0 (0 means greedy)"),
             ("top_k", self.top_k, self.top_k is None or (_is_int(self.top_k) and self.top_k >= 0),
              "must be a non-negative integer (0 or None keeps every token)"),
-            ("top_p", self.top_p, _finite(self.top_p) and 0 < self.top_p <= 1, "must be in (0, 1] (1 keeps every token)"),
-            ("min_p", self.min_p, _finite(self.min_p) and 0 <= self.min_p <= 1, "must be in [0, 1] (0 keeps every token)"),
+            ("top_p", self.top_p, _finite(self.top_p) and 0 < self.top_p <= 1,
+             "must be in (0, 1] (1 keeps every token)"),
+            ("min_p", self.min_p, _finite(self.min_p) and 0 <= self.min_p <= 1,
+             "must be in [0, 1] (0 keeps every token)"),
             ("repetition_penalty", self.repetition_penalty,
              _finite(self.repetition_penalty) and self.repetition_penalty > 0, "must be > 0 (1 = no penalty)"),
             ("presence_penalty", self.presence_penalty,
@@ -114,7 +116,7 @@ def token_counts(ids: torch.Tensor, vocab: int) -> torch.Tensor:
 
 def apply_presence_frequency_penalties(logits: torch.Tensor, counts: torch.Tensor, presence: Param,
                                        frequency: Param) -> torch.Tensor:
-    """OpenAI's penalties: logit − frequency × count − presence × [count > 0], counts (batch, vocab) of generated tokens."""
+    """OpenAI's penalties: logit − frequency × count − presence × [count > 0]; counts (batch, vocab) of new ids."""
     return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
 
 

@@ -59,7 +59,7 @@ def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, with_
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if with_grads else None
         chunk = max(1, LOSS_CHUNK_LOGITS.get(device_type, LOSS_CHUNK_LOGITS["cpu"]) // vocab)
         if device_type == "cpu" and compute != torch.float32:
-            chunk *= 4  # each chunk adds a 16-bit weight gradient into the float32 sum, which costs more than its matmul
+            chunk *= 4  # each chunk adds a 16-bit weight gradient into the float32 sum: that costs more than its matmul
         buffer = torch.empty(min(chunk, len(targets)), vocab, dtype=torch.float32, device=h.device)
         for start in range(0, len(targets), chunk):
             rows = slice(start, start + chunk)

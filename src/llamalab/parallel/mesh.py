@@ -24,7 +24,8 @@ def init_distributed(device_type: str | None = None) -> torch.device:
         device = torch.device(device_type)
     if not dist.is_initialized():
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-            raise ConfigError("no torchrun environment (RANK, WORLD_SIZE): launch with `torchrun --nproc-per-node N ...`")
+            raise ConfigError("no torchrun environment (RANK, WORLD_SIZE): "
+                              "launch with `torchrun --nproc-per-node N ...`")
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return device
 

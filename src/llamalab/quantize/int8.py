@@ -53,7 +53,7 @@ class Int8Linear(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, linear: nn.Linear) -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         module = cls(linear.in_features, linear.out_features, device=linear.weight.device)
         module.weight, module.scales = quantize_int8(linear.weight)
         return module
@@ -97,7 +97,7 @@ class Int8Embedding(nn.Module):
         self.table = Int8Linear(embedding_dim, num_embeddings, device, group_size)
 
     @classmethod
-    def from_int8_linear(cls, linear: Int8Linear, dtype: torch.dtype = torch.float32) -> "Int8Embedding":
+    def from_int8_linear(cls, linear: Int8Linear, dtype: torch.dtype = torch.float32) -> Int8Embedding:
         with torch.device("meta"):
             module = cls(linear.out_features, linear.in_features, dtype, group_size=linear.group_size)
         module.table = linear

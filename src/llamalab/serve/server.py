@@ -68,8 +68,8 @@ def check_cache_fits(model, slots: int, max_seq_len: int) -> None:
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _free_host_memory()
     if free is not None and needed > free:
         raise ConfigError(f"a KV cache of {slots} rows x {max_seq_len} tokens needs {needed / 2**30:.1f} GiB, more "
-                          f"than the {free / 2**30:.1f} GiB free on {device}; ask for fewer rows (--slots, --batch-size) "
-                          "or a shorter context")
+                          f"than the {free / 2**30:.1f} GiB free on {device}; "
+                          "ask for fewer rows (--slots, --batch-size) or a shorter context")
 
 
 def _free_host_memory() -> int | None:

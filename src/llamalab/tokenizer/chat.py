@@ -45,7 +45,8 @@ def encode_llama2_dialog(tokenizer: Tokenizer, messages: list[Message]) -> list[
         messages = [{"role": first["role"], "content": B_SYS + system["content"] + E_SYS + first["content"]}, *rest]
     roles = [m["role"] for m in messages]
     if roles[::2] != ["user"] * len(roles[::2]) or roles[1::2] != ["assistant"] * len(roles[1::2]):
-        raise ChatFormatError(f"Llama 2 chat needs roles system (optional), then user/assistant alternating; got {roles}")
+        raise ChatFormatError(
+            f"Llama 2 chat needs roles system (optional), then user/assistant alternating; got {roles}")
     if roles[-1] != "user":
         raise ChatFormatError("the last message of a Llama 2 dialog must be the user's")
     ids = []
@@ -56,7 +57,8 @@ def encode_llama2_dialog(tokenizer: Tokenizer, messages: list[Message]) -> list[
 
 
 def encode_llama3_dialog(tokenizer: Tokenizer, messages: list[Message]) -> list[int]:
-    """Meta's Llama 3 chat format: `<|begin_of_text|>`, each message as header + content + `<|eot_id|>`, an open assistant header."""
+    """Meta's Llama 3 chat format: `<|begin_of_text|>`, each message as header + content + `<|eot_id|>`, then an
+    open assistant header."""
     _check_messages(messages)
     ids = [tokenizer.bos_id]
     for message in messages:
@@ -69,7 +71,8 @@ def _llama3_header(tokenizer: Tokenizer, role: str) -> list[int]:
     """`<|start_header_id|>role<|end_header_id|>` and the blank line that follows it."""
     special = tokenizer.special_tokens
     role_ids = tokenizer.encode(role, bos=False)
-    return [special["<|start_header_id|>"], *role_ids, special["<|end_header_id|>"], *tokenizer.encode("\n\n", bos=False)]
+    newlines = tokenizer.encode("\n\n", bos=False)
+    return [special["<|start_header_id|>"], *role_ids, special["<|end_header_id|>"], *newlines]
 
 
 def render_chat_template(template: str, messages: list[Message], tokenizer: Tokenizer,
@@ -86,8 +89,8 @@ def render_chat_template(template: str, messages: list[Message], tokenizer: Toke
         if token_id is not None
     }
     try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **specials,
-                                                **({'tools': tools} if tools else {}))
+        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                **specials, **({'tools': tools} if tools else {}))
     except jinja2.TemplateError as e:
         raise ChatFormatError(f"the chat template failed: {e}") from None
 
@@ -118,7 +121,8 @@ def _check_messages(messages: list[Message]) -> None:
     if not messages:
         raise ChatFormatError("the dialog is empty; give at least one user message")
     for i, message in enumerate(messages):
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(message.get("content"), str)):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):
             raise ChatFormatError(f"message {i} must be a dict with string 'role' and 'content', got {message!r}")
 
 

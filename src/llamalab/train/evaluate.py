@@ -3,8 +3,8 @@
 A window holds `context` tokens; consecutive windows start `stride` tokens apart. The first window scores all of
 its tokens (but the first, which has nothing to be predicted from); each later one scores only the tokens the
 previous windows did not reach, each seeing at least `context - stride` tokens of left context (with
-stride = context the windows are disjoint and each window's first token goes unscored, as in transformers' recipe). The result sums the
-nats of all scored tokens, so it does not depend on how the windows are cut up into batches.
+stride = context the windows are disjoint and each window's first token goes unscored, as in transformers' recipe).
+The result sums the nats of all scored tokens, so it does not depend on how the windows are cut up into batches.
 """
 from __future__ import annotations
 

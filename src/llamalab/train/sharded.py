@@ -141,7 +141,7 @@ def read_sharded_weights(path: str | Path) -> tuple[ModelArgs, dict[str, torch.T
 
 
 def snapshot_tokenizer(path: str | Path) -> Path | None:
-    """The tokenizer of the run that wrote a sharded snapshot (beside its data or its starting model), if still there."""
+    """The tokenizer of the run that wrote a sharded snapshot (beside its data or its starting model) if still there."""
     from llamalab.checkpoint import find_tokenizer
     from llamalab.data.chat import is_chat_file
     from llamalab.train.batches import TokenData

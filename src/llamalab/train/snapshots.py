@@ -1,4 +1,5 @@
-"""Training snapshots (the checkpoints of a run, not `llamalab.checkpoint`'s model files): everything needed to continue a run exactly, one file per saved step, newest N kept.
+"""Training snapshots (the checkpoints of a run, not `llamalab.checkpoint`'s model files): everything needed to
+continue a run exactly, one file per saved step, newest N kept.
 
 A file `step_NNNNNNN.pt` holds the full (unsharded) model and optimizer state keyed by parameter name,
 the LR scheduler and gradient scaler, the step, the data position, every process's random-number

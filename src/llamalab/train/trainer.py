@@ -38,7 +38,7 @@ from llamalab.train.snapshots import load_newest_checkpoint, restore, save_check
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_trainer(cfg: TrainConfig, device: torch.device) -> "Trainer":
+def build_trainer(cfg: TrainConfig, device: torch.device) -> Trainer:
     """Data, model, its preparation (LoRA, checkpointing, DDP / FSDP2, compile) and AdamW, as the config asks.
 
     To change the model on the way (another parallel plan, say), call these steps yourself.

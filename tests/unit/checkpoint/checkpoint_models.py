@@ -11,7 +11,8 @@ CONFIGS = {
     "llama3.1-scaled-tied-mqa": ModelArgs(
         dim=64, n_layers=2, n_heads=4, n_kv_heads=1, vocab_size=VOCAB, multiple_of=32, ffn_dim_multiplier=1.3,
         rope_theta=500000.0, max_seq_len=64, tie_embeddings=True,
-        rope_scaling=RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=32),
+        rope_scaling=RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                 original_max_position_embeddings=32),
     ),
 }
 SUFFIX = {"meta": "", "hf": "", "native": "", "gguf": ".gguf", "llama2c": ".bin"}

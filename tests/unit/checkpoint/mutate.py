@@ -1,4 +1,5 @@
-"""Rewrite small valid checkpoint files with a changed header: the inputs of the hostile-file tests and the fuzz suite."""
+"""Rewrite small valid checkpoint files with a changed header: the inputs of the hostile-file tests and the fuzz
+suite."""
 import json
 import struct
 from pathlib import Path

@@ -76,7 +76,8 @@ def test_metadata_is_llama_cpp_s_llama_keys(tmp_path):
     for freq in freqs:
         wavelen = 2 * math.pi / freq
         smooth = (32 / wavelen - 1.0) / (4.0 - 1.0)
-        divisors.append(1.0 if wavelen < high_wavelen else 8.0 if wavelen > low_wavelen else 1 / ((1 - smooth) / 8 + smooth))
+        middle = 1 / ((1 - smooth) / 8 + smooth)
+        divisors.append(1.0 if wavelen < high_wavelen else 8.0 if wavelen > low_wavelen else middle)
     rope_freqs = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
     assert np.allclose(rope_freqs.data, divisors, rtol=1e-6)
 
@@ -96,7 +97,7 @@ def test_vocabulary_is_the_sentencepiece_model_s(tmp_path, sp_tokenizer):
 
 
 def test_reads_a_llama_cpp_llama31_file_without_our_keys(tmp_path):
-    """A file as llama.cpp's converter writes it: Llama 3.1 scaling only as rope_freqs (head_dim 128 like the release)."""
+    """A file as llama.cpp's converter writes it: Llama 3.1 scaling only as rope_freqs (head_dim 128, as released)."""
     args = ModelArgs(dim=256, n_layers=1, n_heads=2, vocab_size=32, hidden_dim=64, rope_theta=500000.0,
                      max_seq_len=64, rope_scaling=RopeScaling(8.0, 1.0, 4.0, 8192), tie_embeddings=True)
     model = random_model(args)
@@ -129,10 +130,12 @@ def llama3_tokenizers(tmp_path_factory):
     numbers = ["5551234567 31415926 2718281828"] * 60  # frequent enough that digit pairs merge: "555", "123", ...
     text = " ".join(["the cat sat on the mat; naïve café owners sold 東京 bread in 2024!"] * 30 + numbers)
     ranks = bpe_train(text, 256 + 40, META_LLAMA3_PATTERN, visualise=None)
-    lines = [f"{base64.b64encode(token).decode()} {rank}" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])]
+    by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
+    lines = [f"{base64.b64encode(token).decode()} {rank}" for token, rank in by_rank]
     (folder / "tokenizer.model").write_text("\n".join(lines) + "\n")
     (folder / "hf").mkdir()
-    converter = TikTokenConverter(vocab_file=str(folder / "tokenizer.model"), extra_special_tokens=LLAMA3_SPECIAL_TOKENS)
+    converter = TikTokenConverter(vocab_file=str(folder / "tokenizer.model"),
+                                  extra_special_tokens=LLAMA3_SPECIAL_TOKENS)
     converter.converted().save(str(folder / "hf" / "tokenizer.json"))
     return folder / "tokenizer.model", load_tokenizer(folder / "tokenizer.model")
 
@@ -149,7 +152,8 @@ def test_llama3_vocabulary_is_byte_level_bpe_that_encodes_like_tiktoken(tmp_path
     types = field(reader, "tokenizer.ggml.token_type")
     assert set(types[:296]) == {1} and set(types[296:]) == {3}
     # what llama.cpp does with these keys: byte-level BPE of the merges after Llama 3's split
-    bpe = tokenizers.Tokenizer(tokenizers.models.BPE({t: i for i, t in enumerate(tokens)}, [tuple(m.split(" ")) for m in merges]))
+    vocab, pairs = {t: i for i, t in enumerate(tokens)}, [tuple(m.split(" ")) for m in merges]
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, pairs))
     bpe.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
         tokenizers.pre_tokenizers.Split(tokenizers.Regex(META_LLAMA3_PATTERN), "isolated"),
         tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -167,5 +171,6 @@ def test_llama3_tokenizer_json_gives_the_same_gguf_vocabulary_as_the_tiktoken_fi
         assert field(readers[0], f"tokenizer.ggml.{key}") == field(readers[1], f"tokenizer.ggml.{key}"), key
     # transformers lists every split of a token as a merge, the tiktoken path only the one BPE takes
     spec = json.loads((path.parent / "hf" / "tokenizer.json").read_text())
-    assert field(readers[1], "tokenizer.ggml.merges") == [" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]]
+    assert field(readers[1], "tokenizer.ggml.merges") == merges
     assert set(field(readers[0], "tokenizer.ggml.merges")) <= set(field(readers[1], "tokenizer.ggml.merges"))

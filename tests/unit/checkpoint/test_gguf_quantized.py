@@ -29,7 +29,7 @@ def gguf_round_trip(model, ggml_type):
     """The model with every matrix replaced by gguf.quants' own quantize → dequantize (norms stay float32)."""
     copy = random_model(model.args)
     with torch.no_grad():
-        for name, p in copy.named_parameters():
+        for p in copy.parameters():
             if p.dim() == 2:
                 p.copy_(torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(p.numpy(), ggml_type), ggml_type)))
     return copy
@@ -94,7 +94,8 @@ def test_keep_quantized_false_gives_plain_float_weights(tmp_path):
     loaded = load(save(model, tmp_path / "m.gguf", format="gguf", dtype="q4_0"), keep_quantized=False)
     assert all(type(m) in (torch.nn.Linear, torch.nn.Embedding) for m in loaded.modules() if not list(m.children())
                and hasattr(m, "weight") and m.weight.dim() == 2)
-    assert torch.equal(loaded.layers[1].feed_forward.w2.weight, gguf_round_trip(model, GGML.Q4_0).layers[1].feed_forward.w2.weight)
+    expected = gguf_round_trip(model, GGML.Q4_0).layers[1].feed_forward.w2.weight
+    assert torch.equal(loaded.layers[1].feed_forward.w2.weight, expected)
 
 
 def test_quantize_int4_on_an_int4_file_does_not_round_again(tmp_path):

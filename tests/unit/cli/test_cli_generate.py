@@ -119,7 +119,8 @@ def test_chat_through_a_pipe_answers_each_turn_and_exits(folder):
     model, tokenizer = load(folder), load_tokenizer(folder / "tokenizer.model")
     answers = []
     for question in ("the cat?", "a dog?"):  # /reset: the second question starts a new dialog
-        prompt = encode_dialog(tokenizer, [{"role": "system", "content": "be brief"}, {"role": "user", "content": question}])
+        dialog = [{"role": "system", "content": "be brief"}, {"role": "user", "content": question}]
+        prompt = encode_dialog(tokenizer, dialog)
         answers.append(tokenizer.decode(greedy_by_full_forward(model, prompt, 8, tokenizer.stop_ids)))
     assert result.stdout == "".join(a + "\n" for a in answers)
 

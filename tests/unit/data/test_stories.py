@@ -11,7 +11,8 @@ def test_the_same_seed_gives_the_same_corpus_in_another_process(tmp_path):
     code = f"from llamalab.data.stories import write_stories; write_stories({str(tmp_path / 'b.jsonl')!r}, 50, seed=7)"
     subprocess.run([sys.executable, "-c", code], check=True)
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
-    assert [json.loads(line)["text"] for line in (tmp_path / "a.jsonl").read_text().splitlines()] == list(stories(50, 7))
+    lines = (tmp_path / "a.jsonl").read_text().splitlines()
+    assert [json.loads(line)["text"] for line in lines] == list(stories(50, 7))
 
 
 def test_another_seed_gives_other_stories():

@@ -69,7 +69,8 @@ def test_seeded_sampling_is_reproducible_and_per_row(model):
     first = [c.tokens for c in generate(model, prompts, 15, sampling=params)]
     again = [c.tokens for c in generate(model, prompts, 15, sampling=params)]
     alone = generate(model, prompts[1:], 15, sampling=params)[0].tokens
-    other = [c.tokens for c in generate(model, prompts, 15, sampling=SamplingParams(temperature=1.5, top_k=40, seed=124))]
+    other_seed = SamplingParams(temperature=1.5, top_k=40, seed=124)
+    other = [c.tokens for c in generate(model, prompts, 15, sampling=other_seed)]
     assert first == again
     assert first[1] == alone  # a row's draws come from its own seeded generator
     assert first != other

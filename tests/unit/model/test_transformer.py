@@ -29,7 +29,8 @@ def test_block_is_pre_norm_residual():
     block, x = model.layers[0], torch.randn(1, 5, 64)
     cos, sin = model.rope_cos[None, :5], model.rope_sin[None, :5]
     h = x + block.attention(block.attention_norm(x), cos, sin)
-    expected = h + block.feed_forward.w2(F.silu(block.feed_forward.w1(block.ffn_norm(h))) * block.feed_forward.w3(block.ffn_norm(h)))
+    ffn, normed = block.feed_forward, block.ffn_norm(h)
+    expected = h + ffn.w2(F.silu(ffn.w1(normed)) * ffn.w3(normed))
     assert torch.allclose(block(x, cos, sin), expected, atol=1e-6)
 
 

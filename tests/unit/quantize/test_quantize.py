@@ -109,7 +109,8 @@ def test_decode_with_kv_cache_matches_full_pass(trained_model, held_out):
     with torch.no_grad():
         full = model(tokens)
         model.setup_cache(batch_size=2, max_seq_len=tokens.shape[1])
-        steps = [model(tokens[:, :4], start_pos=0)] + [model(tokens[:, i:i + 1], start_pos=i) for i in range(4, tokens.shape[1])]
+        steps = [model(tokens[:, :4], start_pos=0)]
+        steps += [model(tokens[:, i:i + 1], start_pos=i) for i in range(4, tokens.shape[1])]
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-4)
 
 

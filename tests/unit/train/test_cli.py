@@ -116,7 +116,8 @@ def test_a_run_killed_and_resumed_repeats_the_uninterrupted_losses_bit_for_bit(c
     assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
 
     def curve(run):
-        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_metrics(tmp_path / run / "metrics.jsonl")]
+        records = read_metrics(tmp_path / run / "metrics.jsonl")
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
 
     expected = curve("whole")
     assert [r["step"] for r in expected if "loss" in r] == list(range(1, 31))

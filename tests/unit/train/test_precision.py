@@ -36,7 +36,8 @@ def test_training_step_runs_under_the_resolved_autocast(tiny_config):
 
     trainer = build_trainer(tiny_config(dtype="bfloat16"), torch.device("cpu"))
     seen = []
-    hook = trainer.model.layers[0].feed_forward.w1.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    w1 = trainer.model.layers[0].feed_forward.w1
+    hook = w1.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     loss = trainer.train_step()
     hook.remove()
     assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)

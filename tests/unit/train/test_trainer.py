@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from llamalab import checkpoint
-from llamalab.errors import CheckpointError, ConfigError, DataError
 from llamalab.checkpoint.peft import load_adapters
+from llamalab.errors import CheckpointError, ConfigError, DataError
 from llamalab.train.metrics import read_metrics
 from llamalab.train.snapshots import saved_steps
 from llamalab.train.trainer import build_trainer
