@@ -134,3 +134,17 @@ def test_a_gguf_array_count_past_any_offset_is_a_checkpoint_error(tmp_path, mode
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="m.gguf"):
         load(path)
+
+
+@pytest.mark.parametrize("max_seq_len", [2**24, 2**31 - 1])
+def test_a_huge_max_seq_len_sizes_no_rope_table_up_front(tmp_path, model, max_seq_len):
+    """Issue 21: max_position_embeddings 2^31-1 allocated 8.6 GB of RoPE tables; they now cover what is used."""
+    import torch
+
+    path = save(model, tmp_path / "m", format="hf")
+    rewrite_json(path, "config.json", {"max_position_embeddings": max_seq_len})
+    loaded = load(path)
+    assert loaded.args.max_seq_len == max_seq_len
+    assert loaded.rope_cos.numel() * loaded.rope_cos.element_size() < 2**20  # not max_seq_len x head_dim/2 floats
+    tokens = torch.randint(0, loaded.args.vocab_size, (1, 8))
+    assert torch.equal(loaded(tokens), model(tokens))
