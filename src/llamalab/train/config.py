@@ -18,7 +18,6 @@ else:
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
 
-
 AUTOCAST_DTYPES = ("auto", "float32", "bfloat16", "float16")
 QLORA_BASES = ("", "keep", "int8", "int4")
 
@@ -83,6 +82,7 @@ class TrainConfig:
     keep_last: int = setting(2, "training checkpoints kept")
     sharded_checkpoints: bool = setting(False, "write training checkpoints with torch.distributed.checkpoint: each "
                                                "process its own shards, resumable at another process count")
+    async_checkpoints: bool = setting(False, "write sharded checkpoints in the background while training goes on")
     log_every: int = setting(10, "steps between metrics.jsonl records")
     seed: int = setting(1337, "seed of the initial weights, data order and samples")
     resume: bool = setting(False, "continue from the newest checkpoint in out_dir")
@@ -100,6 +100,12 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "sample_every", "save_every", "keep_last", "lora_rank"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip", "lora_alpha"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not -1e300 < value < 1e300:
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        if not isinstance(self.seed, int) or not -(2**63) <= self.seed <= 2**64 - 1:
+            raise ConfigError(f"seed must be a whole number in [-2**63, 2**64 - 1] (what torch takes), got {self.seed!r}")
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.dtype not in AUTOCAST_DTYPES:
@@ -122,6 +128,8 @@ class TrainConfig:
         if self.qlora and (not self.lora_rank or self.merge or self.tp > 1):
             raise ConfigError("qlora trains LoRA adapters over frozen quantized weights: it needs --lora-rank, and "
                               "neither --merge (merge later with `llamalab convert MODEL OUT --lora ADAPTERS`) nor --tp")
+        if self.async_checkpoints and not self.sharded_checkpoints:
+            raise ConfigError("async_checkpoints writes sharded checkpoints in the background: add --sharded-checkpoints")
         if self.merge and not self.lora_rank:
             raise ConfigError("merge folds LoRA adapters into the weights; it needs lora_rank > 0")
         unknown = sorted(set(self.model) - MODEL_FIELDS)
@@ -132,7 +140,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ConfigError(f"unknown training setting(s) {unknown}; see `llamalab train --help`")

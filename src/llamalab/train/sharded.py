@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.utils._pytree import tree_map
 
 from llamalab.config import ModelArgs
 from llamalab.errors import CheckpointError
@@ -58,9 +59,25 @@ def _gather(obj: Any) -> list[Any]:
     return objects
 
 
+class PendingSnapshot:
+    """A snapshot being written in the background (`save_sharded(..., background=...)`); `wait` completes it."""
+
+    def __init__(self, future, finish):
+        self.future, self.finish = future, finish
+
+    def wait(self) -> Path:
+        self.future.result()  # this process's shards (and, on rank 0, the metadata) are on disk
+        return self.finish()
+
+
 def save_sharded(folder: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any],
-                 keep_last: int) -> Path:
-    """Write the snapshot of `step` (every process calls this and writes its shards); keep the newest keep_last."""
+                 keep_last: int, background: dist.ProcessGroup | bool | None = None) -> Path | PendingSnapshot:
+    """Write the snapshot of `step` (every process calls this and writes its shards); keep the newest keep_last.
+
+    `background`: write asynchronously (a copy of the state is taken first, so training goes on) and return a
+    PendingSnapshot to `wait` on before the next save; under torchrun pass a gloo process group of its own
+    (`dist.new_group(backend="gloo")`), which the writing thread's collectives use.
+    """
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     final = snapshot_path(folder, step)
     partial = final.with_name(final.name + ".partial")
@@ -69,21 +86,31 @@ def save_sharded(folder: Path, step: int, model: nn.Module, optimizer: torch.opt
         partial.mkdir(parents=True)
     _barrier()
     model_state, optim_state = get_state_dict(model, optimizer)  # this process's shards (DTensors), no gather
-    rng = _gather(rng_state())
-    try:
-        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=partial,
-                 no_dist=not dist.is_initialized())
+    run = {"step": step, "rng": _gather(rng_state()), **extra}
+
+    def finish() -> Path:
         if rank0:
-            torch.save({"step": step, "rng": rng, **extra}, partial / RUN_FILE)
+            torch.save(run, partial / RUN_FILE)
             shutil.rmtree(final, ignore_errors=True)
             partial.rename(final)
+            for old in sharded_steps(folder)[:-keep_last] if keep_last else []:
+                shutil.rmtree(snapshot_path(folder, old), ignore_errors=True)
+        return final
+
+    state = {"model": model_state, "optimizer": optim_state}
+    solo = not dist.is_initialized()
+    try:
+        if background:
+            copy = tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, state)
+            group = background if isinstance(background, dist.ProcessGroup) else None
+            return PendingSnapshot(dcp.async_save(copy, checkpoint_id=partial, process_group=group, no_dist=solo),
+                                   finish)
+        dcp.save(state, checkpoint_id=partial, no_dist=solo)
+        finish()
     except OSError as e:
         raise CheckpointError(f"could not write the sharded checkpoint {final} ({e.strerror or e}); "
                               "free some disk space, then continue with --resume") from None
     _barrier()
-    if rank0 and keep_last:
-        for old in sharded_steps(folder)[:-keep_last]:
-            shutil.rmtree(snapshot_path(folder, old), ignore_errors=True)
     return final
 
 

@@ -32,7 +32,7 @@ from llamalab.train.build import build_model, prepare_model, unwrap
 from llamalab.train.config import TrainConfig
 from llamalab.train.metrics import MetricsLog, plot_loss, read_metrics
 from llamalab.train.optim import build_optimizer, build_scheduler
-from llamalab.train.sharded import load_sharded, read_run_state, save_sharded, sharded_steps, snapshot_path
+from llamalab.train.sharded import PendingSnapshot, load_sharded, read_run_state, save_sharded, sharded_steps, snapshot_path
 from llamalab.train.snapshots import load_newest_checkpoint, restore, save_checkpoint, saved_steps
 
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -90,6 +90,10 @@ class Trainer:
         self.checkpoints = self.out_dir / "checkpoints"
         self.step = 0
         self.step_tokens = 0  # token positions of the last step (all processes)
+        self.pending_save: PendingSnapshot | None = None  # a checkpoint still being written (async_checkpoints)
+        self.save_group = None  # the gloo group the background writer's collectives use
+        if cfg.async_checkpoints:
+            self.save_group = dist.new_group(backend="gloo") if dist.is_initialized() else True
         self.stop_requested = False
         self.peak_flops = _peak_flops(device)
 
@@ -193,8 +197,19 @@ class Trainer:
                  "data": self.batches.state_dict(), "config": self.cfg.to_dict(),
                  "model_args": self.model.args.to_dict()}
         if self.cfg.sharded_checkpoints:
-            return save_sharded(self.checkpoints, self.step, self.module, self.optimizer, extra, self.cfg.keep_last)
+            self.finish_saving()
+            saved = save_sharded(self.checkpoints, self.step, self.module, self.optimizer, extra, self.cfg.keep_last,
+                                 background=self.save_group)
+            if isinstance(saved, PendingSnapshot):
+                self.pending_save, saved = saved, None
+            return saved
         return save_checkpoint(self.checkpoints, self.step, self.module, self.optimizer, extra, self.cfg.keep_last)
+
+    def finish_saving(self) -> None:
+        """Wait for a checkpoint being written in the background, and put it in place."""
+        if self.pending_save is not None:
+            pending, self.pending_save = self.pending_save, None
+            pending.wait()
 
     def resume(self) -> bool:
         """Continue from the newest checkpoint in out_dir/checkpoints; False when there is none.
@@ -283,6 +298,7 @@ class Trainer:
                     summary["interrupted"] = True
                     break
         finally:
+            self.finish_saving()
             bar.close()
             if log is not None:
                 log.close()
