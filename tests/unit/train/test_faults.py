@@ -5,9 +5,11 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from llamalab.cli.train import stop_on_ctrl_c
+from llamalab.errors import ConfigError
 from llamalab.train.snapshots import checkpoint_path, saved_steps
 from llamalab.train.trainer import build_trainer
 
@@ -53,3 +55,11 @@ def test_a_save_cleans_up_what_a_killed_save_left(tiny_config, tmp_path):
     torch.manual_seed(0)
     build_trainer(tiny_config(max_steps=2), torch.device("cpu")).fit()
     assert sorted(p.name for p in folder.iterdir()) == ["step_0000002.pt"]
+
+
+@pytest.mark.parametrize("setting", [{"seed": 2**70}, {"seed": -(2**64)}, {"lr": float("nan")},
+                                     {"grad_clip": float("inf")}, {"beta2": "0.95"}])
+def test_a_seed_torch_cannot_take_or_a_non_finite_number_is_a_config_error(tiny_config, setting):
+    """Issue 21's --seed 1e20 for training: 2**70 overflowed in torch.manual_seed when the run started."""
+    with pytest.raises(ConfigError, match=next(iter(setting))):
+        tiny_config(**setting)
