@@ -182,6 +182,18 @@ def test_forced_tool_call_through_the_openai_client_flow(client):
     jsonschema.validate(json.loads(call.function.arguments), TIME["function"]["parameters"])
 
 
+def test_a_streamed_forced_call_arrives_as_tool_call_deltas(client):
+    messages = [{"role": "user", "content": "What time is it in Tokyo?"}]
+    options = dict(model="smollm2", messages=messages, tools=[WEATHER, TIME], temperature=0, max_tokens=60,
+                   tool_choice={"type": "function", "function": {"name": "get_time"}}, parallel_tool_calls=False)
+    whole = client.chat.completions.create(**options).choices[0].message.tool_calls[0]
+    chunks = list(client.chat.completions.create(stream=True, **options))
+    calls = [call for c in chunks if c.choices for call in (c.choices[0].delta.tool_calls or [])]
+    assert [c.function.name for c in calls] == ["get_time"]
+    assert calls[0].function.arguments == whole.function.arguments
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
 def test_tools_reach_a_template_without_tool_support_through_the_system_message(smollm2):
     _, tokenizer = smollm2
     body = ChatBody(messages=[{"role": "user", "content": "weather in Rome?"}], tools=[WEATHER])
