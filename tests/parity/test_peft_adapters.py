@@ -83,8 +83,9 @@ def test_real_model_adapters_match_peft_both_ways(smollm2_hf_dir, tmp_path):
     with_adapter = peft.PeftModel.from_pretrained(hf, tmp_path / "ours").eval()
     with torch.no_grad():
         expected, got = with_adapter(tokens).logits, ours(tokens)
-    print(f"SmolLM2 ours->PEFT max |logit diff| {(expected - got).abs().max():.2e}")
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    relative = ((expected - got).abs().max() / expected.abs().max()).item()
+    print(f"SmolLM2 ours->PEFT max |logit diff| {(expected - got).abs().max():.2e}, {relative:.1e} of the largest logit")
+    assert relative < 1e-5  # 30 float32 layers: the sums' order differs from transformers'; the tiny model holds 1e-5
 
     with_adapter.save_pretrained(tmp_path / "again")  # PEFT's own writing of the same adapter
     back = load_adapters(load(smollm2_hf_dir).eval(), tmp_path / "again")
