@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from llamalab.checkpoint.peft import load_adapters, save_adapters
 from llamalab.config import ModelArgs
 from llamalab.errors import CheckpointError, ConfigError
 from llamalab.model import Transformer
-from llamalab.checkpoint.peft import load_adapters, save_adapters
 from llamalab.model.lora import adapter_state, apply_lora, has_adapter, merge_lora
 
 ARGS = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, multiple_of=16, max_seq_len=16)
