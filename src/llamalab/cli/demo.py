@@ -41,11 +41,11 @@ def add_parser(subparsers):
 
 def steps_that_fit(cfg: TrainConfig, seconds: float) -> int:
     """How many steps of this run take about `seconds` here, timed on a throwaway copy (300 to 3000)."""
-    from llamalab.cli.train import setup_process
+    from llamalab.cli.train import start_process
     from llamalab.train.trainer import build_trainer  # heavy: only when the demo runs
 
     with tempfile.TemporaryDirectory() as tmp:
-        probe = build_trainer(dataclasses.replace(cfg, out_dir=tmp), setup_process(cfg))
+        probe = build_trainer(dataclasses.replace(cfg, out_dir=tmp), start_process(cfg))
         probe.train_step()  # warm-up
         times = []
         for _ in range(PROBE_STEPS):

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
 import signal
 import sys
 import typing
 from pathlib import Path
 
 from llamalab.config import ModelArgs
-from llamalab.errors import ConfigError
 from llamalab.train.config import TrainConfig, merge_settings, read_config_file
 
 if typing.TYPE_CHECKING:  # torch is imported when training starts, not for `llamalab --help`
@@ -105,9 +103,10 @@ def train(cfg: TrainConfig) -> dict | None:
     """
     import torch.distributed as dist
 
-    from llamalab.train.trainer import build_trainer  # heavy (distributed, FSDP): only when training starts
+    from llamalab.train.run import save_results  # heavy (distributed, FSDP): only when training starts
+    from llamalab.train.trainer import build_trainer
 
-    device = setup_process(cfg)
+    device = start_process(cfg)
     try:
         main = not dist.is_initialized() or dist.get_rank() == 0
         trainer = build_trainer(cfg, device)
@@ -120,11 +119,8 @@ def train(cfg: TrainConfig) -> dict | None:
                   + f"; {_precision(trainer.dtype)}")
         with stop_on_ctrl_c(trainer, announce=main):
             summary = trainer.fit()
-        if summary["interrupted"]:
-            return summary if main else None
-        name = "adapters" if cfg.lora_rank and not cfg.merge else "model"
-        summary["model"] = trainer.save_model(Path(cfg.out_dir) / name)
-        summary["sample"] = trainer.sample()
+        if not summary["interrupted"]:
+            save_results(trainer, cfg, summary)
         return summary if main else None
     finally:
         if dist.is_initialized():
@@ -136,21 +132,13 @@ def _layout(cfg: TrainConfig, world: int) -> str:
     return f"fsdp {world // cfg.tp} x tp {cfg.tp}" if cfg.tp > 1 else cfg.parallel
 
 
-def setup_process(cfg: TrainConfig) -> torch.device:
-    """Join torchrun's process group when there is one, pick the device, seed torch, allow TF32 matmuls."""
+def start_process(cfg: TrainConfig) -> torch.device:
+    """llamalab.train.run.setup_process (torchrun group, device, seed), and TF32 matmuls on CUDA (a global flag)."""
     import torch
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from llamalab.parallel import init_distributed
+    from llamalab.train.run import setup_process
 
-        device = init_distributed()
-    elif cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {cfg.device}: no CUDA device here; use --device cpu")
-    torch.manual_seed(cfg.seed)
+    device = setup_process(cfg)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
