@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-from llamalab.cli.common import default_device
 from llamalab.config import ModelArgs
 
 
@@ -48,10 +47,11 @@ def run(args) -> int:
     from llamalab.baselines.ablation import DEFAULT_VARIANTS, ablation_config, plot_curves, run_ablation, story_data
     from llamalab.baselines.variants import parse_variant
     from llamalab.files import atomic_output
+    from llamalab.inference import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.device = args.device or default_device()
+    args.device = str(resolve_device(args.device))
     variants = {spec: parse_variant(spec) for spec in args.variants or DEFAULT_VARIANTS}
     base = ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, multiple_of=32,
                      max_seq_len=args.seq_len)

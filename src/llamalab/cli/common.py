@@ -57,13 +57,6 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int 
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
 
 
-def default_device() -> str:
-    """cuda when there is a GPU, else cpu: the default of --device."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def sampling_params(args: argparse.Namespace, seed: int | None, recommended: dict | None = None) -> SamplingParams:
     """The sampler flags; those not given come from `recommended` (the tokenizer's sampling_defaults), else
     SAMPLING_DEFAULTS. `seed` is the loaded model's (under --tp the one every rank shares)."""
