@@ -55,7 +55,7 @@ class Inspection:
     rope_frequencies: torch.Tensor  # (head_dim/2,) as the model uses them
     rope_unscaled: torch.Tensor | None  # (head_dim/2,) before Llama 3.1 scaling, when the model scales
     rope_distances: torch.Tensor  # (n,) relative distances
-    rope_dot: torch.Tensor  # (n,) q·k of one fixed vector pair at those distances
+    rope_dot: torch.Tensor  # (n,) q·k of q = k = all ones at those distances
     cost: list[dict]  # per decoded token: position, kv bytes measured / predicted, decode ms, predicted FLOPs
     checks: dict[str, float] = field(default_factory=dict)  # largest deviation of each check (0 = exact)
 
@@ -116,10 +116,10 @@ def logit_lens(model: Transformer, residual: torch.Tensor) -> torch.Tensor:
     return logits.softmax(-1)
 
 
-def rope_dot_by_distance(args: ModelArgs, distances: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """q·k of one fixed random pair of head vectors, q rotated to position d and k to 0, for each distance d."""
-    generator = torch.Generator().manual_seed(seed)
-    q, k = torch.randn(2, args.head_dim, generator=generator)
+def rope_dot_by_distance(args: ModelArgs, distances: torch.Tensor) -> torch.Tensor:
+    """q·k of q = k = all ones, q rotated to position d and k to 0, for each distance d: Σᵢ 2·cos(d·θᵢ), the curve
+    of RoPE's long-term decay in the RoFormer paper."""
+    q = k = torch.ones(args.head_dim)
     cos, sin = rope_tables(args.head_dim, int(distances.max()) + 1, args.rope_theta, args.rope_scaling)
     q_rot = apply_rope(q.expand(len(distances), -1)[:, None, None], cos[distances][:, None], sin[distances][:, None])
     k_rot = apply_rope(k[None, None, None], cos[:1][None], sin[:1][None])  # position 0

@@ -134,7 +134,7 @@ def rope_figure(result: Inspection) -> Figure:
     freq_ax.legend()
     dot_ax.plot(result.rope_distances.numpy(), result.rope_dot.numpy(), linewidth=0.7)
     dot_ax.set(xscale="symlog", xlabel="relative distance (query position − key position)", ylabel="q·k",
-               title="q·k of one fixed pair of vectors, rotated")
+               title="q·k of q = k = (1, …, 1) rotated d positions apart")
     for ax in (freq_ax, dot_ax):
         ax.grid(True, alpha=0.3)
     return fig
@@ -172,7 +172,7 @@ def cost_figure(result: Inspection) -> Figure:
                   label="predicted FLOPs (analyze)")
     flops_ax.set_ylabel("MFLOPs per token (predicted)")
     time_ax.set_ylim(bottom=0)
-    flops_ax.set_ylim(bottom=0)
+    flops_ax.set_ylim(0, 1.2 * max(c["flops_predicted"] for c in result.cost) / 1e6)
     time_ax.legend(loc="upper left")
     flops_ax.legend(loc="lower right")
     for ax in (kv_ax, time_ax):
@@ -191,8 +191,9 @@ ATTENTION_CAPTION = ("Each map: one query head; row i shows how much position i 
                      "first token (an 'attention sink'); others look at the previous token.")
 ENTROPY_CAPTION = "Mean entropy of every head's attention rows: low = focused on few positions, high = spread out."
 ROPE_CAPTION = ("Left: RoPE rotates each pair of a head's dimensions by position × frequency; fast pairs encode "
-                "nearby order, slow pairs long range. Right: the dot product of a query and a key rotated to "
-                "positions d apart depends only on d, and its oscillation dies out with distance.")
+                "nearby order, slow pairs long range (Llama 3.1 slows the slow ones further). Right: the dot "
+                "product of a query and a key rotated to positions d apart depends only on d; for equal vectors it "
+                "is largest at d = 0 and decays, oscillating, with distance (RoPE's long-term decay).")
 ACTIVATIONS_CAPTION = ("Left: the residual stream grows through the layers; each block adds its attention and "
                        "feed-forward outputs. Right: a few channels carry much larger values than the rest at every "
                        "layer — these outliers are why int8 activations lose accuracy while int8 weights do not.")

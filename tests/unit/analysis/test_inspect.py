@@ -64,8 +64,7 @@ def test_rope_matches_transformers_with_llama31_scaling(tiny):
     assert result.rope_unscaled is not None and result.rope_unscaled[0] == 1.0  # pair 0 turns 1 radian a position
     # q·k after rotation depends on the distance only: rotate both by 37 more positions by hand
     freqs = result.rope_frequencies.double()
-    gen = torch.Generator().manual_seed(0)
-    q, k = torch.randn(2, SCALED_GQA.head_dim, generator=gen).double()
+    q = k = torch.ones(SCALED_GQA.head_dim, dtype=torch.float64)
 
     def rotate(x, pos):
         pairs = x.view(-1, 2)
@@ -75,6 +74,8 @@ def test_rope_matches_transformers_with_llama31_scaling(tiny):
 
     for d in (0, 1, 5, 60):
         assert float(rotate(q, d + 37) @ rotate(k, 37)) == pytest.approx(float(result.rope_dot[d]), abs=1e-4)
+        assert float(result.rope_dot[d]) == pytest.approx(2 * float(torch.cos(d * freqs).sum()), abs=1e-4)
+    assert result.rope_dot[0] == pytest.approx(SCALED_GQA.head_dim) and result.rope_dot.abs().max() == result.rope_dot[0]
 
 
 def test_smollm2_attention_and_residuals_equal_transformers(smollm2_hf_dir, hf_smollm2):
