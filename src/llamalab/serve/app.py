@@ -27,7 +27,6 @@ from llamalab.serve.choices import (
     Streamed,
     answer_usage,
     best_of,
-    event,
     events,
     gather,
     submit_all,
@@ -149,14 +148,9 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str, api_
         requests = make_requests(body, sequences, max_tokens, top)
         tools = ToolParser([t.model_dump() for t in body.tools]) if body.calls_tools else None
         responses = ChatResponses(model_name, logprobs=body.logprobs, tools=tools)
-        if body.stream and tools is None:
+        if body.stream:
             return stream(body, requests, responses, 1)
         choices = await gather(requests, submit(requests), http)
-        if body.stream:  # tool calls are known only at the end: the whole answer as chunks
-            chunks = [event(c) for c in responses.replay(choices)]
-            if body.stream_options is not None and body.stream_options.include_usage:
-                chunks.append(event(responses.usage_chunk(answer_usage(requests, 1))))
-            return StreamingResponse(iter(chunks + ["data: [DONE]\n\n"]), media_type="text/event-stream")
         return responses.whole(choices, answer_usage(requests, 1))
 
     def make_requests(body: GenerationBody, sequences: list[tuple[list[int], str | None]], max_tokens: int,

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 
 from llamalab.serve.request import Output, Request, TokenInfo
-from llamalab.serve.tools import ToolParser
+from llamalab.serve.tools import TOOL_CALL_OPEN, ToolParser
 
 
 @dataclass
@@ -139,6 +139,8 @@ class ChatResponses(Responses):
         super().__init__(model, logprobs)
         self.tools = tools
         self.role_sent: set[int] = set()
+        self.held: dict[int, str] = {}  # streamed text held back while it may be a tool call, per choice
+        self.spoke: set[int] = set()  # choices that streamed some content already
 
     def choice(self, choice: Choice) -> dict:
         message = {"role": "assistant", "content": choice.text}
@@ -154,23 +156,36 @@ class ChatResponses(Responses):
     def delta(self, index, request, text, tokens, finish_reason):
         delta = {} if index in self.role_sent else {"role": "assistant", "content": ""}
         self.role_sent.add(index)
+        if self.tools is not None:
+            text, calls, finish_reason = self._tool_delta(index, text, finish_reason)
+            if calls:
+                delta["tool_calls"] = calls
         if text:
             delta["content"] = text
         return {"index": index, "delta": delta, "logprobs": self._logprobs(tokens), "finish_reason": finish_reason}
 
-    def replay(self, choices: list[Choice]) -> list[dict]:
-        """A whole answer as stream chunks (tool calls are known only once the text is complete)."""
-        chunks = []
-        for whole in self.whole(choices, {})["choices"]:
-            message = whole["message"]
-            delta = {"role": "assistant", "content": message.get("content")}
-            if message.get("tool_calls"):
-                delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-            chunks.append(self._envelope(self.chunk_object, [
-                {"index": whole["index"], "delta": delta, "logprobs": whole["logprobs"], "finish_reason": None}]))
-            chunks.append(self._envelope(self.chunk_object, [
-                {"index": whole["index"], "delta": {}, "logprobs": None, "finish_reason": whole["finish_reason"]}]))
-        return chunks
+    def _tool_delta(self, index: int, text: str, finish_reason: str | None) -> tuple[str, list[dict], str | None]:
+        """Streamed text that cannot belong to a tool call goes out at once; from a call's possible start on it is
+        held, and parsed into `tool_calls` deltas at the end."""
+        held = self.held.get(index, "") + text
+        if finish_reason is None:
+            if TOOL_CALL_OPEN in held or (index not in self.spoke and held.lstrip().startswith("{")):
+                self.held[index] = held  # a call (tagged, or a bare JSON object) may be under way
+                return "", [], None
+            keep = next((n for n in range(min(len(held), len(TOOL_CALL_OPEN) - 1), 0, -1)
+                         if TOOL_CALL_OPEN.startswith(held[-n:])), 0)  # the tail that may begin a tag
+            if index not in self.spoke and not held.strip():
+                keep = len(held)  # leading blanks: wait for the first visible character
+            self.held[index], out = held[len(held) - keep:], held[: len(held) - keep]
+            if out:
+                self.spoke.add(index)
+            return out, [], None
+        self.held.pop(index, None)
+        content, calls = self.tools.parse(held)
+        if not calls:
+            return held, [], finish_reason
+        deltas = [{"index": i, **call} for i, call in enumerate(calls)]
+        return content, deltas, "tool_calls" if finish_reason == "stop" else finish_reason
 
     def _logprobs(self, tokens: list[TokenInfo]) -> dict | None:
         if not self.logprobs:

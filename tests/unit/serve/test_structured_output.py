@@ -194,6 +194,19 @@ def test_a_streamed_forced_call_arrives_as_tool_call_deltas(client):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+def test_a_streamed_answer_in_words_with_tools_offered_streams_its_text(client):
+    options = dict(model="smollm2", messages=[{"role": "user", "content": "Write a haiku about the sea."}],
+                   tools=[WEATHER], tool_choice="auto", temperature=0, max_tokens=40)
+    whole = client.chat.completions.create(**options).choices[0]
+    chunks = list(client.chat.completions.create(stream=True, **options))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    if whole.message.tool_calls:  # the model chose a call after all: it comes whole at the end
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    else:
+        assert streamed == whole.message.content
+        assert sum(bool(c.choices and c.choices[0].delta.content) for c in chunks) > 3  # piece by piece
+
+
 def test_tools_reach_a_template_without_tool_support_through_the_system_message(smollm2):
     _, tokenizer = smollm2
     body = ChatBody(messages=[{"role": "user", "content": "weather in Rome?"}], tools=[WEATHER])
@@ -247,3 +260,18 @@ def test_tool_parser_reads_tagged_and_bare_calls():
     assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Oslo", "unit": "celsius"}  # Llama 3.1's form
     assert parser.parse('<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>')[1] == []  # not an offered tool
     assert parser.parse("no call here") == ("no call here", [])
+
+
+def test_streamed_text_is_held_only_from_a_possible_tool_call_on():
+    from llamalab.serve.responses import ChatResponses
+
+    responses = ChatResponses("m", logprobs=False, tools=ToolParser([WEATHER, TIME]))
+    pieces = ["Sure", ", let me", " check. <", "tool_", 'call>\n{"name": "get_time", ', '"arguments": {"zone": "UTC"}}',
+              "\n</tool_call>"]
+    deltas = [responses.delta(0, None, piece, [], None)["delta"] for piece in pieces]
+    last = responses.delta(0, None, "", [], "stop")
+    assert [d.get("content") for d in deltas[:3]] == ["Sure", ", let me", " check. "]
+    assert all("content" not in d for d in deltas[3:])  # held from the "<" on
+    (call,) = last["delta"]["tool_calls"]
+    assert call["index"] == 0 and call["function"]["name"] == "get_time" and last["finish_reason"] == "tool_calls"
+    assert json.loads(call["function"]["arguments"]) == {"zone": "UTC"}
