@@ -30,11 +30,17 @@ PREFILL_LOGITS_BYTES = 256 * 2**20  # full-sequence prefill logits are computed 
 
 
 class KVCacheLike(Protocol):
-    """What the engine needs of a model's KV cache (`llamalab.model.KVCache`)."""
+    """What the engine needs of a model's KV cache (`llamalab.model.KVCache` or `PagedKVCache`)."""
 
     batch_size: int
     max_seq_len: int
     nbytes: int
+
+    def can_reserve(self, length: int) -> bool: ...
+
+    def reserve(self, row: int, length: int) -> bool: ...
+
+    def free_row(self, row: int) -> None: ...
 
     def move_row(self, src: int, dst: int, length: int) -> None: ...
 
@@ -162,7 +168,7 @@ class Engine:
         cache = model.kv_cache
         if cache is None or cache.batch_size < slots or cache.max_seq_len < max_seq_len:
             cache = model.setup_cache(slots, max_seq_len)
-        self.model, self.slots, self.max_seq_len = model, slots, cache.max_seq_len
+        self.model, self.cache, self.slots, self.max_seq_len = model, cache, slots, cache.max_seq_len
         self.calls = calls or ModelCalls(model, step)
         self.device = model.device
         self.vocab_size = vocab_size or model.args.vocab_size  # ids past the tokenizer's are never sampled
@@ -176,6 +182,14 @@ class Engine:
     def free(self) -> int:
         return self.slots - len(self.rows)
 
+    def fits(self, seq: Sequence) -> bool:
+        """Whether `seq` can be admitted now: a free row, and room in the cache for its prompt and max_tokens."""
+        return self.free > 0 and self.cache.can_reserve(self._length(seq))
+
+    def _length(self, seq: Sequence) -> int:
+        """The positions a sequence may fill: its prompt and max_tokens, within the rows' length."""
+        return min(len(seq.prompt) + seq.max_tokens, self.max_seq_len)
+
     # -- admitting ------------------------------------------------------------------------------------
     def admit(self, seqs: Seq[Sequence]) -> list[list[int]]:
         """Prefill the sequences (right-padded, together) into the next free rows and sample their first tokens;
@@ -188,6 +202,8 @@ class Engine:
                 raise ConfigError(
                     f"a prompt of {len(seq.prompt)} tokens leaves no room in {self.max_seq_len} positions")
             seq.max_tokens = min(seq.max_tokens, self.max_seq_len - len(seq.prompt))
+            if not self.cache.reserve(len(self.rows), self._length(seq)):
+                raise ConfigError(f"no room in the KV cache for {self._length(seq)} more positions; admit it later")
             seq.generator = make_generator(seq.params.seed, self.device)
             self.history[len(self.rows), : len(seq.prompt)] = torch.tensor(seq.prompt)
             self.history[len(self.rows), len(seq.prompt) :] = -1
@@ -317,6 +333,7 @@ class Engine:
         for i in reversed(range(len(self.rows))):
             if self.rows[i].done:
                 freed.append(self.rows[i])
+                self.cache.free_row(i)
                 last = len(self.rows) - 1
                 if i < last:
                     self.calls.move_row(last, i, self.cached[last])

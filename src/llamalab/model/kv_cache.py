@@ -1,8 +1,15 @@
 """Where a batch's tokens go (`Placement`) and the KV cache that keeps the keys and values of past positions.
 
-Every layer's attention owns a `LayerCache` (its storage, written in place); `KVCache` is the model-wide
-handle its users get from `Transformer.kv_cache`: its size, its bytes, and moving or clearing one row,
-so that no code outside `model/` touches the cache tensors.
+Every layer's attention owns its storage (written in place); `KVCache` is the model-wide handle its users
+get from `Transformer.kv_cache`: its rows, its bytes, reserving room in a row, freeing, moving or clearing
+one, so that no code outside `model/` touches the cache tensors. Two layouts sit behind that one handle:
+
+- static (`LayerCache`, `KVCache`): every row preallocated to max_seq_len positions (what torch.compile and
+  CUDA graphs capture);
+- paged (`PagedLayerCache`, `PagedKVCache`): a pool of fixed-size blocks and a block table per row, so that
+  memory follows the positions reserved (vLLM's PagedAttention layout). Attention gathers a row's blocks
+  into a contiguous (n_kv_heads, kv_len, head_dim) view and runs the same SDPA on it: one extra copy of the
+  positions read per layer and step, the price of not writing an attention kernel of our own.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ class Placement:
     kv_len: int | None = None
     mask: torch.Tensor | None = None  # bool (1 or bsz, 1, seqlen, kv_len): True where a query sees a key
     causal: bool = True
+    block_table: torch.Tensor | None = None  # paged cache: (bsz, blocks per row) block ids of the batch's rows
 
 
 class LayerCache(nn.Module):
@@ -54,8 +62,38 @@ class LayerCache(nn.Module):
         return self.k[rows, :, : where.kv_len], self.v[rows, :, : where.kv_len]
 
 
+class PagedLayerCache(nn.Module):
+    """One layer's keys and values in fixed-size blocks: (num_blocks, n_kv_heads, block_size, head_dim) each."""
+
+    def __init__(self, num_blocks: int, block_size: int, n_kv_heads: int, head_dim: int, device=None, dtype=None):
+        super().__init__()
+        shape = (num_blocks, n_kv_heads, block_size, head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, where: Placement) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (bsz, n_kv_heads, seqlen, head_dim) into the rows' blocks; return the first kv_len positions
+        of each row, gathered: (bsz, n_kv_heads, kv_len, head_dim) each."""
+        bsz, _, seqlen, _ = k.shape
+        size = self.k.shape[2]
+        positions = where.positions.expand(bsz, seqlen)  # (bsz, seqlen)
+        blocks = where.block_table.gather(1, positions // size)  # (bsz, seqlen)
+        offsets = positions % size
+        self.k[blocks, :, offsets] = k.transpose(1, 2)  # (bsz, seqlen, n_kv_heads, head_dim)
+        self.v[blocks, :, offsets] = v.transpose(1, 2)
+        table = where.block_table[:, : -(-where.kv_len // size)]  # (bsz, blocks read)
+        return self._gather(self.k, table, where.kv_len), self._gather(self.v, table, where.kv_len)
+
+    @staticmethod
+    def _gather(pool: torch.Tensor, table: torch.Tensor, length: int) -> torch.Tensor:
+        rows = pool[table]  # (bsz, blocks, n_kv_heads, block_size, head_dim)
+        return rows.transpose(1, 2).flatten(2, 3)[:, :, :length]  # (bsz, n_kv_heads, length, head_dim)
+
+
 class KVCache:
     """The model's KV cache as its users see it: rows ("slots") of up to `max_seq_len` positions each."""
+
+    block_table = None  # static rows: no blocks
 
     def __init__(self, layers: list[LayerCache]):
         self.layers = layers
@@ -90,3 +128,74 @@ class KVCache:
         for layer in self.layers:
             layer.k[row].zero_()
             layer.v[row].zero_()
+
+    def reserve(self, row: int, length: int) -> bool:
+        """Make room for positions 0..length-1 in row; False when there is none (a static row always has it)."""
+        return length <= self.max_seq_len
+
+    def can_reserve(self, length: int) -> bool:
+        """Whether a fresh row of `length` positions would fit now."""
+        return length <= self.max_seq_len
+
+    def free_row(self, row: int) -> None:
+        """Give back a row's room (static rows keep theirs)."""
+
+
+class PagedKVCache:
+    """A paged KV cache: `num_blocks` blocks of `block_size` positions shared by `batch_size` rows, each row
+    holding a block table of up to max_seq_len / block_size blocks, filled by `reserve` and emptied by
+    `free_row`. One extra block takes the writes of positions no row reserved (right padding, finished rows)."""
+
+    def __init__(self, layers: list[PagedLayerCache], batch_size: int, max_seq_len: int):
+        self.layers = layers
+        self.batch_size, self.max_seq_len = batch_size, max_seq_len
+        total, self.block_size = layers[0].k.shape[0], layers[0].k.shape[2]
+        self.num_blocks = total - 1
+        self.spare = total - 1  # the block the unreserved positions are written to
+        per_row = -(-max_seq_len // self.block_size)
+        self.block_table = torch.full((batch_size, per_row), self.spare, dtype=torch.long, device=layers[0].k.device)
+        self.free = list(range(self.num_blocks - 1, -1, -1))  # popped from the end: block 0 first
+        self.row_blocks: list[list[int]] = [[] for _ in range(batch_size)]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.k.nbytes + layer.v.nbytes for layer in self.layers)
+
+    def bytes_per_token(self) -> int:
+        return self.nbytes // ((self.num_blocks + 1) * self.block_size)
+
+    @property
+    def used_blocks(self) -> int:
+        return self.num_blocks - len(self.free)
+
+    def blocks_for(self, length: int) -> int:
+        return -(-length // self.block_size)
+
+    def can_reserve(self, length: int) -> bool:
+        return length <= self.max_seq_len and self.blocks_for(length) <= len(self.free)
+
+    def reserve(self, row: int, length: int) -> bool:
+        held = self.row_blocks[row]
+        need = self.blocks_for(length) - len(held)
+        if length > self.max_seq_len or need > len(self.free):
+            return False
+        if need > 0:
+            new = [self.free.pop() for _ in range(need)]
+            self.block_table[row, len(held) : len(held) + need] = torch.tensor(new)
+            held += new
+        return True
+
+    def free_row(self, row: int) -> None:
+        self.free += reversed(self.row_blocks[row])
+        self.row_blocks[row] = []
+        self.block_table[row] = self.spare
+
+    def move_row(self, src: int, dst: int, length: int) -> None:
+        """Row dst takes over row src's blocks (no keys or values move); row src is left empty."""
+        self.free_row(dst)
+        self.row_blocks[dst], self.row_blocks[src] = self.row_blocks[src], []
+        self.block_table[dst] = self.block_table[src]
+        self.block_table[src] = self.spare
+
+    def clear_row(self, row: int) -> None:
+        self.free_row(row)

@@ -15,7 +15,7 @@ from torch import nn
 from llamalab.config import ModelArgs, RopeScaling
 from llamalab.errors import ConfigError, ContextLengthError
 from llamalab.model.head_loss import IGNORE_INDEX, head_cross_entropy
-from llamalab.model.kv_cache import KVCache, LayerCache, Placement
+from llamalab.model.kv_cache import KVCache, LayerCache, PagedKVCache, PagedLayerCache, Placement
 
 
 # -- RMSNorm ---------------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ class Attention(nn.Module):
         self.dropout_p = args.dropout
         self.resid_dropout = nn.Dropout(args.dropout)
         self.attend = ATTENTION_IMPLS[impl]
-        self.cache: LayerCache | None = None
+        self.cache: LayerCache | PagedLayerCache | None = None
 
     def forward(self, x, cos, sin, where: Placement | None = None):
         """x (bsz, seqlen, dim) at the angles cos/sin; `where` None is plain causal attention (no cache)."""
@@ -190,6 +190,7 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
+        self._kv_cache: KVCache | PagedKVCache | None = None
         self.init_rope()
         self.init_weights()
 
@@ -240,19 +241,41 @@ class Transformer(nn.Module):
         for layer in self.layers:
             attn = layer.attention
             attn.cache = LayerCache(batch_size, max_seq_len, attn.n_kv_heads, attn.head_dim, device, dtype)
-        return self.kv_cache
+        self._kv_cache = KVCache([layer.attention.cache for layer in self.layers])
+        return self._kv_cache
+
+    def kv_bytes_per_token(self, dtype: torch.dtype | None = None) -> int:
+        """Bytes one cached position takes over every layer (keys and values) at `dtype` (default: the model's)."""
+        size = torch.empty(0, dtype=dtype or self.dtype).element_size()
+        return sum(2 * layer.attention.n_kv_heads * layer.attention.head_dim * size for layer in self.layers)
+
+    def setup_paged_cache(self, num_blocks: int, block_size: int = 16, batch_size: int | None = None,
+                          max_seq_len: int | None = None, device=None, dtype=None) -> PagedKVCache:
+        """Allocate a paged KV cache: `num_blocks` blocks of `block_size` positions for up to `batch_size` rows."""
+        batch_size = batch_size or self.args.max_batch_size
+        max_seq_len = max_seq_len or self.args.max_seq_len
+        if max_seq_len > self.args.max_seq_len or num_blocks < 1 or block_size < 1:
+            raise ContextLengthError(
+                f"a paged KV cache needs num_blocks >= 1, block_size >= 1 and max_seq_len <= {self.args.max_seq_len}; "
+                f"got {num_blocks}, {block_size}, {max_seq_len}")
+        device = device if device is not None else self.device
+        dtype = dtype if dtype is not None else self.dtype
+        for layer in self.layers:
+            attn = layer.attention
+            attn.cache = PagedLayerCache(num_blocks + 1, block_size, attn.n_kv_heads, attn.head_dim, device, dtype)
+        self._kv_cache = PagedKVCache([layer.attention.cache for layer in self.layers], batch_size, max_seq_len)
+        return self._kv_cache
 
     def clear_cache(self) -> None:
         """Free the KV caches."""
         for layer in self.layers:
             layer.attention.cache = None
+        self._kv_cache = None
 
     @property
-    def kv_cache(self) -> KVCache | None:
-        """The KV cache set up by `setup_cache`, or None."""
-        if not len(self.layers) or self.layers[0].attention.cache is None:
-            return None
-        return KVCache([layer.attention.cache for layer in self.layers])
+    def kv_cache(self) -> KVCache | PagedKVCache | None:
+        """The KV cache set up by `setup_cache` or `setup_paged_cache`, or None."""
+        return self._kv_cache
 
     @property
     def cache_shape(self) -> tuple[int, int] | None:
@@ -285,7 +308,7 @@ class Transformer(nn.Module):
         """
         bsz, seqlen = tokens.shape
         device = tokens.device
-        cache = self.cache_shape
+        cache = self.kv_cache
         if cache is None:
             if not (isinstance(start_pos, int) and start_pos == 0):
                 raise ContextLengthError("start_pos > 0 needs a KV cache: call model.setup_cache(...) first")
@@ -295,10 +318,11 @@ class Transformer(nn.Module):
                 )
             self._cover_rope(seqlen)
             return Placement(torch.arange(seqlen, device=device)[None])
-        rows, length = cache
+        rows, length = cache.batch_size, cache.max_seq_len
         self._cover_rope(length)
         if first_row + bsz > rows:
             raise ContextLengthError(f"rows {first_row}..{first_row + bsz - 1} exceed the KV cache's {rows} rows")
+        table = None if cache.block_table is None else cache.block_table[first_row : first_row + bsz]
         if isinstance(start_pos, int):
             end = start_pos + seqlen
             if start_pos < 0 or end > length:
@@ -309,11 +333,11 @@ class Transformer(nn.Module):
             positions = torch.arange(start_pos, end, device=device)[None]  # (1, seqlen)
             # one new token sees the whole filled cache; a chunk from 0 is plain causal; a later chunk needs a mask
             mask = _visible(torch.arange(end, device=device), positions) if seqlen > 1 and start_pos > 0 else None
-            return Placement(positions, start_pos, first_row, end, mask, causal=seqlen > 1 and start_pos == 0)
+            return Placement(positions, start_pos, first_row, end, mask, seqlen > 1 and start_pos == 0, table)
         kv_len = kv_len or length
         positions = start_pos.view(bsz, 1) + torch.arange(seqlen, device=device)  # (bsz, seqlen)
         mask = _visible(torch.arange(kv_len, device=device), positions)
-        return Placement(positions, None, first_row, kv_len, mask, causal=False)
+        return Placement(positions, None, first_row, kv_len, mask, False, table)
 
     def hidden(self, tokens: torch.Tensor, where: Placement) -> torch.Tensor:
         """The final-norm hidden states (bsz, seqlen, dim) of tokens placed `where`."""

@@ -27,7 +27,8 @@ class Scheduler:
     """
 
     def __init__(self, model, slots: int = 32, max_seq_len: int | None = None, max_waiting: int = 256,
-                 vocab_size: int | None = None, calls: ModelCalls | None = None):
+                 vocab_size: int | None = None, calls: ModelCalls | None = None, kv_cache_bytes: int | None = None,
+                 block_size: int = 16):
         limits = (("slots", slots, 1), ("max_waiting", max_waiting, 0), ("max_seq_len", max_seq_len, 2))
         for name, value, least in limits:
             if value is not None and value < least:
@@ -37,7 +38,15 @@ class Scheduler:
         self.max_seq_len = max_seq_len or model.args.max_seq_len
         self.vocab_size = vocab_size or model.args.vocab_size  # ids past the tokenizer's are never sampled
         self.device = model.device
-        model.setup_cache(batch_size=slots, max_seq_len=self.max_seq_len)
+        if kv_cache_bytes is None:  # every slot preallocated to max_seq_len positions
+            model.setup_cache(batch_size=slots, max_seq_len=self.max_seq_len)
+        else:  # a paged cache of that many bytes: memory follows the positions requests reserve
+            if calls is not None:
+                raise ConfigError("a paged KV cache (kv_cache_bytes) is not supported with tensor parallelism yet")
+            num_blocks = kv_cache_bytes // (model.kv_bytes_per_token() * block_size)
+            if num_blocks < 1:
+                raise ConfigError(f"kv_cache_bytes={kv_cache_bytes} holds no block of {block_size} positions")
+            model.setup_paged_cache(num_blocks, block_size, batch_size=slots, max_seq_len=self.max_seq_len)
         # LockstepCalls when the model is split over ranks
         self.engine = Engine(model, slots, self.max_seq_len, calls=calls, vocab_size=self.vocab_size)
         self.calls = self.engine.calls
@@ -57,6 +66,11 @@ class Scheduler:
                 f"this model's context is {self.max_seq_len} tokens, but {len(request.prompt)} prompt tokens "
                 f"+ {request.max_tokens} completion tokens were requested; shorten the prompt or max_tokens"
             )
+        capacity = getattr(self.engine.cache, "num_blocks", None)
+        if capacity is not None and self.engine.cache.blocks_for(len(request.prompt) + request.max_tokens) > capacity:
+            raise ContextLengthError(
+                f"{len(request.prompt)} prompt tokens + {request.max_tokens} completion tokens do not fit the whole "
+                "KV cache; shorten the prompt or max_tokens")
         with self._wakeup:
             if len(self._waiting) >= self.max_waiting:
                 raise ServerBusyError(f"{len(self._waiting)} requests are already waiting; retry later")
@@ -79,7 +93,11 @@ class Scheduler:
         self._running.clear()
 
     def stats(self) -> dict[str, int]:
-        return {"slots": self.slots, "running": len(self._running), "waiting": len(self._waiting)}
+        stats = {"slots": self.slots, "running": len(self._running), "waiting": len(self._waiting)}
+        cache = self.engine.cache
+        if hasattr(cache, "num_blocks"):  # paged
+            stats.update(kv_blocks=cache.num_blocks, kv_blocks_used=cache.used_blocks)
+        return stats
 
     # -- the scheduler thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -90,13 +108,12 @@ class Scheduler:
                         self._wakeup.wait()
                     if self._stopping:
                         return
-                    admitted = [self._waiting.popleft()
-                                for _ in range(min(self.slots - len(self._running), len(self._waiting)))]
-                self._step(admitted)
+                self._step()
 
-    def _step(self, admitted: list[Request]) -> None:
-        """Prefill the newcomers, then decode one token for every running request."""
-        for request in admitted:
+    def _step(self) -> None:
+        """Prefill the waiting requests that fit (first come, first served), then decode one token for every
+        running request."""
+        while (request := self._next_admitted()) is not None:
             if not request.cancelled:
                 with self._failing([request]):
                     self._prefill(request)
@@ -105,6 +122,13 @@ class Scheduler:
             with self._failing(list(self._running)):
                 self._decode()
             self._release()
+
+    def _next_admitted(self) -> Request | None:
+        """The first waiting request if it fits the engine now (a cancelled one always goes), else None."""
+        with self._wakeup:
+            if self._waiting and (self._waiting[0].cancelled or self.engine.fits(self._waiting[0])):
+                return self._waiting.popleft()
+        return None
 
     @contextlib.contextmanager
     def _failing(self, requests: list[Request]):

@@ -1,0 +1,105 @@
+"""The paged KV cache: the same logits and tokens as the static one, memory that follows the reserved positions,
+and no block lost after many requests come and go."""
+import random
+
+import pytest
+import torch
+from generate_models import peaked_model
+
+from llamalab.errors import ConfigError
+from llamalab.generate.decode import Completion, generate
+from llamalab.generate.engine import Engine
+from llamalab.generate.sampling import SamplingParams
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return peaked_model()
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 16])
+def test_prefill_then_decode_on_blocks_equals_the_full_forward(model, block_size):
+    tokens = torch.randint(0, 97, (2, 20))
+    full = model(tokens)  # no cache: one causal pass
+    cache = model.setup_paged_cache(num_blocks=64, block_size=block_size, batch_size=2, max_seq_len=32)
+    assert cache.reserve(0, 20) and cache.reserve(1, 20)
+    pieces = [model(tokens[:, :7], 0)]  # prefill, then chunks and single tokens at a shared position
+    pieces.append(model(tokens[:, 7:12], 7))
+    pieces += [model(tokens[:, i:i + 1], torch.tensor([i, i]), kv_len=i + 1) for i in range(12, 20)]
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+
+
+def test_rows_hold_blocks_scattered_over_the_pool(model):
+    cache = model.setup_paged_cache(num_blocks=12, block_size=2, batch_size=3, max_seq_len=16)
+    for length in range(1, 9):  # interleaved growth: each row's blocks end up non-contiguous
+        for row in range(3):
+            assert cache.reserve(row, length)
+    assert cache.row_blocks[0] == [0, 3, 6, 9]
+    assert not cache.reserve(0, 10) and cache.used_blocks == 12  # the pool is spent; nothing changes
+    cache.free_row(1)
+    assert cache.used_blocks == 8 and cache.can_reserve(8) and not cache.can_reserve(9)
+
+
+@pytest.mark.parametrize("sampling", [SamplingParams(temperature=0),
+                                      SamplingParams(temperature=0.9, top_p=0.9, seed=3, repetition_penalty=1.2)])
+def test_generation_on_the_paged_cache_gives_the_static_tokens(model, sampling):
+    prompts = [[5, 6, 7], list(range(10, 30)), [1] * 9]
+    expected = [c.tokens for c in generate(model, prompts, 12, sampling=sampling)]
+    model.setup_paged_cache(num_blocks=20, block_size=4, batch_size=3, max_seq_len=40)
+    got = generate(model, prompts, 12, sampling=sampling)
+    assert [c.tokens for c in got] == expected
+
+
+def run_requests(engine: Engine, requests: list[Completion], cancel: random.Random | None = None) -> int:
+    """Serve the requests first come, first served (admitted when they fit, one prefill each), cancelling some at
+    random when asked; return the most that ran at once."""
+    waiting, most = list(requests), 0
+    while waiting or engine.rows:
+        while waiting and engine.fits(waiting[0]):
+            engine.admit([waiting.pop(0)])
+        most = max(most, len(engine.rows))
+        engine.release()
+        if engine.rows:
+            engine.step()
+            if cancel is not None and cancel.random() < 0.3:
+                cancel.choice(engine.rows).finish("stop")  # a client leaving mid-stream
+            engine.release()
+    return most
+
+
+def test_no_block_leaks_after_a_thousand_mixed_requests(model):
+    cache = model.setup_paged_cache(num_blocks=40, block_size=4, batch_size=16, max_seq_len=64)
+    engine = Engine(model, 16, 64)
+    rng = random.Random(0)
+    requests = [Completion([rng.randrange(97) for _ in range(rng.randint(1, 20))], rng.randint(1, 12),
+                           SamplingParams(temperature=1.0, seed=i), stop_ids=[0, 1]) for i in range(1000)]
+    with torch.inference_mode():
+        run_requests(engine, requests, cancel=random.Random(1))
+    assert all(r.done for r in requests)
+    assert cache.used_blocks == 0 and sorted(cache.free) == list(range(40))
+    assert all(not blocks for blocks in cache.row_blocks) and bool((cache.block_table == cache.spare).all())
+
+
+def test_a_budget_in_blocks_serves_more_short_requests_at_once_than_the_same_bytes_as_slots(model):
+    max_seq_len, budget_positions = 64, 2 * 64  # the bytes of two fixed slots of 64 positions
+    short = [Completion([3, 4, 5, 6], 4, SamplingParams(temperature=0)) for _ in range(32)]
+    model.setup_cache(batch_size=2, max_seq_len=max_seq_len)
+    with torch.inference_mode():
+        fixed = run_requests(Engine(model, 2, max_seq_len), short)
+    expected = [r.tokens for r in short]
+    model.setup_paged_cache(num_blocks=budget_positions // 8, block_size=8, batch_size=32, max_seq_len=max_seq_len)
+    short = [Completion([3, 4, 5, 6], 4, SamplingParams(temperature=0)) for _ in range(32)]
+    with torch.inference_mode():
+        paged = run_requests(Engine(model, 32, max_seq_len), short)
+    assert (fixed, paged) == (2, 16)  # 8 positions each: one block of 8 per request
+    assert [r.tokens for r in short] == expected
+
+
+def test_a_request_that_does_not_fit_is_refused_by_admit(model):
+    model.setup_paged_cache(num_blocks=2, block_size=4, batch_size=4, max_seq_len=32)
+    engine = Engine(model, 4, 32)
+    big = Completion(list(range(10)), 4)
+    assert not engine.fits(big)
+    with pytest.raises(ConfigError, match="no room"):
+        engine.admit([big])

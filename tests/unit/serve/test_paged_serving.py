@@ -1,0 +1,38 @@
+"""The server on a paged KV cache sized in bytes: the same answers as alone, waiting instead of failing when the
+blocks run out, every block back once the requests are done."""
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+BYTES_PER_POSITION = 2 * 2 * 2 * 16 * 4  # layers x (keys, values) x KV heads x head_dim x float32
+
+
+@pytest.fixture(scope="module")
+def paged_server(launch):
+    """16 rows but blocks for only 96 positions: 3 requests of up to 24 positions (two blocks of 16) at once."""
+    return launch(slots=16, max_seq_len=128, kv_cache_bytes=6 * 16 * BYTES_PER_POSITION)
+
+
+def test_paged_server_answers_each_of_many_clients_as_alone(paged_server, greedy_reference, tokenizer, texts):
+    prompts = texts(24, seed=11)
+    expected = []
+    for prompt in prompts:
+        tokens, _ = greedy_reference(tokenizer.encode(prompt, bos=True), 8, tokenizer.stop_ids)
+        expected.append(tokenizer.decode([t for t in tokens if t not in tokenizer.stop_ids]))
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url=paged_server.url, api_key="unused", max_retries=0, timeout=120)
+        answers = [client.completions.create(model="tiny", prompt=p, max_tokens=8, temperature=0) for p in prompts]
+        return [r.choices[0].text for r in await asyncio.gather(*answers)]
+
+    assert asyncio.run(run()) == expected  # more requests than the blocks hold at once: the rest waited
+    health = httpx.get(paged_server.root + "/health").json()
+    assert (health["kv_blocks"], health["kv_blocks_used"], health["running"]) == (6, 0, 0)
+
+
+def test_a_request_larger_than_the_whole_cache_is_refused(paged_server):
+    client = openai.OpenAI(base_url=paged_server.url, api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="KV cache"):
+        client.completions.create(model="tiny", prompt="once upon a time", max_tokens=100)  # 7 blocks
