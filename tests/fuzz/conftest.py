@@ -14,6 +14,12 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line("fuzz inputs tried: " + ", ".join(f"{k} {v}" for k, v in sorted(COUNTS.items())))
 
 
+@pytest.fixture(autouse=True)
+def _in_a_scratch_folder(tmp_path, monkeypatch):
+    """Commands fed bad values write wherever a value names (`analyze --plot -1`): into a scratch folder, not the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_file(tmp_path_factory):
     """A SentencePiece tokenizer (byte fallback) of 300 pieces, trained here."""
