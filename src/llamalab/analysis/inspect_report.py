@@ -213,6 +213,11 @@ def _page(result: Inspection, sections, label: Label, title: str) -> str:
         for path, caption in figures:
             body.append(f"<figure><img src='{esc(path.name)}' alt='{esc(heading)}'>"
                         f"<figcaption>{esc(caption)}</figcaption></figure>")
+        if heading == "Activations":
+            rows = "".join(f"<tr><td>{o['layer']}</td><td>{o['position']} ({esc(label(result.tokens[o['position']]))})"
+                           f"</td><td>{o['channel']}</td><td>{o['value']:.4g}</td></tr>" for o in result.outliers)
+            body.append("<p>The largest activations of the residual stream:</p><table><tr><td>layer</td>"
+                        f"<td>position (token)</td><td>channel</td><td>value</td></tr>{rows}</table>")
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>llamalab inspect: {esc(title)}</title>
 <style>
