@@ -26,6 +26,7 @@ from llamalab.model import Transformer
 from llamalab.parallel.mesh import init_distributed, is_main_process, make_mesh, shared_seed
 from llamalab.parallel.sizes import check_tp_size
 from llamalab.quantize import quantize_model
+from llamalab.quantize.native import kernel_quantized_linears
 from llamalab.tokenizer import Tokenizer, load_tokenizer
 
 Source = str | os.PathLike | ModelArgs  # a checkpoint folder or file, a preset name, or a shape (random weights)
@@ -97,12 +98,14 @@ def load_model(
 
 
 def prepare_for_inference(model: Transformer, quantize: str | None = None, compile: bool = False) -> Transformer:
-    """No gradients, the optional weight-only quantization, and on CPU the decode fast path (see generate/fast.py)."""
+    """No gradients, the optional weight-only quantization, and on CPU the decode fast paths (see generate/fast.py)."""
     model.eval().requires_grad_(False)
     if quantize:
         quantize_model(model, quantize)
     if model.device.type == "cpu":
         matvec_linears(model) if compile else column_major_weights(model)
+        if not compile:
+            kernel_quantized_linears(model)  # GGUF's exact int4 / Q8_0 layers: C kernels instead of dequantizing
     return model
 
 
