@@ -10,6 +10,9 @@ Without gradients (evaluation) only the loss is computed, chunk by chunk.
 """
 from __future__ import annotations
 
+import functools
+import sys
+
 import torch
 
 from llamalab.tuning import LOSS_CHUNK_LOGITS
@@ -42,7 +45,23 @@ class _HeadCrossEntropy(torch.autograd.Function):
         return grad_h * grad_loss, grad_weight * grad_loss, None
 
 
-@torch.compiler.disable  # a loop of in-place chunk updates: left to eager mode inside a compiled model
+def _left_to_eager(fn):
+    """torch.compiler.disable(fn), applied at its first call after dynamo is imported: the decorator itself imports
+    dynamo (about a second at `import llamalab.model`), and before that import nothing can be compiling."""
+    eager = []
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        if not eager:
+            eager.append(torch.compiler.disable(fn))
+        return eager[0](*args, **kwargs)
+
+    return call
+
+
+@_left_to_eager  # a loop of in-place chunk updates: left to eager mode inside a compiled model
 def _chunked(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, with_grads: bool):
     """(mean loss, d loss / d h, d loss / d weight) — the gradients None without `with_grads`."""
     device_type = h.device.type
