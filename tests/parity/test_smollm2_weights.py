@@ -142,3 +142,27 @@ def test_loading_keeps_peak_memory_under_twice_the_file_size(smollm2_gguf):
                          check=True, timeout=300)
     peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_kib"] * 1024
     assert peak < 2 * smollm2_gguf.stat().st_size, f"peak {peak / 2**20:.0f} MiB"
+
+
+
+def test_smollm2_re_exported_as_q4_1_holds_gguf_quants_blocks_and_transformers_logits(smollm2_gguf, reference,
+                                                                                      tmp_path):
+    """`convert --to gguf --dtype q4_1` of the real model: every matrix is byte for byte gguf.quants' own quantization
+    of the file's dequantized weights (Q4_1 blocks, the embedding Q8_0); quantizing already-quantized blocks again
+    is lossless, so the re-loaded file gives transformers' logits on the original within 1e-4."""
+    from llamalab.checkpoint import convert
+
+    out = convert(smollm2_gguf, tmp_path / "smollm2-q4_1.gguf", "gguf", dtype="q4_1")
+    _, source = read_header(smollm2_gguf)
+    written = {t.name: t for t in read_header(out)[1]}
+    with open(smollm2_gguf, "rb") as src, open(out, "rb") as dst:
+        for t in source:
+            if len(t.shape) == 2:
+                w = written[t.name]
+                assert w.tensor_type == t.tensor_type, t.name  # Q4_1, and Q8_0 for token_embd
+                weights = gguf.quants.dequantize(read_raw(src, t), t.tensor_type)
+                assert (read_raw(dst, w) == gguf.quants.quantize(weights, w.tensor_type)).all(), t.name
+    model = load(out).requires_grad_(False)
+    with torch.no_grad():
+        for ids, logits, _, _ in reference:
+            assert relative_error(model(ids), logits) < REL

@@ -47,6 +47,7 @@ SCALING_KEY = "llamalab.rope_scaling.{}"
 
 GGML_TYPES = {torch.float32: GGML.F32, torch.float16: GGML.F16, torch.bfloat16: GGML.BF16, "q8_0": GGML.Q8_0,
               "q4_0": GGML.Q4_0, "q4_1": GGML.Q4_1, "q5_0": GGML.Q5_0, "q5_1": GGML.Q5_1}
+LOW_BIT_TYPES = (GGML.Q4_0, GGML.Q4_1, GGML.Q5_0, GGML.Q5_1)
 FILE_TYPES = {GGML.F32: gguf.LlamaFileType.ALL_F32, GGML.F16: gguf.LlamaFileType.MOSTLY_F16,
               GGML.BF16: gguf.LlamaFileType.MOSTLY_BF16, GGML.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
               GGML.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0, GGML.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1,
@@ -68,7 +69,8 @@ def write(path: Path, state: StateDict, args: ModelArgs, dtype: torch.dtype | st
         names = ", ".join(str(d).removeprefix("torch.") for d in GGML_TYPES)
         raise CheckpointError(f"GGUF is written as {names}, not {dtype}")
     main_type = GGML_TYPES[dtype]
-    tensors = {rename(name, GGUF_KEYS): (tensor, _tensor_type(tensor, main_type)) for name, tensor in state.items()}
+    tensors = {rename(name, GGUF_KEYS): (tensor, _tensor_type(name, tensor, main_type))
+               for name, tensor in state.items()}
     if args.rope_scaling is not None:
         tensors[ROPE_FREQS] = (rope_freq_factors(args), GGML.F32)
 
@@ -90,10 +92,14 @@ def write(path: Path, state: StateDict, args: ModelArgs, dtype: torch.dtype | st
     writer.close()
 
 
-def _tensor_type(tensor: torch.Tensor, main_type: GGML) -> GGML:
-    """Norms (1-D) stay F32 as llama.cpp wants; a matrix whose rows do not fill the type's blocks falls back to F16."""
+def _tensor_type(name: str, tensor: torch.Tensor, main_type: GGML) -> GGML:
+    """Norms (1-D) stay F32 as llama.cpp wants; under 4- and 5-bit types the embedding and the output head are Q8_0
+    (llama.cpp too keeps them at higher precision); a matrix whose rows do not fill the type's blocks falls back to
+    F16."""
     if tensor.dim() == 1:
         return GGML.F32
+    if name in ("tok_embeddings.weight", "output.weight") and main_type in LOW_BIT_TYPES:
+        main_type = GGML.Q8_0
     block, _ = gguf.GGML_QUANT_SIZES[main_type]
     return main_type if tensor.shape[-1] % block == 0 else GGML.F16
 

@@ -25,13 +25,22 @@ def relative_error(ours, theirs):
     return ((ours - theirs).abs().max() / theirs.abs().max()).item()
 
 
+LOW_BIT = (GGML.Q4_0, GGML.Q4_1, GGML.Q5_0, GGML.Q5_1)
+
+
+def file_type(name, ggml_type):
+    """The type a matrix is written in: the embedding and the head stay Q8_0 under 4- and 5-bit types."""
+    return GGML.Q8_0 if ggml_type in LOW_BIT and name in ("tok_embeddings.weight", "output.weight") else ggml_type
+
+
 def gguf_round_trip(model, ggml_type):
     """The model with every matrix replaced by gguf.quants' own quantize → dequantize (norms stay float32)."""
     copy = random_model(model.args)
     with torch.no_grad():
-        for p in copy.parameters():
+        for name, p in copy.named_parameters():
             if p.dim() == 2:
-                p.copy_(torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(p.numpy(), ggml_type), ggml_type)))
+                kind = file_type(name, ggml_type)
+                p.copy_(torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(p.numpy(), kind), kind)))
     return copy
 
 
@@ -42,7 +51,10 @@ def test_transformers_reads_our_quantized_gguf_as_gguf_quants_would_quantize_it(
     model = random_model(CONFIGS["gqa"])
     path = save(model, tmp_path / f"m-{dtype}.gguf", format="gguf", dtype=dtype)
     _, tensors = read_header(path)
-    assert {t.tensor_type for t in tensors if len(t.shape) == 2} == {GGML[dtype.upper()]}
+    main = GGML[dtype.upper()]
+    assert {t.tensor_type for t in tensors if t.name.startswith("blk.") and len(t.shape) == 2} == {main}
+    assert {t.tensor_type for t in tensors if t.name in ("token_embd.weight", "output.weight")} == {
+        file_type("output.weight", main)}
     hf = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32).eval()
     with torch.no_grad():
         theirs = hf(PROMPT).logits
@@ -61,11 +73,10 @@ def test_q4_and_q8_0_load_into_our_layers_holding_gguf_s_values(tmp_path, dtype,
         if isinstance(module, (Int4Linear, Int8Linear)) and name != "tok_embeddings.table":
             assert isinstance(module, layer) and module.group_size == 32
             assert torch.equal(module.dequantize(), expected.get_submodule(name).weight), name
-    assert isinstance(loaded.output, layer)  # the tied head keeps the file's blocks
-    if layer is Int8Linear:
-        assert isinstance(loaded.tok_embeddings, Int8Embedding) and loaded.tok_embeddings.table is loaded.output
-    else:  # an int4 embedding table is not kept: dequantized at the model's dtype
-        assert torch.equal(loaded.tok_embeddings.weight, expected.tok_embeddings.weight)
+    assert isinstance(loaded.layers[0].attention.wq, layer)
+    # the tied embedding and head: one Q8_0 table (written so under 4-bit types too), kept as int8
+    assert isinstance(loaded.output, Int8Linear)
+    assert isinstance(loaded.tok_embeddings, Int8Embedding) and loaded.tok_embeddings.table is loaded.output
     with torch.no_grad():
         assert relative_error(loaded(PROMPT), expected(PROMPT)) < 1e-5
 
@@ -75,7 +86,9 @@ def test_other_types_load_at_the_requested_dtype_not_float32(tmp_path):
     path = save(model, tmp_path / "m.gguf", format="gguf", dtype="q5_1")
     loaded = load(path, dtype=torch.bfloat16)
     expected = gguf_round_trip(model, GGML.Q5_1)
-    for name, tensor in loaded.state_dict().items():
+    params = dict(loaded.named_parameters())  # the Q5_1 matrices and the norms; the Q8_0 head stays int8 buffers
+    assert len(params) == 2 * 7 + 2 * 2 + 1 and isinstance(loaded.output, Int8Linear)
+    for name, tensor in params.items():
         assert tensor.dtype == torch.bfloat16, name
         assert torch.equal(tensor, expected.state_dict()[name].to(torch.bfloat16)), name
 
