@@ -87,17 +87,19 @@ def read_eval_text(source: str | Path, tokenizer: Tokenizer | None, split: str =
                           "pass --tokenizer PATH")
     bos = adds_bos(tokenizer)
     ids: list[int] = []
+    starts = []  # where each document's ids begin
     for text in texts:
         if ids and tokenizer.eos_id is not None:
             ids.append(tokenizer.eos_id)
+        starts.append(len(ids))
         ids += tokenizer.encode(text, bos=bos, eos=False)
     n_bytes = sum(len(text.encode("utf-8")) for text in texts)
-    return _truncated(np.asarray(ids, dtype=np.int64), n_bytes, len(texts), tokenizer, max_tokens)
+    return _truncated(np.asarray(ids, dtype=np.int64), n_bytes, np.asarray(starts), tokenizer, max_tokens)
 
 
 def adds_bos(tokenizer: Tokenizer) -> bool:
     """Whether text for this tokenizer's model starts with BOS (`add_bos_token`; SmolLM2's is false)."""
-    return tokenizer.bos_id is not None and getattr(tokenizer, "add_bos", True)
+    return tokenizer.bos_id is not None and tokenizer.add_bos
 
 
 def _prepared_tokens(folder: Path, split: str, max_tokens: int | None) -> EvalText:
@@ -108,13 +110,16 @@ def _prepared_tokens(folder: Path, split: str, max_tokens: int | None) -> EvalTe
     tokenizer = load_tokenizer(data.tokenizer_path)
     ids = tokens[:].astype(np.int64)
     bos = data.meta.get("bos_id")
-    docs = max(int((ids == bos).sum()), 1) if bos is not None else 1  # prepare writes each document as BOS ids EOS
-    return _truncated(ids, None, docs, tokenizer, max_tokens)
+    starts = np.flatnonzero(ids == bos) if bos is not None else np.array([0])  # prepare writes BOS ids EOS
+    if not len(starts) or starts[0] != 0:  # a split that begins inside a document
+        starts = np.concatenate([[0], starts])
+    return _truncated(ids, None, starts, tokenizer, max_tokens)
 
 
-def _truncated(ids: np.ndarray, n_bytes: int | None, docs: int, tokenizer: Tokenizer,
+def _truncated(ids: np.ndarray, n_bytes: int | None, starts: np.ndarray, tokenizer: Tokenizer,
                max_tokens: int | None) -> EvalText:
-    """The first max_tokens ids (all when None); their bytes measured by decoding them when unknown or cut."""
+    """The first max_tokens ids (all when None) and the documents they reach into; their bytes measured by
+    decoding them when unknown or cut."""
     if max_tokens is not None:
         if max_tokens < 2:
             raise ConfigError(f"--max-tokens must be at least 2, got {max_tokens}")
@@ -122,7 +127,7 @@ def _truncated(ids: np.ndarray, n_bytes: int | None, docs: int, tokenizer: Token
             ids, n_bytes = ids[:max_tokens], None
     if n_bytes is None:
         n_bytes = decoded_bytes(ids, tokenizer)
-    return EvalText(ids, n_bytes, docs)
+    return EvalText(ids, n_bytes, int((starts < len(ids)).sum()))
 
 
 def decoded_bytes(ids: np.ndarray, tokenizer: Tokenizer) -> int:

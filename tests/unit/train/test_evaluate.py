@@ -95,6 +95,11 @@ def test_jsonl_documents_are_separated_by_eos_and_their_bytes_counted(corpus, tm
                                  *bos, *sp.encode(texts[2])]
     assert text.n_bytes == sum(len(t.encode("utf-8")) for t in texts) and text.documents == 3
     assert decoded_bytes(text.ids, tok) == text.n_bytes  # what prepared folders and --max-tokens rely on
+    cut = len(sp.encode(texts[0])) + 3  # BOS ids EOS BOS, then 4 tokens of the second document
+    first = read_eval_text(path, tok, max_tokens=cut + 4)
+    second_start = sp.decode(first.ids[cut:].tolist())
+    assert first.documents == 2 and second_start and texts[1].startswith(second_start)
+    assert first.n_bytes == len(texts[0].encode("utf-8")) + len(second_start.encode("utf-8"))
 
 
 def test_bad_inputs_are_clear_errors(corpus, tmp_path):
