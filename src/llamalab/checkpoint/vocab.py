@@ -13,6 +13,7 @@ from pathlib import Path
 
 from llamalab.checkpoint.hub import resolve_model
 from llamalab.errors import CheckpointError, LlamalabError
+from llamalab.files import read_json
 from llamalab.tokenizer import HFTokenizer, SentencePieceTokenizer, TiktokenTokenizer, Tokenizer, load_tokenizer
 from llamalab.tokenizer.gguf_metadata import read_gguf_metadata
 from llamalab.tokenizer.gguf_vocab import (
@@ -155,7 +156,7 @@ def _tiktoken(tok: TiktokenTokenizer) -> Vocabulary:
 
 
 def _byte_level_json(tok: HFTokenizer) -> Vocabulary:
-    spec = json.loads(tok.path.read_text(encoding="utf-8"))
+    spec = read_json(tok.path, CheckpointError)
     tokens = {i: t for t, i in spec["model"]["vocab"].items()}
     types = dict.fromkeys(tokens, NORMAL)
     for added in spec.get("added_tokens", []):
@@ -176,7 +177,7 @@ def _byte_level_json(tok: HFTokenizer) -> Vocabulary:
 
 
 def _is_byte_level_bpe(path: Path) -> bool:
-    spec = json.loads(path.read_text(encoding="utf-8"))
+    spec = read_json(path, CheckpointError)
     return spec.get("model", {}).get("type") == "BPE" and "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
 
 
