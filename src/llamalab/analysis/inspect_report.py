@@ -10,6 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from llamalab.analysis.inspect import Inspection
+from llamalab.errors import OutputError
 from llamalab.files import atomic_output
 
 Label = Callable[[int], str]  # token id -> the text to show for it
@@ -18,7 +19,12 @@ Label = Callable[[int], str]  # token id -> the text to show for it
 def write_report(result: Inspection, out_dir: str | Path, label: Label = str, title: str = "model") -> Path:
     """Write the PNGs, `inspection.json` and `index.html` into out_dir (each file atomically); return the page."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file; give --out a folder (new or existing) for the pictures")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the folder {out} ({e.strerror or e}); choose another --out") from None
     sections = [
         ("Logit lens", [(_save(logit_lens_figure(result, label), out, "logit_lens.png"), LENS_CAPTION)]),
         ("Attention", [(_save(attention_figure(result, layer, label), out, f"attention_layer_{layer:02d}.png"),

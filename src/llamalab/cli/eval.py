@@ -32,8 +32,8 @@ def run(args) -> int:
     from llamalab.train.evaluate import check_windows, perplexity, read_eval_text
 
     loaded = load_model(args)
-    context = args.context or loaded.model.args.max_seq_len
-    stride = args.stride or max(context // 2, 1)
+    context = loaded.model.args.max_seq_len if args.context is None else args.context
+    stride = max(context // 2, 1) if args.stride is None else args.stride
     check_windows(loaded.model, context, stride, args.batch_size)  # before the text is read and tokenized
     text = read_eval_text(args.data, loaded.tokenizer, args.split, args.max_tokens)
     result = perplexity(loaded.model, text.ids, context, stride, text.n_bytes, args.batch_size,

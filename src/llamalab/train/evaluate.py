@@ -173,8 +173,8 @@ def perplexity(model: Transformer, ids: np.ndarray | torch.Tensor, context: int 
                progress: bool = False) -> Perplexity:
     """Perplexity of `model` on the ids by sliding windows of `context` tokens (default: the model's max_seq_len)
     `stride` apart (default: context // 2), `batch_size` windows per forward pass."""
-    context = context or model.args.max_seq_len
-    stride = stride or max(context // 2, 1)
+    context = model.args.max_seq_len if context is None else context
+    stride = max(context // 2, 1) if stride is None else stride
     check_windows(model, context, stride, batch_size)
     ids = torch.as_tensor(np.asarray(ids), dtype=torch.long).flatten()
     if len(ids) < 2:

@@ -133,6 +133,15 @@ def test_cli_inspect_json(tmp_path, capsys):
     assert report["checks"]["attention_row_sum_max_abs_diff"] < 1e-5
 
 
+def test_cli_inspect_refuses_a_file_as_out(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    argv = ["inspect", "--preset", "debug", "--random-init", "--prompt-ids", "1,2", "--out", str(tmp_path / "taken"),
+            "--decode-tokens", "0"]
+    assert main(argv) == 2
+    assert "is a file; give --out a folder" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
 def test_cli_inspect_refuses_a_prompt_longer_than_the_model(tmp_path, capsys):
     ids = ",".join(["1"] * 129)  # debug: max_seq_len 128
     assert main(["inspect", "--preset", "debug", "--random-init", "--prompt-ids", ids, "--out", str(tmp_path)]) == 2

@@ -12,6 +12,7 @@ DEBUG = ["--preset", "debug", "--random-init", "--device", "cpu", "--no-progress
     (["--context", "64", "--stride", "65"], "--stride must be between 1 and --context (64), got 65"),
     (["--context", "1"], "--context must be at least 2 tokens, got 1"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--stride", "0"], "--stride must be between 1 and --context (128), got 0"),
 ])
 def test_bad_windows_are_one_line_errors(tmp_path, capsys, extra, message):
     (tmp_path / "text.txt").write_text("some text", encoding="utf-8")
