@@ -51,7 +51,7 @@ class Inspection:
     attention_rms: torch.Tensor  # (n_layers,)
     ffn_rms: torch.Tensor  # (n_layers,)
     channel_max: torch.Tensor  # (n_layers, dim) largest |residual| of each channel over the positions
-    outliers: list[dict]  # the largest residual activations: layer, position, channel, value
+    outliers: list[dict]  # the channels with the largest residual activations: layer, position, channel, value
     rope_frequencies: torch.Tensor  # (head_dim/2,) as the model uses them
     rope_unscaled: torch.Tensor | None  # (head_dim/2,) before Llama 3.1 scaling, when the model scales
     rope_distances: torch.Tensor  # (n,) relative distances
@@ -210,9 +210,14 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
 
 
 def _outliers(residual: torch.Tensor, n: int = 10) -> list[dict]:
-    """The n largest |activations| of the residual stream (n_layers, seqlen, dim)."""
-    flat = residual.abs().flatten()
-    values, where = flat.topk(min(n, flat.numel()))
-    _, seqlen, dim = residual.shape
-    return [{"layer": int(i // (seqlen * dim)), "position": int(i // dim % seqlen), "channel": int(i % dim),
-             "value": float(residual.flatten()[i])} for i in where]
+    """The n channels of the residual stream (n_layers, seqlen, dim) with the largest |activation|, each with the
+    layer and position of that activation."""
+    n_layers, seqlen, dim = residual.shape
+    per_channel = residual.abs().flatten(0, 1)  # (n_layers * seqlen, dim)
+    peaks, where = per_channel.max(0)  # (dim,) each channel's largest |value| and the row it is in
+    rows = []
+    for channel in peaks.topk(min(n, dim)).indices.tolist():
+        layer, position = divmod(int(where[channel]), seqlen)
+        rows.append({"layer": layer, "position": position, "channel": channel,
+                     "value": float(residual[layer, position, channel])})
+    return rows

@@ -202,7 +202,8 @@ ROPE_CAPTION = ("Left: RoPE rotates each pair of a head's dimensions by position
                 "is largest at d = 0 and decays, oscillating, with distance (RoPE's long-term decay).")
 ACTIVATIONS_CAPTION = ("Left: the residual stream grows through the layers; each block adds its attention and "
                        "feed-forward outputs. Right: a few channels carry much larger values than the rest at every "
-                       "layer — these outliers are why int8 activations lose accuracy while int8 weights do not.")
+                       "layer (often at the first token, the one most heads attend to) — these outliers are why int8 "
+                       "activations lose accuracy while int8 weights do not.")
 COST_CAPTION = ("Left: the KV cache grows by the same bytes at every token (2 × layers × KV heads × head_dim × "
                 "bytes per element), as `llamalab analyze` predicts. Right: the time of each decode step next to "
                 "the predicted FLOPs; at small sizes the time is dominated by reading the weights, not by attention.")
@@ -222,7 +223,8 @@ def _page(result: Inspection, sections, label: Label, title: str) -> str:
         if heading == "Activations":
             rows = "".join(f"<tr><td>{o['layer']}</td><td>{o['position']} ({esc(label(result.tokens[o['position']]))})"
                            f"</td><td>{o['channel']}</td><td>{o['value']:.4g}</td></tr>" for o in result.outliers)
-            body.append("<p>The largest activations of the residual stream:</p><table><tr><td>layer</td>"
+            body.append("<p>The channels with the largest activations of the residual stream, where each peaks:</p>"
+                        "<table><tr><td>layer</td>"
                         f"<td>position (token)</td><td>channel</td><td>value</td></tr>{rows}</table>")
     return f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>llamalab inspect: {esc(title)}</title>

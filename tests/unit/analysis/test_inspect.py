@@ -146,3 +146,13 @@ def test_cli_inspect_refuses_a_prompt_longer_than_the_model(tmp_path, capsys):
     ids = ",".join(["1"] * 129)  # debug: max_seq_len 128
     assert main(["inspect", "--preset", "debug", "--random-init", "--prompt-ids", ids, "--out", str(tmp_path)]) == 2
     assert "128 tokens" in capsys.readouterr().err
+
+
+def test_outliers_are_the_channels_with_the_largest_activations():
+    from llamalab.analysis.inspect import _outliers
+
+    residual = torch.zeros(3, 4, 5)  # (layers, positions, channels)
+    residual[1, 2, 3], residual[2, 0, 3], residual[0, 1, 1], residual[2, 3, 0] = -9, 5, 4, 1
+    assert _outliers(residual, 3) == [{"layer": 1, "position": 2, "channel": 3, "value": -9.0},
+                                      {"layer": 0, "position": 1, "channel": 1, "value": 4.0},
+                                      {"layer": 2, "position": 3, "channel": 0, "value": 1.0}]
