@@ -28,6 +28,9 @@ def add_parser(subparsers):
                    help="requests decoded together (rows of the KV cache)")
     p.add_argument("--max-seq-len", type=arguments.positive_int,
                    help=f"context of a request, prompt included (default: the model's, at most {DEFAULT_MAX_SEQ_LEN})")
+    p.add_argument("--kv-cache-memory", type=arguments.positive_float,
+                   help="a paged KV cache of this many bytes (below 1: that fraction of the free device memory) "
+                        "shared by the --slots rows as they need it, instead of every slot reserving --max-seq-len")
     p.add_argument("--max-waiting", type=arguments.non_negative_int, default=256,
                    help="requests allowed to wait for a slot; more get 429")
     p.add_argument("--max-body-mb", type=arguments.positive_float, default=4.0,
@@ -46,16 +49,29 @@ def run(args) -> int:
     require_tokenizer(loaded.tokenizer, "serve")
     name = args.served_model_name or (Path(args.model).name if args.model else args.preset)
     server = create_server(loaded, name, slots=args.slots, max_seq_len=args.max_seq_len, max_waiting=args.max_waiting,
-                           api_key=api_key, max_body_bytes=int(args.max_body_mb * 2**20))
+                           api_key=api_key, max_body_bytes=int(args.max_body_mb * 2**20),
+                           kv_cache_memory=args.kv_cache_memory)
     if server is None:  # with --tp, a rank other than 0: it repeated rank 0's model calls until the server stopped
         return 0
     if not _is_loopback(args.host) and not api_key:
         print(f"llamalab serve: warning: {args.host} is reachable from other machines and no --api-key is set",
               file=sys.stderr)
     print(f"llamalab serve: {name} on http://{args.host}:{args.port}/v1, {args.slots} slots of "
-          f"{server.scheduler.max_seq_len} tokens (KV cache {server.cache_bytes / 2**20:.0f} MiB)", file=sys.stderr)
+          f"{server.scheduler.max_seq_len} tokens (KV cache {server.cache_bytes / 2**20:.0f} MiB"
+          f"{_paged_plan(server.scheduler)})", file=sys.stderr)
     server.run(args.host, args.port)
     return 0
+
+
+def _paged_plan(scheduler) -> str:
+    """How many tokens a paged cache holds and how many requests of a quarter context fit at once ('' if static)."""
+    cache = scheduler.engine.cache
+    if not hasattr(cache, "num_blocks"):
+        return ""
+    tokens = cache.num_blocks * cache.block_size
+    typical = max(1, scheduler.max_seq_len // 4)
+    return (f", paged: {cache.num_blocks} blocks of {cache.block_size} = {tokens:,} tokens, "
+            f"{min(scheduler.slots, tokens // typical)} requests of {typical} tokens at once")
 
 
 def read_api_key(flag: str | None, key_file: str | None) -> str | None:

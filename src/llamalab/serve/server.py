@@ -37,8 +37,11 @@ class Server:
 
 def create_server(loaded: LoadedModel, name: str, *, slots: int = 32, max_seq_len: int | None = None,
                   max_waiting: int = 256, api_key: str | None = None,
-                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Server | None:
+                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, kv_cache_memory: float | None = None) -> Server | None:
     """The server of a loaded model (which needs a tokenizer); `name` is the model id clients see.
+
+    `kv_cache_memory` (bytes, or below 1 a fraction of the device's free memory) gives a paged KV cache of that
+    size, shared by the `slots` rows as they need it; None preallocates every slot to max_seq_len positions.
 
     For a model split over tp > 1 ranks: rank 0 gets the server, and every other rank repeats rank 0's model
     calls until the server stops, then gets None.
@@ -50,11 +53,16 @@ def create_server(loaded: LoadedModel, name: str, *, slots: int = 32, max_seq_le
     if loaded.tp > 1 and not loaded.main_process:
         follow(model, slots, max_seq_len)
         return None
-    if loaded.tp == 1:
+    kv_cache_bytes = None
+    if kv_cache_memory is not None:
+        if loaded.tp > 1:
+            raise ConfigError("--kv-cache-memory (a paged KV cache) does not work with --tp yet; use --slots")
+        kv_cache_bytes = int(kv_cache_memory if kv_cache_memory >= 1 else kv_cache_memory * _free_memory(model))
+    elif loaded.tp == 1:
         check_cache_fits(model, slots, max_seq_len)
     scheduler = Scheduler(model, slots=slots, max_waiting=max_waiting, max_seq_len=max_seq_len,
                           vocab_size=min(tokenizer.vocab_size, model.args.vocab_size),
-                          calls=LockstepCalls(model) if loaded.tp > 1 else None)
+                          calls=LockstepCalls(model) if loaded.tp > 1 else None, kv_cache_bytes=kv_cache_bytes)
     app = create_app(scheduler, tokenizer, name, api_key=api_key, max_body_bytes=max_body_bytes)
     return Server(app, scheduler)
 
@@ -70,6 +78,13 @@ def check_cache_fits(model, slots: int, max_seq_len: int) -> None:
         raise ConfigError(f"a KV cache of {slots} rows x {max_seq_len} tokens needs {needed / 2**30:.1f} GiB, more "
                           f"than the {free / 2**30:.1f} GiB free on {device}; "
                           "ask for fewer rows (--slots, --batch-size) or a shorter context")
+
+
+def _free_memory(model) -> int:
+    """Bytes free on the model's device (0 where unknown)."""
+    device = model.device
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _free_host_memory()
+    return free or 0
 
 
 def _free_host_memory() -> int | None:

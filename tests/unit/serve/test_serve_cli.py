@@ -23,12 +23,13 @@ def checkpoint(tmp_path_factory, model, tokenizer):
 
 @pytest.fixture(scope="module")
 def served(checkpoint):
-    """`llamalab serve CHECKPOINT` on a free port; yields its base URL."""
+    """`llamalab serve CHECKPOINT` on a free port, its KV cache paged in 1 MB; yields its base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     process = subprocess.Popen([sys.executable, "-m", "llamalab", "serve", str(checkpoint), "--port", str(port),
-                                "--slots", "4", "--threads", "1"], stderr=subprocess.PIPE, text=True)
+                                "--slots", "4", "--threads", "1", "--kv-cache-memory", "1000000"],  # paged
+                               stderr=subprocess.PIPE, text=True)
     root = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
