@@ -7,7 +7,6 @@ import pytest
 import sentencepiece
 import torch
 import torch.nn.functional as F
-from conftest import VOCAB
 
 from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError, DataError
@@ -15,6 +14,8 @@ from llamalab.model import Transformer
 from llamalab.tokenizer import load_tokenizer
 from llamalab.train.batches import TokenData
 from llamalab.train.evaluate import decoded_bytes, perplexity, read_eval_text, sliding_windows
+
+VOCAB = 320  # the vocabulary of the `corpus` fixture (tests/unit/train/conftest.py)
 
 
 def tiny_model(max_seq_len=4096):
