@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from torch import nn
+from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
 from llamalab.checkpoint.plausible import check_layers_present
@@ -73,8 +75,7 @@ def build_model(args: ModelArgs, state: StateDict, device="cpu", dtype: torch.dt
     QuantizedWeight values (GGUF kept quantized) become int8 / int4 layers computing in `dtype`.
     """
     check_layers_present(args, state, source)  # before a model of the header's size is built
-    with torch.device("meta"):
-        model = Transformer(args)
+    model = meta_model(args)
     check_state_dict(state, args, source, model)
     dtype = dtype or state["tok_embeddings.weight"].dtype
     quantized = {k: v for k, v in state.items() if isinstance(v, QuantizedWeight)}
@@ -91,6 +92,25 @@ def build_model(args: ModelArgs, state: StateDict, device="cpu", dtype: torch.dt
         model.output.weight = model.tok_embeddings.weight  # assign=True gave each module its own Parameter
     model.init_rope(torch.device(device))
     return model.eval()
+
+
+class _NoInit(TorchFunctionMode):
+    """torch.nn.init's functions do nothing (on the meta device they would run PyTorch's Python reference kernels,
+    whose first use imports dynamo: about a second and 50 MB of every process that loads a checkpoint)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _INIT_FUNCTIONS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+_INIT_FUNCTIONS = {getattr(nn.init, name) for name in dir(nn.init) if name.endswith("_") and not name.startswith("_")}
+
+
+def meta_model(args: ModelArgs) -> Transformer:
+    """A Transformer of `args` on the meta device (shapes only, no initialization run), to receive real weights."""
+    with torch.device("meta"), _NoInit():
+        return Transformer(args)
 
 
 def _swapped(model: Transformer) -> set[str]:

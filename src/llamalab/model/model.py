@@ -213,6 +213,9 @@ class Transformer(nn.Module):
         a = self.args
         device = device if device is not None else self.device
         positions = positions or min(a.max_seq_len, ROPE_POSITIONS)
+        if torch.device(device).type == "meta":  # shapes only: arithmetic on meta tensors imports dynamo (~1 s)
+            self.rope_cos = self.rope_sin = torch.empty(positions, a.head_dim // 2, device="meta")
+            return
         self.rope_cos, self.rope_sin = rope_tables(a.head_dim, positions, a.rope_theta, a.rope_scaling, device)
 
     @torch.no_grad()
