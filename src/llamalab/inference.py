@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from llamalab.checkpoint import find_tokenizer, load
+from llamalab.checkpoint import find_tokenizer, load, resolve_model
 from llamalab.checkpoint.parts import read_args, read_parts
 from llamalab.checkpoint.peft import apply_adapters
 from llamalab.config import PRESETS, ModelArgs
@@ -211,7 +211,7 @@ def _tokenizer(given: str | os.PathLike | Tokenizer | None, checkpoint: Source |
     if isinstance(given, Tokenizer):
         return given
     if given is not None:
-        return load_tokenizer(given)
+        return load_tokenizer(resolve_model(given))  # a path, or a hub id in the local Hugging Face cache
     if checkpoint is None or isinstance(checkpoint, ModelArgs):
         return None
     path = find_tokenizer(checkpoint)

@@ -10,6 +10,7 @@ from checkpoint_models import CONFIGS, greedy, random_model
 from llamalab.checkpoint import load, save
 from llamalab.cli.main import main
 from llamalab.errors import CheckpointError
+from llamalab.tokenizer import load_tokenizer
 
 REPO = "tiny-org/tiny-llama"
 PROMPT = torch.tensor([[5, 17, 42, 99, 3]])
@@ -62,6 +63,12 @@ def test_every_model_command_takes_the_id(tmp_path, monkeypatch, model, hf_folde
             "--json", "--dtype", "float32", "--device", "cpu"]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["tokens"] == greedy(model, PROMPT)
+    argv = ["generate", str(tmp_path / "native-no-tokenizer"), "--tokenizer", REPO, "--prompt", "the cat",
+            "--max-new-tokens", "2", "--json"]
+    save(model, tmp_path / "native-no-tokenizer", format="native")
+    assert main(argv) == 0  # --tokenizer takes the id too: the snapshot's tokenizer.model
+    assert json.loads(capsys.readouterr().out)["prompt_tokens"][1:] == load_tokenizer(hf_folder).encode("the cat",
+                                                                                                         bos=False)
     assert main(["convert", REPO, str(tmp_path / "native"), "--to", "native"]) == 0
     capsys.readouterr()
     with torch.no_grad():
