@@ -33,7 +33,8 @@ static inline float sum_lanes(f32x16 v)
     return total;
 }
 
-#define BLOCK 32 /* inputs per block: group sizes are multiples of it */
+#define BLOCK 32             /* inputs per block: group sizes are multiples of it */
+#define PARALLEL_WORK 262144 /* multiply-adds below which one thread is quicker than waking the others */
 
 /* y (m, out) = x (m, in) @ Wᵀ where W[r, c] = (code - 8) * scales[r, c / group] + zeros[r, c / group] and the codes
    are packed two a byte (out, in / 2): the low nibble holds the even column. group and in: multiples of BLOCK. */
@@ -62,7 +63,7 @@ int int4_linear(const float *x, int64_t m, const uint8_t *packed, const float *s
             xsum[i * n_groups + k / per_group] += total;
         }
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (m * out * in >= PARALLEL_WORK)
     for (int64_t r = 0; r < out; r++) {
         const uint8_t *row = packed + r * (in / 2);
         const float *row_scales = scales + r * n_groups, *row_zeros = zeros + r * n_groups;
@@ -97,7 +98,7 @@ int int8_linear(const float *x, int64_t m, const int8_t *codes, const float *sca
                 int64_t in, int64_t group)
 {
     const int64_t n_groups = in / group, per_group = group / BLOCK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (m * out * in >= PARALLEL_WORK)
     for (int64_t r = 0; r < out; r++) {
         const int8_t *row = codes + r * in;
         const float *row_scales = scales + r * n_groups;
