@@ -134,7 +134,7 @@ def kv_cost(model: Transformer, tokens: torch.Tensor, new_tokens: int) -> list[d
     model.setup_cache(1, total)
     try:
         cache = model.kv_cache
-        dtype = TORCH_DTYPE_NAMES.get(cache.layers[0].k.dtype, "fp32")
+        dtype = TORCH_DTYPE_NAMES.get(model.dtype, "fp32")  # the cache's by default (setup_cache)
         rows = []
         with torch.no_grad():
             logits = model(tokens, 0)
