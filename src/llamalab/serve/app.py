@@ -17,7 +17,8 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
@@ -84,6 +85,11 @@ def create_app(scheduler: Scheduler, tokenizer: Tokenizer, model_name: str, api_
     @app.get("/health")
     async def health():
         return {"status": "ok", **scheduler.stats()}
+
+    @app.get("/metrics")
+    async def metrics():
+        """Prometheus' text format: requests, KV cache, tokens, latencies (key-free like /health: no content)."""
+        return Response(scheduler.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", dependencies=auth)
     async def models():

@@ -7,6 +7,7 @@ scheduler thread).
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -58,6 +59,10 @@ class Request(Sequence):
         self.text = TextStream(tokenizer, stop)
         self.finished = False  # the last output went out
         self.cancelled = False  # set by the consumer (client gone); the scheduler frees the slot
+        # perf_counter() times the scheduler sets: submitted, first token, latest token (for the metrics)
+        self.submitted_at: float = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
 
     @property
     def tokens(self) -> list[int]:

@@ -11,12 +11,14 @@ import collections
 import contextlib
 import sys
 import threading
+import time
 import traceback
 
 import torch
 
 from llamalab.errors import ConfigError, ContextLengthError, ServerBusyError
 from llamalab.generate.engine import Engine, ModelCalls
+from llamalab.serve.metrics import ServerMetrics
 from llamalab.serve.request import Request
 
 
@@ -52,6 +54,7 @@ class Scheduler:
         self.calls = self.engine.calls
         self._waiting: collections.deque[Request] = collections.deque()
         self._running: list[Request] = self.engine.rows  # the request in KV-cache row i is _running[i]
+        self.metrics = ServerMetrics(self)
         self._wakeup = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="llamalab-scheduler", daemon=True)
@@ -71,6 +74,7 @@ class Scheduler:
             raise ContextLengthError(
                 f"{len(request.prompt)} prompt tokens + {request.max_tokens} completion tokens do not fit the whole "
                 "KV cache; shorten the prompt or max_tokens")
+        request.submitted_at = time.perf_counter()
         with self._wakeup:
             if len(self._waiting) >= self.max_waiting:
                 raise ServerBusyError(f"{len(self._waiting)} requests are already waiting; retry later")
@@ -142,14 +146,19 @@ class Scheduler:
     def _prefill(self, request: Request) -> None:
         """Write the prompt's keys and values into the next free row and sample the first token."""
         self.engine.admit([request])
+        request.first_token_at = time.perf_counter()
+        self.metrics.admitted(request, request.first_token_at)
 
     def _decode(self) -> None:
         """One forward pass over all running rows, each fed its last token at its own position."""
+        live = [request for request in self._running if not request.done]
         self.engine.step()
+        self.metrics.stepped(live)
 
     def _release(self) -> None:
         """Free the rows of finished and cancelled requests, moving the last rows into the holes."""
-        self.engine.release()
+        for request in self.engine.release():
+            self.metrics.released(request)
 
     def _fail(self, requests: list[Request], message: str) -> None:
         for request in requests:
