@@ -88,12 +88,12 @@ def record(model: Transformer, tokens: torch.Tensor) -> tuple[torch.Tensor, Reco
 
 
 @torch.no_grad()
-def attention_weights(attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_weights(attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(q kᵀ / √d) under the causal mask, (n_heads, seqlen, seqlen), of one attention module on its input
-    x (seqlen, dim), written out with its own weights; and those weights times the values, through wo (seqlen, dim)."""
+    x (seqlen, dim) in the model's compute `dtype`, written out with its own weights; and those weights times the
+    values, through wo (seqlen, dim)."""
     seqlen = x.shape[0]
-    dtype = attention.wq.weight.dtype if attention.wq.weight.is_floating_point() else torch.float32
     x = x[None].to(dtype)
     q = attention.wq(x).view(1, seqlen, -1, attention.head_dim)  # (1, seqlen, n_heads, head_dim)
     k = attention.wk(x).view(1, seqlen, -1, attention.head_dim)  # (1, seqlen, n_kv_heads, head_dim)
@@ -171,7 +171,7 @@ def inspect_model(model: Transformer, tokens: list[int], top_k: int = 5, new_tok
     cos, sin = rec.rope
     attention, deviation, row_sum, upper = [], 0.0, 0.0, 0.0
     for layer, x, out in zip(model.layers, rec.attention_input, rec.attention_output):
-        probs, recomputed = attention_weights(layer.attention, x, cos, sin)
+        probs, recomputed = attention_weights(layer.attention, x, cos, sin, model.dtype)
         scale = out.abs().max().clamp_min(1e-12)
         deviation = max(deviation, float((recomputed - out).abs().max() / scale))
         row_sum = max(row_sum, float((probs.sum(-1) - 1).abs().max()))
