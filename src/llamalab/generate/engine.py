@@ -164,7 +164,7 @@ class Engine:
     """Up to `slots` sequences over the model's KV cache (reused when large enough, else allocated)."""
 
     def __init__(self, model: CachedModel, slots: int, max_seq_len: int, calls: ModelCalls | None = None,
-                 step: Step | None = None, vocab_size: int | None = None):
+                 step: Step | None = None, vocab_size: int | None = None, prefill_chunk: int | None = None):
         cache = model.kv_cache
         if cache is None or cache.batch_size < slots or cache.max_seq_len < max_seq_len:
             cache = model.setup_cache(slots, max_seq_len)
@@ -177,6 +177,8 @@ class Engine:
         # each row's prompt and sampled tokens (-1 beyond), what the penalties read
         self.history = torch.full((slots, self.max_seq_len), -1, dtype=torch.long, device=self.device)
         self._last: torch.Tensor | None = None  # every row's last sampled token (n,), while no row came or went
+        # a prompt longer than this is prefilled a chunk per step, beside the other rows' decoding (None: at once)
+        self.prefill_chunk = prefill_chunk
 
     @property
     def free(self) -> int:
@@ -197,6 +199,8 @@ class Engine:
         if len(seqs) > self.free:
             raise ConfigError(f"{len(seqs)} sequences do not fit the {self.free} free rows of the KV cache")
         first = len(self.rows)
+        chunked = (self.prefill_chunk is not None and len(seqs) == 1 and len(seqs[0].prompt) > self.prefill_chunk
+                   and seqs[0].max_tokens > 0 and seqs[0].prompt_logprobs is None)
         for seq in seqs:
             if len(seq.prompt) >= self.max_seq_len:
                 raise ConfigError(
@@ -210,6 +214,10 @@ class Engine:
             self.rows.append(seq)
             self.cached.append(len(seq.prompt))
         self._last = None
+        if chunked:  # the first chunk now, the rest in the coming steps
+            self.cached[first] = 0
+            self._prefill_chunk(first)
+            return [[]]
         logits = self._prefill(first, list(seqs))  # (k, vocab)
         for seq in seqs:
             seq.prefilled()
@@ -248,11 +256,32 @@ class Engine:
         return torch.stack(last)
 
     # -- decoding -------------------------------------------------------------------------------------
+    def _prefilling(self, row: int) -> bool:
+        """Whether the row's prompt is not all in the cache yet (chunked prefill)."""
+        return self.cached[row] < len(self.rows[row].prompt)
+
+    def _prefill_chunk(self, row: int) -> None:
+        """Write the next chunk of a row's prompt, leaving its last token for the decode step."""
+        start = self.cached[row]
+        end = min(start + self.prefill_chunk, len(self.rows[row].prompt) - 1)
+        if end > start:
+            self.calls.prefill(self.history[row : row + 1, start:end], start, row, last_only=True)
+            self.cached[row] = end
+
     def step(self) -> list[list[int]]:
-        """Decode one token for every row (finished rows too, until released); each row's kept tokens."""
+        """Decode one token for every row (finished rows too, until released); each row's kept tokens.
+
+        A row still prefilling its prompt first writes its next chunk, then feeds its prompt's next token with the
+        others; it samples once its prompt is all in."""
         n = len(self.rows)
-        tokens = self._last if self._last is not None else torch.tensor([s.last_token for s in self.rows],
-                                                                        device=self.device)  # (n,)
+        filling = [i for i in range(n) if self._prefilling(i)]
+        for i in filling:
+            self._prefill_chunk(i)
+        if filling:
+            self._last = None
+        tokens = self._last if self._last is not None else torch.tensor(
+            [self.rows[i].prompt[self.cached[i]] if i in filling else s.last_token for i, s in enumerate(self.rows)],
+            device=self.device)  # (n,)
         positions = self.cached
         if all(p == positions[0] for p in positions):  # rows in step: one span, no mask
             logits = self.calls.decode(tokens[:, None], positions[0], None)
@@ -261,7 +290,16 @@ class Engine:
             logits = self.calls.decode(tokens[:, None], start, max(positions) + 1)
         # a finished row keeps decoding whatever it samples, at a position that stays in the cache
         self.cached = [min(p + 1, self.max_seq_len - 1) for p in positions]
-        return self._sample(list(range(n)), logits)
+        if not filling:
+            return self._sample(list(range(n)), logits)
+        ready = [i for i in range(n) if not self._prefilling(i)]
+        for i in filling:
+            if i in ready:  # its prompt is all in: the logits of its last prompt token give its first token
+                self.rows[i].prefilled()
+        new = [[] for _ in range(n)]
+        for i, kept in zip(ready, self._sample(ready, logits[ready]) if ready else []):
+            new[i] = kept
+        return new
 
     def _sample(self, rows: list[int], logits: torch.Tensor) -> list[list[int]]:
         """Sample the next token of each listed row from its logits (len(rows), vocab) and hand it to its sequence."""

@@ -43,22 +43,25 @@ class ServerMetrics:
                              buckets=LATENCY_BUCKETS, registry=registry)
 
     def admitted(self, request, now: float | None = None) -> None:
-        """A request was prefilled and got its first token."""
-        now = now or time.perf_counter()
+        """A request was prefilled (or, chunked, began to be) and perhaps got its first token."""
         self.prompt_tokens.inc(len(request.prompt))
-        if request.sampled:
-            self.generated_tokens.inc()
-            self.ttft.observe(now - request.submitted_at)
-        request.last_token_at = now
+        self._tokens([request], now or time.perf_counter())
 
     def stepped(self, requests, now: float | None = None) -> None:
-        """A decode step gave each of these requests one token."""
-        now = now or time.perf_counter()
+        """A decode step ran over these requests (a request still prefilling its prompt gets no token)."""
+        self._tokens(requests, now or time.perf_counter())
+
+    def _tokens(self, requests, now: float) -> None:
         for request in requests:
-            if request.last_token_at is not None:
+            if not request.sampled:
+                continue
+            if request.first_token_at is None:
+                request.first_token_at = now
+                self.ttft.observe(now - request.submitted_at)
+            else:
                 self.itl.observe(now - request.last_token_at)
             request.last_token_at = now
-        self.generated_tokens.inc(len(requests))
+            self.generated_tokens.inc()
 
     def released(self, request, now: float | None = None) -> None:
         """A request left the engine: count it and write its access-log line."""

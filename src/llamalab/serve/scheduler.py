@@ -30,7 +30,7 @@ class Scheduler:
 
     def __init__(self, model, slots: int = 32, max_seq_len: int | None = None, max_waiting: int = 256,
                  vocab_size: int | None = None, calls: ModelCalls | None = None, kv_cache_bytes: int | None = None,
-                 block_size: int = 16):
+                 block_size: int = 16, prefill_chunk: int | None = None):
         limits = (("slots", slots, 1), ("max_waiting", max_waiting, 0), ("max_seq_len", max_seq_len, 2))
         for name, value, least in limits:
             if value is not None and value < least:
@@ -50,7 +50,8 @@ class Scheduler:
                 raise ConfigError(f"kv_cache_bytes={kv_cache_bytes} holds no block of {block_size} positions")
             model.setup_paged_cache(num_blocks, block_size, batch_size=slots, max_seq_len=self.max_seq_len)
         # LockstepCalls when the model is split over ranks
-        self.engine = Engine(model, slots, self.max_seq_len, calls=calls, vocab_size=self.vocab_size)
+        self.engine = Engine(model, slots, self.max_seq_len, calls=calls, vocab_size=self.vocab_size,
+                             prefill_chunk=prefill_chunk)  # long prompts a chunk per step beside the decoding
         self.calls = self.engine.calls
         self._waiting: collections.deque[Request] = collections.deque()
         self._running: list[Request] = self.engine.rows  # the request in KV-cache row i is _running[i]
@@ -146,8 +147,7 @@ class Scheduler:
     def _prefill(self, request: Request) -> None:
         """Write the prompt's keys and values into the next free row and sample the first token."""
         self.engine.admit([request])
-        request.first_token_at = time.perf_counter()
-        self.metrics.admitted(request, request.first_token_at)
+        self.metrics.admitted(request)
 
     def _decode(self) -> None:
         """One forward pass over all running rows, each fed its last token at its own position."""

@@ -103,3 +103,27 @@ def test_a_request_that_does_not_fit_is_refused_by_admit(model):
     assert not engine.fits(big)
     with pytest.raises(ConfigError, match="no room"):
         engine.admit([big])
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_a_long_prompt_prefilled_in_chunks_beside_decoding_rows_gives_the_same_tokens(model, paged):
+    prompts = [[5, 6, 7], [8, 9], list(range(10, 50))]  # the 40-token prompt arrives while two rows decode
+    expected = [generate(model, [p], 10, sampling=SamplingParams(temperature=0))[0].tokens for p in prompts]
+    if paged:
+        model.setup_paged_cache(num_blocks=12, block_size=8, batch_size=3, max_seq_len=64)
+    else:
+        model.setup_cache(batch_size=3, max_seq_len=64)
+    engine = Engine(model, 3, 64, prefill_chunk=8)
+    rows = [Completion(p, 10, SamplingParams(temperature=0)) for p in prompts]
+    with torch.inference_mode():
+        engine.admit(rows[:1])
+        engine.admit(rows[1:2])
+        waited = 0
+        assert engine.admit(rows[2:]) == [[]]  # its first chunk only: no token yet
+        while not all(r.done for r in rows):
+            new = engine.step()
+            if not rows[2].output:
+                waited += 1
+                assert new[0] and new[1]  # the decoding rows got a token in every step of the long prefill
+    assert waited == 3  # 8 at admission; each step a chunk of 8 and one token beside the decoding rows: 17, 26, 35
+    assert [r.tokens for r in rows] == expected

@@ -104,7 +104,8 @@ def launch(tokenizer):
         model = tiny_model(tokenizer.vocab_size)
         if wrap is not None:
             model.forward = wrap(model.forward)
-        limits = {k: options.pop(k) for k in ("slots", "max_waiting", "max_seq_len", "kv_cache_bytes") if k in options}
+        limits = {k: options.pop(k) for k in ("slots", "max_waiting", "max_seq_len", "kv_cache_bytes",
+                                                   "prefill_chunk") if k in options}
         started.append(LiveServer(create_app(Scheduler(model, **limits), tokenizer, "tiny", **options)))
         return started[-1]
 

@@ -36,3 +36,20 @@ def test_a_request_larger_than_the_whole_cache_is_refused(paged_server):
     client = openai.OpenAI(base_url=paged_server.url, api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError, match="KV cache"):
         client.completions.create(model="tiny", prompt="once upon a time", max_tokens=100)  # 7 blocks
+
+
+def test_prompts_prefilled_in_chunks_beside_decoding_give_the_same_answers(launch, greedy_reference, tokenizer,
+                                                                          texts):
+    server = launch(slots=8, prefill_chunk=4, kv_cache_bytes=24 * 16 * BYTES_PER_POSITION)
+    prompts = texts(8, seed=5)  # 5 to 17 words: most take several chunks of 4 tokens
+    expected = []
+    for prompt in prompts:
+        tokens, _ = greedy_reference(tokenizer.encode(prompt, bos=True), 10, tokenizer.stop_ids)
+        expected.append(tokenizer.decode([t for t in tokens if t not in tokenizer.stop_ids]))
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+        answers = [client.completions.create(model="tiny", prompt=p, max_tokens=10, temperature=0) for p in prompts]
+        return [r.choices[0].text for r in await asyncio.gather(*answers)]
+
+    assert asyncio.run(run()) == expected
