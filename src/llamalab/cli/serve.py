@@ -31,6 +31,9 @@ def add_parser(subparsers):
     p.add_argument("--kv-cache-memory", type=arguments.positive_float,
                    help="a paged KV cache of this many bytes (below 1: that fraction of the free device memory) "
                         "shared by the --slots rows as they need it, instead of every slot reserving --max-seq-len")
+    p.add_argument("--prefill-chunk", type=arguments.positive_int,
+                   help="prefill a longer prompt this many tokens per step, beside the decoding requests "
+                        "(default: whole prompts, which stalls streaming clients while a long one is read)")
     p.add_argument("--max-waiting", type=arguments.non_negative_int, default=256,
                    help="requests allowed to wait for a slot; more get 429")
     p.add_argument("--max-body-mb", type=arguments.positive_float, default=4.0,
@@ -50,7 +53,7 @@ def run(args) -> int:
     name = args.served_model_name or (Path(args.model).name if args.model else args.preset)
     server = create_server(loaded, name, slots=args.slots, max_seq_len=args.max_seq_len, max_waiting=args.max_waiting,
                            api_key=api_key, max_body_bytes=int(args.max_body_mb * 2**20),
-                           kv_cache_memory=args.kv_cache_memory)
+                           kv_cache_memory=args.kv_cache_memory, prefill_chunk=args.prefill_chunk)
     if server is None:  # with --tp, a rank other than 0: it repeated rank 0's model calls until the server stopped
         return 0
     if not _is_loopback(args.host) and not api_key:

@@ -37,11 +37,13 @@ class Server:
 
 def create_server(loaded: LoadedModel, name: str, *, slots: int = 32, max_seq_len: int | None = None,
                   max_waiting: int = 256, api_key: str | None = None,
-                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, kv_cache_memory: float | None = None) -> Server | None:
+                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, kv_cache_memory: float | None = None,
+                  prefill_chunk: int | None = None) -> Server | None:
     """The server of a loaded model (which needs a tokenizer); `name` is the model id clients see.
 
     `kv_cache_memory` (bytes, or below 1 a fraction of the device's free memory) gives a paged KV cache of that
     size, shared by the `slots` rows as they need it; None preallocates every slot to max_seq_len positions.
+    `prefill_chunk` prefills longer prompts that many tokens per step, beside the decoding requests.
 
     For a model split over tp > 1 ranks: rank 0 gets the server, and every other rank repeats rank 0's model
     calls until the server stops, then gets None.
@@ -62,7 +64,8 @@ def create_server(loaded: LoadedModel, name: str, *, slots: int = 32, max_seq_le
         check_cache_fits(model, slots, max_seq_len)
     scheduler = Scheduler(model, slots=slots, max_waiting=max_waiting, max_seq_len=max_seq_len,
                           vocab_size=min(tokenizer.vocab_size, model.args.vocab_size),
-                          calls=LockstepCalls(model) if loaded.tp > 1 else None, kv_cache_bytes=kv_cache_bytes)
+                          calls=LockstepCalls(model) if loaded.tp > 1 else None, kv_cache_bytes=kv_cache_bytes,
+                          prefill_chunk=prefill_chunk)
     app = create_app(scheduler, tokenizer, name, api_key=api_key, max_body_bytes=max_body_bytes)
     return Server(app, scheduler)
 

@@ -28,7 +28,8 @@ def served(checkpoint):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     process = subprocess.Popen([sys.executable, "-m", "llamalab", "serve", str(checkpoint), "--port", str(port),
-                                "--slots", "4", "--threads", "1", "--kv-cache-memory", "1000000"],  # paged
+                                "--slots", "4", "--threads", "1", "--kv-cache-memory", "1000000",  # paged,
+                                "--prefill-chunk", "4"],  # and chunked
                                stderr=subprocess.PIPE, text=True)
     root = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
