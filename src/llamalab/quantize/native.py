@@ -99,22 +99,23 @@ def kernel_quantized_linears(model: nn.Module) -> int:
     """Give every CPU Int4Linear without a PyTorch kernel, and every group-wise Int8Linear, the C kernels' forward
     (in place: the same module objects, so a head tied to an Int8Embedding stays tied); return how many changed.
     Nothing changes where the kernels cannot be built."""
-    if kernels() is None:
+    candidates = [module for module in model.modules() if _has_no_pytorch_kernel(module)]
+    if not candidates or kernels() is None:  # the library is built only for a model that needs it
         return 0
-    changed = 0
-    for module in model.modules():
-        if type(module) not in (Int4Linear, Int8Linear) or module.weight.device.type != "cpu":
-            continue
-        if module.group_size is None or module.group_size % BLOCK or module.in_features % BLOCK:
-            continue  # per-channel int8 has PyTorch's kernel; the C kernels read whole blocks of BLOCK inputs
-        if type(module) is Int4Linear and module.kernel_weight.numel() == 0:
-            module.__class__ = KernelInt4Linear
-            changed += 1
-        elif type(module) is Int8Linear:
-            module.__class__ = KernelInt8Linear
-            module.kernel_scales = module.scales.float()
-            changed += 1
-    return changed
+    for module in candidates:
+        if isinstance(module, Int8Linear):
+            module.kernel_scales = module.scales.float()  # (out, in/group): float16 → float32 is exact
+        module.__class__ = KernelInt8Linear if isinstance(module, Int8Linear) else KernelInt4Linear
+    return len(candidates)
+
+
+def _has_no_pytorch_kernel(module: nn.Module) -> bool:
+    """A CPU group-wise Int8Linear, or an Int4Linear without PyTorch's kernel, whose groups the C kernels read."""
+    if type(module) not in (Int4Linear, Int8Linear) or module.weight.device.type != "cpu":
+        return False
+    if module.group_size is None or module.group_size % BLOCK or module.in_features % BLOCK:
+        return False  # per-channel int8 has PyTorch's kernel; the C kernels read whole blocks of BLOCK inputs
+    return type(module) is Int8Linear or module.kernel_weight.numel() == 0
 
 
 def _kernel_applies(module: nn.Module, x: torch.Tensor) -> bool:
