@@ -2,10 +2,10 @@
 run over two torchrun "nodes" trains like one process.
 
 The single-process reference and the FSDP2 4-rank run write their checkpoints asynchronously (in the background,
-a gloo group of their own under torchrun). Every run sees the same global batch of 8 sequences a step for 8 AdamW steps; a checkpoint written after step 4
-by one layout is resumed by another. Tolerance: train and validation losses within 1e-5 relative of the
-uninterrupted one-process run (the layouts differ only in the order of float32 sums); at the same layout the
-resumed losses equal the uninterrupted ones bit for bit.
+a gloo group of their own under torchrun). Every run sees the same global batch of 8 sequences a step for 8 AdamW
+steps; a checkpoint written after step 4 by one layout is resumed by another. Tolerance: train and validation
+losses within 1e-5 relative of the uninterrupted one-process run (the layouts differ only in the order of float32
+sums); at the same layout the resumed losses equal the uninterrupted ones bit for bit.
 """
 import os
 import shutil

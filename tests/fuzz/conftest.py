@@ -16,7 +16,7 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(autouse=True)
 def _in_a_scratch_folder(tmp_path, monkeypatch):
-    """Commands fed bad values write wherever a value names (`analyze --plot -1`): into a scratch folder, not the repo."""
+    """Commands fed bad values write wherever a value names (`analyze --plot -1`): in a scratch folder, not the repo."""
     monkeypatch.chdir(tmp_path)
 
 

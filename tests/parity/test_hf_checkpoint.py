@@ -3,7 +3,6 @@ import gguf
 import numpy as np
 import pytest
 import torch
-
 import transformers  # noqa: E402  (a test dependency: failing to import it must fail the run, not skip)
 
 from llamalab.checkpoint import convert, load, save  # noqa: E402

@@ -1,7 +1,6 @@
 """Logits equal Hugging Face transformers' LlamaForCausalLM on the same weights."""
 import pytest
 import torch
-
 import transformers  # noqa: E402  (a test dependency: failing to import it must fail the run, not skip)
 
 from llamalab.checkpoint.hf import args_from_hf_config, from_hf_state_dict, hf_config, to_hf_state_dict  # noqa: E402

@@ -1,10 +1,9 @@
 """LoRA adapters in PEFT's format both ways, with `peft` on the transformers model of the same weights as the oracle."""
 import json
 
+import peft  # noqa: E402  (test dependencies: failing to import them must fail the run, not skip)
 import pytest
 import torch
-
-import peft  # noqa: E402  (test dependencies: failing to import them must fail the run, not skip)
 import transformers  # noqa: E402
 
 from llamalab.checkpoint import load, save  # noqa: E402
@@ -84,7 +83,8 @@ def test_real_model_adapters_match_peft_both_ways(smollm2_hf_dir, tmp_path):
     with torch.no_grad():
         expected, got = with_adapter(tokens).logits, ours(tokens)
     relative = ((expected - got).abs().max() / expected.abs().max()).item()
-    print(f"SmolLM2 ours->PEFT max |logit diff| {(expected - got).abs().max():.2e}, {relative:.1e} of the largest logit")
+    diff = (expected - got).abs().max()
+    print(f"SmolLM2 ours->PEFT max |logit diff| {diff:.2e}, {relative:.1e} of the largest logit")
     assert relative < 1e-5  # 30 float32 layers: the sums' order differs from transformers'; the tiny model holds 1e-5
 
     with_adapter.save_pretrained(tmp_path / "again")  # PEFT's own writing of the same adapter

@@ -81,7 +81,7 @@ class Int4Linear(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, linear: nn.Linear, group_size: int = 128) -> "Int4Linear":
+    def from_linear(cls, linear: nn.Linear, group_size: int = 128) -> Int4Linear:
         module = cls(linear.in_features, linear.out_features, group_size, device=linear.weight.device)
         module.weight, module.scales, module.zeros = quantize_int4(linear.weight, group_size)
         module.pack_for_kernel()
@@ -104,7 +104,8 @@ class Int4Linear(nn.Module):
         else:
             return
         scales_and_zeros = torch.stack((self.scales, self.zeros), dim=-1)  # (out, n_groups, 2)
-        self.kernel_scales_and_zeros = scales_and_zeros.transpose(0, 1).to(self.kernel_dtype).contiguous()  # (n_groups, out, 2)
+        # (n_groups, out, 2)
+        self.kernel_scales_and_zeros = scales_and_zeros.transpose(0, 1).to(self.kernel_dtype).contiguous()
 
     def _apply(self, fn, recurse=True):
         # after .to(device) / .to_empty() the kernel copy must follow the codes

@@ -105,7 +105,8 @@ class TrainConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not -1e300 < value < 1e300:
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
         if not isinstance(self.seed, int) or not -(2**63) <= self.seed <= 2**64 - 1:
-            raise ConfigError(f"seed must be a whole number in [-2**63, 2**64 - 1] (what torch takes), got {self.seed!r}")
+            raise ConfigError(
+                f"seed must be a whole number in [-2**63, 2**64 - 1] (what torch takes), got {self.seed!r}")
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.dtype not in AUTOCAST_DTYPES:
@@ -127,9 +128,10 @@ class TrainConfig:
             raise ConfigError(f"qlora must be one of keep, int8, int4 (or empty), got {self.qlora!r}")
         if self.qlora and (not self.lora_rank or self.merge or self.tp > 1):
             raise ConfigError("qlora trains LoRA adapters over frozen quantized weights: it needs --lora-rank, and "
-                              "neither --merge (merge later with `llamalab convert MODEL OUT --lora ADAPTERS`) nor --tp")
+                              "neither --merge (merge later: `llamalab convert MODEL OUT --lora ADAPTERS`) nor --tp")
         if self.async_checkpoints and not self.sharded_checkpoints:
-            raise ConfigError("async_checkpoints writes sharded checkpoints in the background: add --sharded-checkpoints")
+            raise ConfigError("async_checkpoints writes sharded checkpoints in the background: "
+                              "add --sharded-checkpoints")
         if self.merge and not self.lora_rank:
             raise ConfigError("merge folds LoRA adapters into the weights; it needs lora_rank > 0")
         unknown = sorted(set(self.model) - MODEL_FIELDS)

@@ -32,7 +32,14 @@ from llamalab.train.build import build_model, prepare_model, unwrap
 from llamalab.train.config import TrainConfig
 from llamalab.train.metrics import MetricsLog, plot_loss, read_metrics
 from llamalab.train.optim import build_optimizer, build_scheduler
-from llamalab.train.sharded import PendingSnapshot, load_sharded, read_run_state, save_sharded, sharded_steps, snapshot_path
+from llamalab.train.sharded import (
+    PendingSnapshot,
+    load_sharded,
+    read_run_state,
+    save_sharded,
+    sharded_steps,
+    snapshot_path,
+)
 from llamalab.train.snapshots import load_newest_checkpoint, restore, save_checkpoint, saved_steps
 
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}

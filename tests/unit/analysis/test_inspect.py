@@ -75,7 +75,8 @@ def test_rope_matches_transformers_with_llama31_scaling(tiny):
     for d in (0, 1, 5, 60):
         assert float(rotate(q, d + 37) @ rotate(k, 37)) == pytest.approx(float(result.rope_dot[d]), abs=1e-4)
         assert float(result.rope_dot[d]) == pytest.approx(2 * float(torch.cos(d * freqs).sum()), abs=1e-4)
-    assert result.rope_dot[0] == pytest.approx(SCALED_GQA.head_dim) and result.rope_dot.abs().max() == result.rope_dot[0]
+    assert result.rope_dot[0] == pytest.approx(SCALED_GQA.head_dim)
+    assert result.rope_dot.abs().max() == result.rope_dot[0]
 
 
 def test_smollm2_attention_and_residuals_equal_transformers(smollm2_hf_dir, hf_smollm2):

@@ -95,5 +95,6 @@ def test_convert_merges_an_adapter_into_the_weights(tmp_path, capsys):
                  "--lora", str(tmp_path / "adapter")]) == 0
     with torch.no_grad():
         torch.testing.assert_close(load(tmp_path / "merged")(TOKENS), model(TOKENS), rtol=1e-5, atol=1e-5)
-    assert main(["convert", str(tmp_path / "base"), str(tmp_path / "x"), "--to", "native", "--lora", str(tmp_path)]) == 2
+    argv = ["convert", str(tmp_path / "base"), str(tmp_path / "x"), "--to", "native", "--lora", str(tmp_path)]
+    assert main(argv) == 2
     assert "not a PEFT LoRA adapter folder" in capsys.readouterr().err
