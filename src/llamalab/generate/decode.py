@@ -89,6 +89,7 @@ class Generation:
             yield new
             while not self.done:
                 yield self.engine.step()
+            self.engine.release()  # a paged cache gets its blocks back
             self.timings["decode_s"] = time.perf_counter() - start
 
 

@@ -199,14 +199,18 @@ class Engine:
         if len(seqs) > self.free:
             raise ConfigError(f"{len(seqs)} sequences do not fit the {self.free} free rows of the KV cache")
         first = len(self.rows)
-        chunked = (self.prefill_chunk is not None and len(seqs) == 1 and len(seqs[0].prompt) > self.prefill_chunk
-                   and seqs[0].max_tokens > 0 and seqs[0].prompt_logprobs is None)
+        alone = len(seqs) == 1 and seqs[0].max_tokens > 0 and seqs[0].prompt_logprobs is None
+        chunked = alone and self.prefill_chunk is not None and len(seqs[0].prompt) > self.prefill_chunk
+        start = 0  # positions of a lone prompt already in cached prefix blocks
         for seq in seqs:
             if len(seq.prompt) >= self.max_seq_len:
                 raise ConfigError(
                     f"a prompt of {len(seq.prompt)} tokens leaves no room in {self.max_seq_len} positions")
             seq.max_tokens = min(seq.max_tokens, self.max_seq_len - len(seq.prompt))
+            if alone and hasattr(self.cache, "attach_prefix"):
+                start = self.cache.attach_prefix(len(self.rows), seq.prompt)
             if not self.cache.reserve(len(self.rows), self._length(seq)):
+                self.cache.free_row(len(self.rows))
                 raise ConfigError(f"no room in the KV cache for {self._length(seq)} more positions; admit it later")
             seq.generator = make_generator(seq.params.seed, self.device)
             self.history[len(self.rows), : len(seq.prompt)] = torch.tensor(seq.prompt)
@@ -215,12 +219,12 @@ class Engine:
             self.cached.append(len(seq.prompt))
         self._last = None
         if chunked:  # the first chunk now, the rest in the coming steps
-            self.cached[first] = 0
+            self.cached[first] = start
             self._prefill_chunk(first)
             return [[]]
-        logits = self._prefill(first, list(seqs))  # (k, vocab)
-        for seq in seqs:
-            seq.prefilled()
+        logits = self._prefill(first, list(seqs), start)  # (k, vocab)
+        for row in range(first, first + len(seqs)):
+            self._prefilled(row)
         sampling = [i for i, seq in enumerate(seqs) if seq.max_tokens > 0]
         for seq in seqs:
             if seq.max_tokens <= 0:
@@ -232,8 +236,15 @@ class Engine:
                 new[i] = tokens
         return new
 
-    def _prefill(self, first: int, seqs: list[Sequence]) -> torch.Tensor:
-        """Run the right-padded prompts through the model into rows first..; each one's next-token logits (k, vocab)."""
+    def _prefilled(self, row: int) -> None:
+        """A row's prompt is all in the cache: tell its sequence, offer its blocks to later prompts."""
+        self.rows[row].prefilled()
+        if hasattr(self.cache, "register_prefix"):
+            self.cache.register_prefix(row, self.rows[row].prompt)
+
+    def _prefill(self, first: int, seqs: list[Sequence], start: int = 0) -> torch.Tensor:
+        """Run the right-padded prompts from position `start` (what cached prefix blocks already hold) through the
+        model into rows first..; each one's next-token logits (k, vocab)."""
         bsz, lengths = len(seqs), [len(s.prompt) for s in seqs]
         longest = max(lengths)
         tokens = self.history[first : first + bsz, :longest].clamp(min=0)  # (bsz, longest), padding as token 0
@@ -241,7 +252,7 @@ class Engine:
         echo = any(s.prompt_logprobs is not None for s in seqs)
         chunk = max(1, PREFILL_LOGITS_BYTES // (4 * bsz * self.model.args.vocab_size))
         last = [None] * bsz
-        for begin in range(0, longest, chunk):
+        for begin in range(start, longest, chunk):
             end = min(begin + chunk, longest)
             full = echo or any(begin <= e < end - 1 for e in ends)  # some row ends before the chunk's end
             logits = self.calls.prefill(tokens[:, begin:end], begin, first, last_only=not full)  # (bsz, n or 1, V)
@@ -295,7 +306,7 @@ class Engine:
         ready = [i for i in range(n) if not self._prefilling(i)]
         for i in filling:
             if i in ready:  # its prompt is all in: the logits of its last prompt token give its first token
-                self.rows[i].prefilled()
+                self._prefilled(i)
         new = [[] for _ in range(n)]
         for i, kept in zip(ready, self._sample(ready, logits[ready]) if ready else []):
             new[i] = kept

@@ -13,6 +13,7 @@ one, so that no code outside `model/` touches the cache tensors. Two layouts sit
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -144,9 +145,15 @@ class KVCache:
 class PagedKVCache:
     """A paged KV cache: `num_blocks` blocks of `block_size` positions shared by `batch_size` rows, each row
     holding a block table of up to max_seq_len / block_size blocks, filled by `reserve` and emptied by
-    `free_row`. One extra block takes the writes of positions no row reserved (right padding, finished rows)."""
+    `free_row`. One extra block takes the writes of positions no row reserved (right padding, finished rows).
 
-    def __init__(self, layers: list[PagedLayerCache], batch_size: int, max_seq_len: int):
+    With `prefix_caching`, full blocks of prompts are kept by content (a hash chained over the blocks before
+    them) and reference-counted: `attach_prefix` gives a new row the blocks of its prompt's longest cached
+    prefix, `register_prefix` offers a prefilled row's prompt blocks, and blocks nobody holds stay cached until
+    the least recently freed is taken for new positions."""
+
+    def __init__(self, layers: list[PagedLayerCache], batch_size: int, max_seq_len: int,
+                 prefix_caching: bool = False):
         self.layers = layers
         self.batch_size, self.max_seq_len = batch_size, max_seq_len
         total, self.block_size = layers[0].k.shape[0], layers[0].k.shape[2]
@@ -156,6 +163,12 @@ class PagedKVCache:
         self.block_table = torch.full((batch_size, per_row), self.spare, dtype=torch.long, device=layers[0].k.device)
         self.free = list(range(self.num_blocks - 1, -1, -1))  # popped from the end: block 0 first
         self.row_blocks: list[list[int]] = [[] for _ in range(batch_size)]
+        self.prefix_caching = prefix_caching
+        self.refs = [0] * self.num_blocks  # rows holding each block
+        self.hash_of: dict[int, int] = {}  # block -> content hash, for the blocks a prefix may reuse
+        self.block_of: dict[int, int] = {}  # content hash -> block
+        self.unused: OrderedDict[int, None] = OrderedDict()  # cached blocks no row holds, least recently freed first
+        self.prefix_queries = self.prefix_hits = 0  # prompt blocks looked up, and found
 
     @property
     def nbytes(self) -> int:
@@ -166,29 +179,82 @@ class PagedKVCache:
 
     @property
     def used_blocks(self) -> int:
-        return self.num_blocks - len(self.free)
+        """Blocks rows hold now (cached blocks no row holds count as free)."""
+        return self.num_blocks - len(self.free) - len(self.unused)
 
     def blocks_for(self, length: int) -> int:
         return -(-length // self.block_size)
 
     def can_reserve(self, length: int) -> bool:
-        return length <= self.max_seq_len and self.blocks_for(length) <= len(self.free)
+        return length <= self.max_seq_len and self.blocks_for(length) <= len(self.free) + len(self.unused)
 
     def reserve(self, row: int, length: int) -> bool:
         held = self.row_blocks[row]
         need = self.blocks_for(length) - len(held)
-        if length > self.max_seq_len or need > len(self.free):
+        if length > self.max_seq_len or need > len(self.free) + len(self.unused):
             return False
         if need > 0:
-            new = [self.free.pop() for _ in range(need)]
+            new = [self._take() for _ in range(need)]
             self.block_table[row, len(held) : len(held) + need] = torch.tensor(new)
             held += new
         return True
 
+    def _take(self) -> int:
+        """A block for new positions: a free one, else the least recently freed cached one (forgotten)."""
+        if self.free:
+            block = self.free.pop()
+        else:
+            block, _ = self.unused.popitem(last=False)
+            del self.block_of[self.hash_of.pop(block)]
+        self.refs[block] = 1
+        return block
+
     def free_row(self, row: int) -> None:
-        self.free += reversed(self.row_blocks[row])
+        for block in reversed(self.row_blocks[row]):
+            self.refs[block] -= 1
+            if self.refs[block] == 0:
+                if block in self.hash_of:
+                    self.unused[block] = None  # kept for a later prompt with the same prefix
+                else:
+                    self.free.append(block)
         self.row_blocks[row] = []
         self.block_table[row] = self.spare
+
+    def _prompt_hashes(self, prompt: list[int], blocks: int) -> list[int]:
+        """The chained content hashes of the prompt's first `blocks` full blocks."""
+        hashes, h, size = [], 0, self.block_size
+        for i in range(blocks):
+            h = hash((h, tuple(prompt[i * size : (i + 1) * size])))
+            hashes.append(h)
+        return hashes
+
+    def attach_prefix(self, row: int, prompt: list[int]) -> int:
+        """Give an empty row the cached blocks of the prompt's longest known prefix of full blocks (never its last
+        token, which must be computed); return the positions they hold."""
+        if not self.prefix_caching:
+            return 0
+        hashes = self._prompt_hashes(prompt, (len(prompt) - 1) // self.block_size)
+        self.prefix_queries += len(hashes)
+        held = self.row_blocks[row]
+        for h in hashes:
+            block = self.block_of.get(h)
+            if block is None:
+                break
+            self.refs[block] += 1
+            self.unused.pop(block, None)
+            held.append(block)
+        self.prefix_hits += len(held)
+        if held:
+            self.block_table[row, : len(held)] = torch.tensor(held)
+        return len(held) * self.block_size
+
+    def register_prefix(self, row: int, prompt: list[int]) -> None:
+        """Offer the full blocks of a row's prefilled prompt to later prompts with the same prefix."""
+        if not self.prefix_caching:
+            return
+        for block, h in zip(self.row_blocks[row], self._prompt_hashes(prompt, len(prompt) // self.block_size)):
+            if block not in self.hash_of and h not in self.block_of:
+                self.hash_of[block], self.block_of[h] = h, block
 
     def move_row(self, src: int, dst: int, length: int) -> None:
         """Row dst takes over row src's blocks (no keys or values move); row src is left empty."""

@@ -253,8 +253,10 @@ class Transformer(nn.Module):
         return sum(2 * layer.attention.n_kv_heads * layer.attention.head_dim * size for layer in self.layers)
 
     def setup_paged_cache(self, num_blocks: int, block_size: int = 16, batch_size: int | None = None,
-                          max_seq_len: int | None = None, device=None, dtype=None) -> PagedKVCache:
-        """Allocate a paged KV cache: `num_blocks` blocks of `block_size` positions for up to `batch_size` rows."""
+                          max_seq_len: int | None = None, device=None, dtype=None,
+                          prefix_caching: bool = False) -> PagedKVCache:
+        """Allocate a paged KV cache: `num_blocks` blocks of `block_size` positions for up to `batch_size` rows
+        (with `prefix_caching`, prompt blocks shared by content across rows)."""
         batch_size = batch_size or self.args.max_batch_size
         max_seq_len = max_seq_len or self.args.max_seq_len
         if max_seq_len > self.args.max_seq_len or num_blocks < 1 or block_size < 1:
@@ -266,7 +268,8 @@ class Transformer(nn.Module):
         for layer in self.layers:
             attn = layer.attention
             attn.cache = PagedLayerCache(num_blocks + 1, block_size, attn.n_kv_heads, attn.head_dim, device, dtype)
-        self._kv_cache = PagedKVCache([layer.attention.cache for layer in self.layers], batch_size, max_seq_len)
+        self._kv_cache = PagedKVCache([layer.attention.cache for layer in self.layers], batch_size, max_seq_len,
+                                      prefix_caching)
         return self._kv_cache
 
     def clear_cache(self) -> None:

@@ -30,6 +30,10 @@ class ServerMetrics:
                 lambda: cache.used_blocks)
             Gauge("llamalab_kv_blocks_free", "KV-cache blocks free", registry=registry).set_function(
                 lambda: cache.num_blocks - cache.used_blocks)
+            Gauge("llamalab_prefix_cache_queried_blocks", "Full prompt blocks looked up in the prefix cache",
+                  registry=registry).set_function(lambda: cache.prefix_queries)
+            Gauge("llamalab_prefix_cache_hit_blocks", "Prompt blocks found there (hit rate: hit / queried)",
+                  registry=registry).set_function(lambda: cache.prefix_hits)
         self.prompt_tokens = Counter("llamalab_prompt_tokens", "Prompt tokens prefilled", registry=registry)
         self.generated_tokens = Counter("llamalab_generation_tokens", "Tokens generated (rate() gives tokens/s)",
                                         registry=registry)

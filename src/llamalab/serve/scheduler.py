@@ -30,7 +30,7 @@ class Scheduler:
 
     def __init__(self, model, slots: int = 32, max_seq_len: int | None = None, max_waiting: int = 256,
                  vocab_size: int | None = None, calls: ModelCalls | None = None, kv_cache_bytes: int | None = None,
-                 block_size: int = 16, prefill_chunk: int | None = None):
+                 block_size: int = 16, prefill_chunk: int | None = None, prefix_caching: bool = False):
         limits = (("slots", slots, 1), ("max_waiting", max_waiting, 0), ("max_seq_len", max_seq_len, 2))
         for name, value, least in limits:
             if value is not None and value < least:
@@ -48,7 +48,8 @@ class Scheduler:
             num_blocks = kv_cache_bytes // (model.kv_bytes_per_token() * block_size)
             if num_blocks < 1:
                 raise ConfigError(f"kv_cache_bytes={kv_cache_bytes} holds no block of {block_size} positions")
-            model.setup_paged_cache(num_blocks, block_size, batch_size=slots, max_seq_len=self.max_seq_len)
+            model.setup_paged_cache(num_blocks, block_size, batch_size=slots, max_seq_len=self.max_seq_len,
+                                    prefix_caching=prefix_caching)
         # LockstepCalls when the model is split over ranks
         self.engine = Engine(model, slots, self.max_seq_len, calls=calls, vocab_size=self.vocab_size,
                              prefill_chunk=prefill_chunk)  # long prompts a chunk per step beside the decoding

@@ -58,6 +58,7 @@ def run_requests(engine: Engine, requests: list[Completion], cancel: random.Rand
     while waiting or engine.rows:
         while waiting and engine.fits(waiting[0]):
             engine.admit([waiting.pop(0)])
+        assert engine.rows or not waiting, "a request that can never fit"
         most = max(most, len(engine.rows))
         engine.release()
         if engine.rows:
@@ -127,3 +128,21 @@ def test_a_long_prompt_prefilled_in_chunks_beside_decoding_rows_gives_the_same_t
                 assert new[0] and new[1]  # the decoding rows got a token in every step of the long prefill
     assert waited == 3  # 8 at admission; each step a chunk of 8 and one token beside the decoding rows: 17, 26, 35
     assert [r.tokens for r in rows] == expected
+
+
+def test_prompts_sharing_a_prefix_share_its_blocks_and_give_the_same_tokens(model):
+    system = list(range(40, 60))  # 20 tokens: two full blocks of 8 shared, the rest computed per request
+    rng = random.Random(2)
+    prompts = [system + [rng.randrange(97) for _ in range(rng.randint(1, 6))] for _ in range(12)]
+    greedy = SamplingParams(temperature=0)
+    expected = [generate(model, [p], 6, sampling=greedy)[0].tokens for p in prompts]
+    cache = model.setup_paged_cache(num_blocks=14, block_size=8, batch_size=4, max_seq_len=64, prefix_caching=True)
+    engine = Engine(model, 4, 64)
+    rows = [Completion(p, 6, greedy) for p in prompts]
+    with torch.inference_mode():
+        run_requests(engine, rows)
+    assert [r.tokens for r in rows] == expected
+    assert cache.prefix_queries == sum((len(p) - 1) // 8 for p in prompts)  # full blocks before the last token
+    assert cache.prefix_hits == 2 * 11  # every request but the first found both blocks of the system prompt
+    assert cache.used_blocks == 0 and len(cache.unused) >= 2  # the shared blocks stay cached, held by none
+
