@@ -78,7 +78,8 @@ def reply(model, tokenizer, history: list[dict[str, str]], max_new_tokens: int, 
     from llamalab.generate.text import fit_dialog, stream_text
 
     prompt = fit_dialog(tokenizer, history, model.args.max_seq_len)
-    generation = Generation(model, [prompt], max_new_tokens, sampling, stop_ids=tokenizer.stop_ids, step=step)
+    generation = Generation(model, [prompt], max_new_tokens, sampling, stop_ids=tokenizer.stop_ids, step=step,
+                            vocab_size=min(tokenizer.vocab_size, model.args.vocab_size))
     start, answer = time.perf_counter(), ""
     try:
         for deltas in stream_text(generation, tokenizer, stop):

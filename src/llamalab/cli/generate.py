@@ -52,7 +52,8 @@ def run(args) -> int:
         generation = SpeculativeGeneration(model, draft, [prompt], args.max_new_tokens, args.lookahead, **options)
     else:
         step = decode_step(loaded, cache_len=len(prompt) + args.max_new_tokens)
-        generation = Generation(model, [prompt], args.max_new_tokens, step=step, **options)
+        vocab_size = min(tokenizer.vocab_size, model.args.vocab_size) if tokenizer else None
+        generation = Generation(model, [prompt], args.max_new_tokens, step=step, vocab_size=vocab_size, **options)
     printing = loaded.main_process  # with --tp every rank generates; rank 0 prints
     for delta in deltas(generation, tokenizer, args.stop):
         if printing and not args.json:

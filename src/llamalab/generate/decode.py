@@ -53,7 +53,9 @@ class Generation:
         echo: bool = False,
         truncate: bool = False,
         step: Step | None = None,
+        vocab_size: int | None = None,
     ):
+        """vocab_size: the tokenizer's, when the model's embedding is padded past it (those ids are never sampled)."""
         if not prompts:
             raise ConfigError("no prompts given: pass at least one prompt")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -68,7 +70,8 @@ class Generation:
         self.completions = [Completion(p, max_new_tokens, params, stop_ids=stop_ids, logprobs=logprobs, echo=echo)
                             for p, params in zip(prompts, rows)]
         longest = max(len(p) for p in prompts)
-        self.engine = Engine(model, len(prompts), min(context, longest + max_new_tokens), step=step)
+        self.engine = Engine(model, len(prompts), min(context, longest + max_new_tokens), step=step,
+                             vocab_size=vocab_size)
         self.cache_len = self.engine.max_seq_len
         self.timings = {"prefill_s": 0.0, "decode_s": 0.0}
 

@@ -152,7 +152,9 @@ def fit_dialog(tokenizer: Tokenizer, dialog: list[dict[str, str]], context: int)
 
 def _complete(model, tokenizer, prompts, max_gen_len, sampling, stop, **options) -> list[Completion]:
     max_new_tokens = max_gen_len or model.args.max_seq_len - 1
-    generation = Generation(model, prompts, max_new_tokens, sampling, stop_ids=tokenizer.stop_ids, **options)
+    vocab_size = min(tokenizer.vocab_size, model.args.vocab_size)  # a padded embedding's extra ids are never sampled
+    generation = Generation(model, prompts, max_new_tokens, sampling, stop_ids=tokenizer.stop_ids,
+                            vocab_size=vocab_size, **options)
     for _ in stream_text(generation, tokenizer, stop):
         pass
     return generation.completions

@@ -122,3 +122,21 @@ def test_fit_dialog_drops_the_oldest_exchanges_after_the_system_prompt(tokenizer
     assert len(encode_dialog(tokenizer, [system, *exchanges[2:], dialog[-1]])) >= context  # one more would not fit
     ids = fit_dialog(tokenizer, dialog, context)
     assert dialog == kept and ids == encode_dialog(tokenizer, kept)
+
+
+def test_ids_of_an_embedding_padded_past_the_tokenizer_are_never_sampled(tokenizer, tmp_path):
+    """A model whose vocabulary is padded past its tokenizer's (the CLI fuzz suite found an IndexError traceback)."""
+    import shutil
+
+    from llamalab.checkpoint import save
+    from llamalab.cli.main import main
+
+    padded = peaked_model(vocab_size=tokenizer.vocab_size + 20, max_seq_len=128)
+    with torch.no_grad():
+        padded.output.weight[tokenizer.vocab_size:] *= 100  # the padding ids would win every greedy step
+    [completion] = text_completion(padded, tokenizer, ["the cat"], max_gen_len=8, sampling=GREEDY)
+    assert all(t < tokenizer.vocab_size for t in completion.tokens) and len(completion.tokens) > 0
+    save(padded, tmp_path / "model")
+    shutil.copy(tokenizer.path, tmp_path / "model" / "tokenizer.model")
+    assert main(["generate", str(tmp_path / "model"), "--prompt", "the cat", "--max-new-tokens", "4",
+                 "--temperature", "0", "--device", "cpu"]) in (0, None)
