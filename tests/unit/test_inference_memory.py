@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 SCRIPT = """
-import os, resource, sys
+import os, sys
 import torch
 from llamalab.checkpoint import load
 from llamalab.generate.decode import Generation
@@ -21,7 +21,9 @@ del warm
 before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")  # resident bytes now
 model = prepare_for_inference(load(sys.argv[1]))
 list(Generation(model, [[504, 3458, 282, 4649, 314]], 4, SamplingParams(temperature=0)))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+# VmHWM is this process's own peak: ru_maxrss also counts the parent's pages the child held between fork and exec
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(peak - before)
 """
 
 
