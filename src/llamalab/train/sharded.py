@@ -24,7 +24,7 @@ from llamalab.config import ModelArgs
 from llamalab.errors import CheckpointError
 from llamalab.model import Transformer
 from llamalab.model.lora import apply_lora, merge_adapters
-from llamalab.train.snapshots import rng_state, set_rng_state
+from llamalab.train.snapshots import gather_objects, rng_state, set_rng_state
 
 RUN_FILE = "run.pt"
 _NAME = re.compile(r"step_(\d{7})")
@@ -49,14 +49,6 @@ def is_sharded_snapshot(path: str | Path) -> bool:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def _gather(obj: Any) -> list[Any]:
-    if not dist.is_initialized():
-        return [obj]
-    objects = [None] * dist.get_world_size()
-    dist.all_gather_object(objects, obj)
-    return objects
 
 
 class PendingSnapshot:
@@ -86,7 +78,7 @@ def save_sharded(folder: Path, step: int, model: nn.Module, optimizer: torch.opt
         partial.mkdir(parents=True)
     _barrier()
     model_state, optim_state = get_state_dict(model, optimizer)  # this process's shards (DTensors), no gather
-    run = {"step": step, "rng": _gather(rng_state()), **extra}
+    run = {"step": step, "rng": gather_objects(rng_state()), **extra}
 
     def finish() -> Path:
         if rank0:

@@ -52,7 +52,7 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _gather(obj: Any) -> list[Any]:
+def gather_objects(obj: Any) -> list[Any]:
     """obj of every process, in rank order (just [obj] when not distributed)."""
     if not dist.is_initialized():
         return [obj]
@@ -70,7 +70,7 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer: torch.
     """
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state, optim_state = get_state_dict(model, optimizer, options=options)
-    rng = _gather(rng_state())
+    rng = gather_objects(rng_state())
     if dist.is_initialized() and dist.get_rank() != 0:
         return None
     path = checkpoint_path(folder, step)

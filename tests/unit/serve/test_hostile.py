@@ -4,6 +4,7 @@ import time
 
 import httpx
 import pytest
+from openai_http import assert_openai_error, post
 
 from llamalab.config import ModelArgs
 from llamalab.errors import TokenizerError
@@ -11,17 +12,6 @@ from llamalab.model import Transformer
 from llamalab.serve import Scheduler, create_app
 
 PROMPT = "the dog ran far away"
-
-
-def post(server, path: str, **kwargs) -> httpx.Response:
-    return httpx.post(server.url + path, timeout=60, **kwargs)
-
-
-def assert_openai_error(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert isinstance(error["message"], str) and error["message"] and error["type"]
-    return error
 
 
 def test_one_stop_string_longer_than_four_characters_is_accepted(server):

@@ -5,6 +5,7 @@ import time
 import httpx
 import openai
 import pytest
+from openai_http import assert_openai_error, post
 
 PROMPT = "the dog ran far away"
 
@@ -12,17 +13,6 @@ PROMPT = "the dog ran far away"
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
-
-
-def post(server, path: str, **kwargs) -> httpx.Response:
-    return httpx.post(server.url + path, timeout=60, **kwargs)
-
-
-def assert_openai_error(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert isinstance(error["message"], str) and error["message"] and error["type"]
-    return error
 
 
 def test_max_tokens_past_the_context_is_refused(client):
