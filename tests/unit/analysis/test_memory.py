@@ -148,17 +148,22 @@ def training_state(model, optimizer):
     return [*model.parameters(), *(p.grad for p in model.parameters()), *states]
 
 
+# the head's loss dominates the step: its transients (the fp32 chunk of logits, their 16-bit cast, the fp32 weight
+# gradient sum) are most of the peak, as in the CUDA test below, where leaving the cast out missed 71 MB
+WIDE_VOCAB = ModelArgs(dim=64, n_layers=1, n_heads=4, vocab_size=8192, multiple_of=32, max_seq_len=128)
+
+
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["full", "checkpointed"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_training_memory_matches_the_peak_of_a_real_step(precision, checkpointing):
-    args = SMALL["gqa"]
+@pytest.mark.parametrize("args", [SMALL["gqa"], WIDE_VOCAB], ids=["gqa", "wide-vocab"])
+def test_training_memory_matches_the_peak_of_a_real_step(args, precision, checkpointing):
     model, optimizer = build_trainer(args, precision, checkpointing)
     batch = torch.randint(0, args.vocab_size, (BATCH, SEQ_LEN))
     training_step(model, optimizer, batch)  # creates the gradients and AdamW's moments
     with PeakMemory(training_state(model, optimizer)) as memory:
         training_step(model, optimizer, batch)
     estimate = training_memory(args, BATCH, SEQ_LEN, precision, checkpointing)
-    assert estimate.total == pytest.approx(memory.peak, rel=0.10)
+    assert estimate.total == pytest.approx(memory.peak, rel=0.05)
 
 
 @pytest.mark.gpu
