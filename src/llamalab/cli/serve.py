@@ -1,6 +1,7 @@
 """`llamalab serve MODEL`: an OpenAI-compatible HTTP server with continuous batching."""
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import sys
@@ -12,7 +13,9 @@ from llamalab.cli.parallel import add_tp_argument
 from llamalab.errors import ConfigError
 
 API_KEY_ENV = "LLAMALAB_API_KEY"  # the API key from the environment, out of sight of `ps`
-DEFAULT_MAX_SEQ_LEN = 4096  # llamalab.serve.server.DEFAULT_MAX_SEQ_LEN, named here so that the parser needs no torch
+# llamalab.serve.server's defaults, named here so that the parser needs no torch
+DEFAULT_MAX_SEQ_LEN = 4096
+DEFAULT_PREFILL_CHUNK = 512
 
 
 def add_parser(subparsers):
@@ -28,12 +31,19 @@ def add_parser(subparsers):
                    help="requests decoded together (rows of the KV cache)")
     p.add_argument("--max-seq-len", type=arguments.positive_int,
                    help=f"context of a request, prompt included (default: the model's, at most {DEFAULT_MAX_SEQ_LEN})")
+    p.add_argument("--kv-cache", choices=("paged", "fixed"),
+                   help="paged (default; fixed with --tp): blocks taken as requests grow, from a memory budget; "
+                        "fixed: every slot preallocated to --max-seq-len positions (the engine before paging)")
     p.add_argument("--kv-cache-memory", type=arguments.positive_float,
-                   help="a paged KV cache of this many bytes (below 1: that fraction of the free device memory) "
-                        "shared by the --slots rows as they need it, instead of every slot reserving --max-seq-len")
-    p.add_argument("--prefill-chunk", type=arguments.positive_int,
-                   help="prefill a longer prompt this many tokens per step, beside the decoding requests "
-                        "(default: whole prompts, which stalls streaming clients while a long one is read)")
+                   help="bytes of the paged KV cache (below 1: that fraction of the free device memory; default: 90%% "
+                        "of the GPU memory left after weights and workspace, or a quarter of the available RAM up "
+                        "to 4 GiB on CPU, never more than --slots x --max-seq-len positions)")
+    p.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction,
+                   help="share the KV blocks of identical prompt prefixes (a system prompt) across requests "
+                        "(default: on with the paged cache)")
+    p.add_argument("--prefill-chunk", type=arguments.non_negative_int, default=DEFAULT_PREFILL_CHUNK,
+                   help=f"prefill a longer prompt this many tokens per step, beside the decoding requests "
+                        f"(default {DEFAULT_PREFILL_CHUNK}; 0: whole prompts at once, stalling streaming clients)")
     p.add_argument("--max-waiting", type=arguments.non_negative_int, default=256,
                    help="requests allowed to wait for a slot; more get 429")
     p.add_argument("--max-body-mb", type=arguments.positive_float, default=4.0,
@@ -53,28 +63,28 @@ def run(args) -> int:
     name = args.served_model_name or (Path(args.model).name if args.model else args.preset)
     server = create_server(loaded, name, slots=args.slots, max_seq_len=args.max_seq_len, max_waiting=args.max_waiting,
                            api_key=api_key, max_body_bytes=int(args.max_body_mb * 2**20),
-                           kv_cache_memory=args.kv_cache_memory, prefill_chunk=args.prefill_chunk)
+                           kv_cache=args.kv_cache, kv_cache_memory=args.kv_cache_memory,
+                           prefill_chunk=args.prefill_chunk or None, prefix_caching=args.prefix_caching)
     if server is None:  # with --tp, a rank other than 0: it repeated rank 0's model calls until the server stopped
         return 0
     if not _is_loopback(args.host) and not api_key:
         print(f"llamalab serve: warning: {args.host} is reachable from other machines and no --api-key is set",
               file=sys.stderr)
-    print(f"llamalab serve: {name} on http://{args.host}:{args.port}/v1, {args.slots} slots of "
-          f"{server.scheduler.max_seq_len} tokens (KV cache {server.cache_bytes / 2**20:.0f} MiB"
-          f"{_paged_plan(server.scheduler)})", file=sys.stderr)
+    print(f"llamalab serve: {name} on http://{args.host}:{args.port}/v1, {_plan(server)}", file=sys.stderr)
     server.run(args.host, args.port)
     return 0
 
 
-def _paged_plan(scheduler) -> str:
-    """How many tokens a paged cache holds and how many requests of a quarter context fit at once ('' if static)."""
-    cache = scheduler.engine.cache
-    if not hasattr(cache, "num_blocks"):
-        return ""
-    tokens = cache.num_blocks * cache.block_size
-    typical = max(1, scheduler.max_seq_len // 4)
-    return (f", paged: {cache.num_blocks} blocks of {cache.block_size} = {tokens:,} tokens, "
-            f"{min(scheduler.slots, tokens // typical)} requests of {typical} tokens at once")
+def _plan(server) -> str:
+    """The memory plan: the paged cache's (weights, cache, tokens, requests at once), or the fixed slots'."""
+    scheduler = server.scheduler
+    chunk = scheduler.engine.prefill_chunk
+    chunking = f"prefill chunk {chunk}" if chunk else "whole-prompt prefill"
+    if server.plan is None:
+        return (f"{scheduler.slots} fixed slots of {scheduler.max_seq_len} tokens (KV cache "
+                f"{server.cache_bytes / 2**30:.2f} GiB), {chunking}")
+    prefix = "on" if scheduler.engine.cache.prefix_caching else "off"
+    return f"{server.plan.describe()}, prefix caching {prefix}, {chunking}"
 
 
 def read_api_key(flag: str | None, key_file: str | None) -> str | None:

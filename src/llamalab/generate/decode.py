@@ -90,10 +90,27 @@ class Generation:
             self.timings["prefill_s"] = time.perf_counter() - start
             start = time.perf_counter()
             yield new
+            waiting: list[Completion] = []  # preempted by a paged cache that ran out of blocks
             while not self.done:
-                yield self.engine.step()
+                kept = self.engine.step()
+                by_row = {id(seq): tokens for seq, tokens in zip(self.engine.rows, kept)}
+                waiting += self.engine.take_preempted()
+                if waiting:
+                    self._readmit(waiting, by_row)
+                yield [by_row.get(id(c), []) for c in self.completions]
             self.engine.release()  # a paged cache gets its blocks back
             self.timings["decode_s"] = time.perf_counter() - start
+
+
+    def _readmit(self, waiting: list[Completion], by_row: dict[int, list[int]]) -> None:
+        """Admit preempted rows again, oldest first, as far as the cache has room once the finished rows are freed."""
+        self.engine.release()
+        while waiting and self.engine.fits(waiting[0]):
+            seq = waiting.pop(0)
+            by_row[id(seq)] = self.engine.admit([seq])[0]
+        if waiting and not self.engine.rows:
+            raise ConfigError(f"the paged KV cache ({self.engine.cache.num_blocks} blocks) cannot hold one row of "
+                              f"{len(waiting[0].prompt) + len(waiting[0].output) + 1} positions; give it more blocks")
 
 
 def generated_ids(rows: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> torch.Tensor:

@@ -6,6 +6,13 @@ forward pass, each row at its own position; `release` frees the rows of finished
 last rows into the holes so that the running rows are always 0..n-1. Sampling, log-probabilities, the
 token history the penalties read, grammar masks and stop handling happen here, once, for every caller.
 
+On a paged cache a row holds blocks for the positions it has written and the one it writes next: its prompt
+at admission, then a block more whenever it crosses a block boundary. When a step needs a block that is not
+there, the youngest running sequence is preempted: its blocks are freed (offered to the prefix cache first)
+and it goes to `preempted`, for its caller to admit again later; re-admitted, its prompt and the tokens it
+already sampled are prefilled and it goes on sampling with its own random generator, so it gives the tokens
+it would have given unpreempted, and none twice.
+
 Per-row sampling state lives on the `Sequence`: its `SamplingParams` (temperature, top-k/p, min-p,
 repetition / presence / frequency penalties, logit bias, seed), an optional grammar `constraint`, and
 `processors`, callables that edit that row's logits (vocab,) before it is sampled.
@@ -35,8 +42,9 @@ class KVCacheLike(Protocol):
     batch_size: int
     max_seq_len: int
     nbytes: int
+    watermark: int  # blocks an admission leaves free for the running rows (0 for static rows)
 
-    def can_reserve(self, length: int) -> bool: ...
+    def can_reserve(self, length: int, spare: int = 0) -> bool: ...
 
     def reserve(self, row: int, length: int) -> bool: ...
 
@@ -109,6 +117,7 @@ class Sequence:
         self.last_token = self.prompt[-1] if self.prompt else None  # the token the next decode step feeds
         self.finish_reason: str | None = None  # "stop" (a stop id or stop string) or "length"
         self.generator: torch.Generator | None = None  # set by the engine on the model's device
+        self.arrival: int | None = None  # the engine's admission count when first admitted (higher: younger)
 
     @property
     def done(self) -> bool:
@@ -179,44 +188,61 @@ class Engine:
         self._last: torch.Tensor | None = None  # every row's last sampled token (n,), while no row came or went
         # a prompt longer than this is prefilled a chunk per step, beside the other rows' decoding (None: at once)
         self.prefill_chunk = prefill_chunk
+        self.fill_to: list[int] = []  # positions row i prefills before it samples: its prompt and earlier output
+        self.preempted: list[Sequence] = []  # sequences whose rows were taken back, oldest first, to admit again
+        self.arrivals = 0  # sequences admitted so far (their `arrival` numbers)
+        self.preemptions = 0  # rows taken back so far
 
     @property
     def free(self) -> int:
         return self.slots - len(self.rows)
 
     def fits(self, seq: Sequence) -> bool:
-        """Whether `seq` can be admitted now: a free row, and room in the cache for its prompt and max_tokens."""
-        return self.free > 0 and self.cache.can_reserve(self._length(seq))
+        """Whether `seq` can be admitted now: a free row, and room in the cache for its prompt (with the tokens it
+        sampled before a preemption) and its next token, leaving a watermark of blocks for the running rows."""
+        spare = self.cache.watermark if self.rows else 0  # an empty engine takes whatever fits
+        return self.free > 0 and self.cache.can_reserve(self._reserved(seq), spare)
 
-    def _length(self, seq: Sequence) -> int:
-        """The positions a sequence may fill: its prompt and max_tokens, within the rows' length."""
-        return min(len(seq.prompt) + seq.max_tokens, self.max_seq_len)
+    def _reserved(self, seq: Sequence) -> int:
+        """The positions a sequence's row reserves when admitted: its context and the next token's."""
+        return min(len(seq.prompt) + len(seq.output) + 1, self.max_seq_len)
+
+    @staticmethod
+    def _context(seq: Sequence) -> list[int]:
+        """What an admission prefills: the prompt, and the tokens sampled before a preemption."""
+        return seq.prompt + seq.output
 
     # -- admitting ------------------------------------------------------------------------------------
     def admit(self, seqs: Seq[Sequence]) -> list[list[int]]:
         """Prefill the sequences (right-padded, together) into the next free rows and sample their first tokens;
-        each one's kept tokens ([] after a stop id, or for max_tokens 0)."""
+        each one's kept tokens ([] after a stop id, or for max_tokens 0). A preempted sequence is admitted again the
+        same way: its prompt and earlier output are prefilled, and it samples its next token."""
         if len(seqs) > self.free:
             raise ConfigError(f"{len(seqs)} sequences do not fit the {self.free} free rows of the KV cache")
         first = len(self.rows)
         alone = len(seqs) == 1 and seqs[0].max_tokens > 0 and seqs[0].prompt_logprobs is None
-        chunked = alone and self.prefill_chunk is not None and len(seqs[0].prompt) > self.prefill_chunk
+        contexts = [self._context(seq) for seq in seqs]
+        chunked = alone and self.prefill_chunk is not None and len(contexts[0]) > self.prefill_chunk
         start = 0  # positions of a lone prompt already in cached prefix blocks
-        for seq in seqs:
+        for seq, context in zip(seqs, contexts):
             if len(seq.prompt) >= self.max_seq_len:
                 raise ConfigError(
                     f"a prompt of {len(seq.prompt)} tokens leaves no room in {self.max_seq_len} positions")
-            seq.max_tokens = min(seq.max_tokens, self.max_seq_len - len(seq.prompt))
+            row = len(self.rows)
             if alone and hasattr(self.cache, "attach_prefix"):
-                start = self.cache.attach_prefix(len(self.rows), seq.prompt)
-            if not self.cache.reserve(len(self.rows), self._length(seq)):
-                self.cache.free_row(len(self.rows))
-                raise ConfigError(f"no room in the KV cache for {self._length(seq)} more positions; admit it later")
-            seq.generator = make_generator(seq.params.seed, self.device)
-            self.history[len(self.rows), : len(seq.prompt)] = torch.tensor(seq.prompt)
-            self.history[len(self.rows), len(seq.prompt) :] = -1
+                start = self.cache.attach_prefix(row, context)
+            if not self.cache.reserve(row, self._reserved(seq)):
+                self.cache.free_row(row)
+                raise ConfigError(f"no room in the KV cache for {self._reserved(seq)} more positions; admit it later")
+            if seq.arrival is None:  # first admission (not a preempted sequence coming back)
+                seq.max_tokens = min(seq.max_tokens, self.max_seq_len - len(seq.prompt))
+                seq.generator = make_generator(seq.params.seed, self.device)
+                seq.arrival, self.arrivals = self.arrivals, self.arrivals + 1
+            self.history[row, : len(context)] = torch.tensor(context)
+            self.history[row, len(context) :] = -1
             self.rows.append(seq)
-            self.cached.append(len(seq.prompt))
+            self.cached.append(len(context))
+            self.fill_to.append(len(context))
         self._last = None
         if chunked:  # the first chunk now, the rest in the coming steps
             self.cached[first] = start
@@ -237,19 +263,22 @@ class Engine:
         return new
 
     def _prefilled(self, row: int) -> None:
-        """A row's prompt is all in the cache: tell its sequence, offer its blocks to later prompts."""
-        self.rows[row].prefilled()
+        """A row's prompt is all in the cache: tell its sequence (once), offer its blocks to later prompts."""
+        seq = self.rows[row]
+        if not seq.sampled:
+            seq.prefilled()
         if hasattr(self.cache, "register_prefix"):
-            self.cache.register_prefix(row, self.rows[row].prompt)
+            self.cache.register_prefix(row, self._context(seq))
 
     def _prefill(self, first: int, seqs: list[Sequence], start: int = 0) -> torch.Tensor:
         """Run the right-padded prompts from position `start` (what cached prefix blocks already hold) through the
         model into rows first..; each one's next-token logits (k, vocab)."""
-        bsz, lengths = len(seqs), [len(s.prompt) for s in seqs]
+        bsz, lengths = len(seqs), self.fill_to[first : first + len(seqs)]
         longest = max(lengths)
         tokens = self.history[first : first + bsz, :longest].clamp(min=0)  # (bsz, longest), padding as token 0
         ends = [n - 1 for n in lengths]
-        echo = any(s.prompt_logprobs is not None for s in seqs)
+        scoring = [s.prompt_logprobs is not None and not s.sampled for s in seqs]  # echo: the prompt scored once
+        echo = any(scoring)
         chunk = max(1, PREFILL_LOGITS_BYTES // (4 * bsz * self.model.args.vocab_size))
         last = [None] * bsz
         for begin in range(start, longest, chunk):
@@ -262,19 +291,19 @@ class Engine:
             if echo:
                 for row, seq in enumerate(seqs):
                     scored = max(0, min(end, ends[row]) - begin)  # positions here that precede a prompt token
-                    if seq.prompt_logprobs is not None and scored:
+                    if scoring[row] and scored:
                         seq.score_prompt(logits[row, :scored, : self.vocab_size].float().log_softmax(dim=-1))
         return torch.stack(last)
 
     # -- decoding -------------------------------------------------------------------------------------
     def _prefilling(self, row: int) -> bool:
         """Whether the row's prompt is not all in the cache yet (chunked prefill)."""
-        return self.cached[row] < len(self.rows[row].prompt)
+        return self.cached[row] < self.fill_to[row]
 
     def _prefill_chunk(self, row: int) -> None:
         """Write the next chunk of a row's prompt, leaving its last token for the decode step."""
         start = self.cached[row]
-        end = min(start + self.prefill_chunk, len(self.rows[row].prompt) - 1)
+        end = min(start + self.prefill_chunk, self.fill_to[row] - 1)
         if end > start:
             self.calls.prefill(self.history[row : row + 1, start:end], start, row, last_only=True)
             self.cached[row] = end
@@ -284,14 +313,17 @@ class Engine:
 
         A row still prefilling its prompt first writes its next chunk, then feeds its prompt's next token with the
         others; it samples once its prompt is all in."""
+        self._grow()
         n = len(self.rows)
+        if not n:  # every row was preempted
+            return []
         filling = [i for i in range(n) if self._prefilling(i)]
         for i in filling:
             self._prefill_chunk(i)
         if filling:
             self._last = None
         tokens = self._last if self._last is not None else torch.tensor(
-            [self.rows[i].prompt[self.cached[i]] if i in filling else s.last_token for i, s in enumerate(self.rows)],
+            [self._context(s)[self.cached[i]] if i in filling else s.last_token for i, s in enumerate(self.rows)],
             device=self.device)  # (n,)
         positions = self.cached
         if all(p == positions[0] for p in positions):  # rows in step: one span, no mask
@@ -375,6 +407,34 @@ class Engine:
             at = torch.tensor(index, device=self.device)  # (k, 3): row, column, token
             self.history[at[:, 0], at[:, 1]] = at[:, 2]
 
+    def _grow(self) -> None:
+        """Give every running row room for the position it writes this step, oldest first; when the cache has no
+        block left, preempt the youngest running sequence (which may be the row asking) and try again."""
+        if all(s.done or self.cache.reserve(i, self.cached[i] + 1) for i, s in enumerate(self.rows)):
+            return
+        for seq in sorted((s for s in self.rows if not s.done), key=lambda s: s.arrival):
+            while (row := self._row_of(seq)) is not None and not self.cache.reserve(row, self.cached[row] + 1):
+                youngest = max((s for s in self.rows if not s.done), key=lambda s: s.arrival)
+                self._preempt(self._row_of(youngest))
+
+    def _row_of(self, seq: Sequence) -> int | None:
+        return next((i for i, s in enumerate(self.rows) if s is seq), None)
+
+    def _preempt(self, row: int) -> None:
+        """Take a running row back: offer its written blocks to the prefix cache, free them, queue its sequence."""
+        seq = self.rows[row]
+        if hasattr(self.cache, "register_prefix"):
+            self.cache.register_prefix(row, self._context(seq)[: self.cached[row]])
+        self._remove(row)
+        self.preempted.append(seq)
+        self.preempted.sort(key=lambda s: s.arrival)
+        self.preemptions += 1
+
+    def take_preempted(self) -> list[Sequence]:
+        """The sequences preempted since the last call, oldest first (admit them again when they fit)."""
+        taken, self.preempted = self.preempted, []
+        return taken
+
     # -- releasing ------------------------------------------------------------------------------------
     def release(self) -> list[Sequence]:
         """Free the rows of finished (or cancelled) sequences, moving the last rows into the holes; return them."""
@@ -382,13 +442,18 @@ class Engine:
         for i in reversed(range(len(self.rows))):
             if self.rows[i].done:
                 freed.append(self.rows[i])
-                self.cache.free_row(i)
-                last = len(self.rows) - 1
-                if i < last:
-                    self.calls.move_row(last, i, self.cached[last])
-                    self.history[i] = self.history[last]
-                    self.rows[i], self.cached[i] = self.rows[last], self.cached[last]
-                self.rows.pop()
-                self.cached.pop()
-                self._last = None
+                self._remove(i)
         return freed
+
+    def _remove(self, i: int) -> None:
+        """Free row i's blocks and move the last row into it."""
+        self.cache.free_row(i)
+        last = len(self.rows) - 1
+        if i < last:
+            self.calls.move_row(last, i, self.cached[last])
+            self.history[i] = self.history[last]
+            self.rows[i], self.cached[i], self.fill_to[i] = self.rows[last], self.cached[last], self.fill_to[last]
+        self.rows.pop()
+        self.cached.pop()
+        self.fill_to.pop()
+        self._last = None

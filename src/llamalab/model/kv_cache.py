@@ -95,6 +95,7 @@ class KVCache:
     """The model's KV cache as its users see it: rows ("slots") of up to `max_seq_len` positions each."""
 
     block_table = None  # static rows: no blocks
+    watermark = 0  # blocks an admission leaves free for the running rows (static rows need none)
 
     def __init__(self, layers: list[LayerCache]):
         self.layers = layers
@@ -134,8 +135,8 @@ class KVCache:
         """Make room for positions 0..length-1 in row; False when there is none (a static row always has it)."""
         return length <= self.max_seq_len
 
-    def can_reserve(self, length: int) -> bool:
-        """Whether a fresh row of `length` positions would fit now."""
+    def can_reserve(self, length: int, spare: int = 0) -> bool:
+        """Whether a fresh row of `length` positions would fit now (leaving `spare` blocks free, when paged)."""
         return length <= self.max_seq_len
 
     def free_row(self, row: int) -> None:
@@ -169,6 +170,7 @@ class PagedKVCache:
         self.block_of: dict[int, int] = {}  # content hash -> block
         self.unused: OrderedDict[int, None] = OrderedDict()  # cached blocks no row holds, least recently freed first
         self.prefix_queries = self.prefix_hits = 0  # prompt blocks looked up, and found
+        self.watermark = self.num_blocks // 100  # blocks an admission leaves free for the running rows to grow into
 
     @property
     def nbytes(self) -> int:
@@ -182,16 +184,26 @@ class PagedKVCache:
         """Blocks rows hold now (cached blocks no row holds count as free)."""
         return self.num_blocks - len(self.free) - len(self.unused)
 
+    @property
+    def prefix_hit_rate(self) -> float:
+        """The share of the full prompt blocks looked up in the prefix cache that were found there (0 before any)."""
+        return self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0
+
     def blocks_for(self, length: int) -> int:
         return -(-length // self.block_size)
 
-    def can_reserve(self, length: int) -> bool:
-        return length <= self.max_seq_len and self.blocks_for(length) <= len(self.free) + len(self.unused)
+    @property
+    def available(self) -> int:
+        """Blocks a reservation may take: free ones and cached ones no row holds."""
+        return len(self.free) + len(self.unused)
+
+    def can_reserve(self, length: int, spare: int = 0) -> bool:
+        return length <= self.max_seq_len and self.blocks_for(length) + spare <= self.available
 
     def reserve(self, row: int, length: int) -> bool:
         held = self.row_blocks[row]
         need = self.blocks_for(length) - len(held)
-        if length > self.max_seq_len or need > len(self.free) + len(self.unused):
+        if length > self.max_seq_len or need > self.available:
             return False
         if need > 0:
             new = [self._take() for _ in range(need)]

@@ -34,9 +34,13 @@ class ServerMetrics:
                   registry=registry).set_function(lambda: cache.prefix_queries)
             Gauge("llamalab_prefix_cache_hit_blocks", "Prompt blocks found there (hit rate: hit / queried)",
                   registry=registry).set_function(lambda: cache.prefix_hits)
+            Gauge("llamalab_prefix_cache_hit_rate", "Share of the queried prompt blocks found in the prefix cache",
+                  registry=registry).set_function(lambda: cache.prefix_hit_rate)
         self.prompt_tokens = Counter("llamalab_prompt_tokens", "Prompt tokens prefilled", registry=registry)
         self.generated_tokens = Counter("llamalab_generation_tokens", "Tokens generated (rate() gives tokens/s)",
                                         registry=registry)
+        self.preempted = Counter("llamalab_requests_preempted", "Requests preempted (blocks freed, recomputed later)",
+                                 registry=registry)
         self.finished = Counter("llamalab_requests_finished", "Requests finished, by reason", ["finish_reason"],
                                 registry=registry)
         self.ttft = Histogram("llamalab_time_to_first_token_seconds", "From submission to the first token",
@@ -46,19 +50,15 @@ class ServerMetrics:
         self.e2e = Histogram("llamalab_request_duration_seconds", "From submission to the last token",
                              buckets=LATENCY_BUCKETS, registry=registry)
 
-    def admitted(self, request, now: float | None = None) -> None:
-        """A request was prefilled (or, chunked, began to be) and perhaps got its first token."""
-        self.prompt_tokens.inc(len(request.prompt))
-        self._tokens([request], now or time.perf_counter())
+    def admitted(self, request, resumed: bool = False) -> None:
+        """A request was prefilled (or, chunked, began to be); a preempted one coming back has no new prompt."""
+        if not resumed:
+            self.prompt_tokens.inc(len(request.prompt))
 
     def stepped(self, requests, now: float | None = None) -> None:
-        """A decode step ran over these requests (a request still prefilling its prompt gets no token)."""
-        self._tokens(requests, now or time.perf_counter())
-
-    def _tokens(self, requests, now: float) -> None:
+        """These requests each got a token now (from a decode step or their admission)."""
+        now = now or time.perf_counter()
         for request in requests:
-            if not request.sampled:
-                continue
             if request.first_token_at is None:
                 request.first_token_at = now
                 self.ttft.observe(now - request.submitted_at)

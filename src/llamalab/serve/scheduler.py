@@ -4,6 +4,10 @@ Requests wait in a queue. Between two decode steps the scheduler admits waiting 
 rows ("slots") of the model's KV cache, prefilling each prompt on its own, and it frees a row as soon
 as its request finishes or is cancelled. The rows, the forward passes, sampling and stop handling are
 the decode `Engine`'s (the one `generate` uses too); the scheduler adds the queue and the thread.
+
+On a paged cache a request that the engine preempted (the blocks ran out as running requests grew) goes
+back to the head of the queue and is admitted again, recomputed, as soon as it fits; its client sees
+its tokens once each, as if nothing happened.
 """
 from __future__ import annotations
 
@@ -102,7 +106,10 @@ class Scheduler:
         stats = {"slots": self.slots, "running": len(self._running), "waiting": len(self._waiting)}
         cache = self.engine.cache
         if hasattr(cache, "num_blocks"):  # paged
-            stats.update(kv_blocks=cache.num_blocks, kv_blocks_used=cache.used_blocks)
+            stats.update(kv_blocks=cache.num_blocks, kv_blocks_used=cache.used_blocks,
+                         preemptions=self.engine.preemptions)
+            if cache.prefix_caching:
+                stats.update(prefix_cache_hit_rate=round(cache.prefix_hit_rate, 4))
         return stats
 
     # -- the scheduler thread ----------------------------------------------------------------------
@@ -120,13 +127,16 @@ class Scheduler:
         """Prefill the waiting requests that fit (first come, first served), then decode one token for every
         running request."""
         while (request := self._next_admitted()) is not None:
-            if not request.cancelled:
+            if request.cancelled:
+                self.metrics.released(request)
+            else:
                 with self._failing([request]):
                     self._prefill(request)
         self._release()
         if self._running:
             with self._failing(list(self._running)):
                 self._decode()
+            self._requeue()
             self._release()
 
     def _next_admitted(self) -> Request | None:
@@ -146,15 +156,26 @@ class Scheduler:
             self._fail(requests, f"generation failed: {type(e).__name__}: {e}")
 
     def _prefill(self, request: Request) -> None:
-        """Write the prompt's keys and values into the next free row and sample the first token."""
+        """Write the prompt's keys and values into the next free row and sample the first token (a preempted
+        request: its prompt and the tokens it had, then its next token)."""
+        sampled = request.sampled
         self.engine.admit([request])
-        self.metrics.admitted(request)
+        self.metrics.admitted(request, resumed=sampled > 0)
+        self.metrics.stepped([request] if request.sampled > sampled else [])
 
     def _decode(self) -> None:
         """One forward pass over all running rows, each fed its last token at its own position."""
-        live = [request for request in self._running if not request.done]
+        before = [(request, request.sampled) for request in self._running if not request.done]
         self.engine.step()
-        self.metrics.stepped(live)
+        self.metrics.stepped([request for request, sampled in before if request.sampled > sampled])
+
+    def _requeue(self) -> None:
+        """Put the requests the engine preempted back at the head of the queue, oldest first."""
+        preempted = self.engine.take_preempted()
+        if preempted:
+            self.metrics.preempted.inc(len(preempted))
+            with self._wakeup:
+                self._waiting.extendleft(reversed(preempted))
 
     def _release(self) -> None:
         """Free the rows of finished and cancelled requests, moving the last rows into the holes."""

@@ -8,6 +8,7 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 
+from llamalab.analysis.serving import ServingPlan, serving_plan
 from llamalab.errors import ConfigError, TokenizerError
 from llamalab.inference import LoadedModel
 from llamalab.serve.app import create_app
@@ -16,6 +17,8 @@ from llamalab.serve.scheduler import Scheduler
 
 DEFAULT_MAX_SEQ_LEN = 4096  # context per request unless asked otherwise (a 128k cache per slot is huge)
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
+DEFAULT_PREFILL_CHUNK = 512  # prompt tokens prefilled per step beside the decoding requests
+KV_CACHES = ("paged", "fixed")
 
 
 @dataclass
@@ -24,6 +27,7 @@ class Server:
 
     app: FastAPI
     scheduler: Scheduler
+    plan: ServingPlan | None = None  # the paged cache's memory plan (None: fixed slots)
 
     @property
     def cache_bytes(self) -> int:
@@ -37,13 +41,16 @@ class Server:
 
 def create_server(loaded: LoadedModel, name: str, *, slots: int = 32, max_seq_len: int | None = None,
                   max_waiting: int = 256, api_key: str | None = None,
-                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, kv_cache_memory: float | None = None,
-                  prefill_chunk: int | None = None) -> Server | None:
+                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, kv_cache: str | None = None,
+                  kv_cache_memory: float | None = None, prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
+                  prefix_caching: bool | None = None) -> Server | None:
     """The server of a loaded model (which needs a tokenizer); `name` is the model id clients see.
 
-    `kv_cache_memory` (bytes, or below 1 a fraction of the device's free memory) gives a paged KV cache of that
-    size, shared by the `slots` rows as they need it; None preallocates every slot to max_seq_len positions.
-    `prefill_chunk` prefills longer prompts that many tokens per step, beside the decoding requests.
+    `kv_cache` "paged" (the default, but for tp > 1): a paged KV cache shared by the `slots` rows as they need it,
+    of `kv_cache_memory` bytes (below 1: that fraction of the device's free memory; None: `serving_plan`'s
+    default), with prefix caching unless `prefix_caching` is False. "fixed": every slot preallocated to
+    max_seq_len positions (the engine before paging; the only one with tensor parallelism).
+    `prefill_chunk` prefills longer prompts that many tokens per step, beside the decoding requests (None: whole).
 
     For a model split over tp > 1 ranks: rank 0 gets the server, and every other rank repeats rank 0's model
     calls until the server stops, then gets None.
@@ -51,23 +58,46 @@ def create_server(loaded: LoadedModel, name: str, *, slots: int = 32, max_seq_le
     model, tokenizer = loaded.model, loaded.tokenizer
     if tokenizer is None:
         raise TokenizerError("a server needs the model's tokenizer and none was found beside it; load one with it")
+    kv_cache = kv_cache or ("paged" if loaded.tp == 1 else "fixed")
+    if kv_cache not in KV_CACHES:
+        raise ConfigError(f"unknown KV cache {kv_cache!r}; choose one of: {', '.join(KV_CACHES)}")
+    if kv_cache == "paged" and loaded.tp > 1:
+        raise ConfigError("a paged KV cache does not work with --tp yet; use --kv-cache fixed")
+    if kv_cache == "fixed" and (kv_cache_memory is not None or prefix_caching):
+        raise ConfigError("--kv-cache-memory and --prefix-caching need the paged KV cache; drop --kv-cache fixed")
     max_seq_len = max_seq_len or min(model.args.max_seq_len, DEFAULT_MAX_SEQ_LEN)
     if loaded.tp > 1 and not loaded.main_process:
         follow(model, slots, max_seq_len)
         return None
-    kv_cache_bytes = None
-    if kv_cache_memory is not None:
-        if loaded.tp > 1:
-            raise ConfigError("--kv-cache-memory (a paged KV cache) does not work with --tp yet; use --slots")
-        kv_cache_bytes = int(kv_cache_memory if kv_cache_memory >= 1 else kv_cache_memory * _free_memory(model))
+    plan = None
+    if kv_cache == "paged":
+        plan = plan_cache(model, slots, max_seq_len, kv_cache_memory)
     elif loaded.tp == 1:
         check_cache_fits(model, slots, max_seq_len)
     scheduler = Scheduler(model, slots=slots, max_waiting=max_waiting, max_seq_len=max_seq_len,
                           vocab_size=min(tokenizer.vocab_size, model.args.vocab_size),
-                          calls=LockstepCalls(model) if loaded.tp > 1 else None, kv_cache_bytes=kv_cache_bytes,
-                          prefill_chunk=prefill_chunk)
+                          calls=LockstepCalls(model) if loaded.tp > 1 else None,
+                          kv_cache_bytes=None if plan is None else plan.blocks * plan.block_size *
+                          model.kv_bytes_per_token(), block_size=16 if plan is None else plan.block_size,
+                          prefill_chunk=prefill_chunk, prefix_caching=prefix_caching is not False)
     app = create_app(scheduler, tokenizer, name, api_key=api_key, max_body_bytes=max_body_bytes)
-    return Server(app, scheduler)
+    return Server(app, scheduler, plan)
+
+
+def plan_cache(model, slots: int, max_seq_len: int, kv_cache_memory: float | None) -> ServingPlan:
+    """The paged cache's plan from the loaded model and its device's free memory (see `serving_plan`)."""
+    model.clear_cache()  # the scheduler sets up its own; what is left is the weights
+    weights = sum(t.nbytes for t in model.parameters()) + sum(t.nbytes for t in model.buffers())
+    free = _free_memory(model)
+    cache_bytes = None
+    if kv_cache_memory is not None:
+        cache_bytes = int(kv_cache_memory if kv_cache_memory >= 1 else kv_cache_memory * free)
+        if cache_bytes > free:
+            raise ConfigError(f"--kv-cache-memory asks for {cache_bytes / 2**30:.1f} GiB, more than the "
+                              f"{free / 2**30:.1f} GiB free on {model.device}; ask for less")
+    return serving_plan(model.args, weights_bytes=weights, free_bytes=free, slots=slots, max_seq_len=max_seq_len,
+                        kv_bytes_per_token=model.kv_bytes_per_token(), device_type=model.device.type,
+                        cache_bytes=cache_bytes)
 
 
 def check_cache_fits(model, slots: int, max_seq_len: int) -> None:

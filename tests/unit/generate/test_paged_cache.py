@@ -52,8 +52,8 @@ def test_generation_on_the_paged_cache_gives_the_static_tokens(model, sampling):
 
 
 def run_requests(engine: Engine, requests: list[Completion], cancel: random.Random | None = None) -> int:
-    """Serve the requests first come, first served (admitted when they fit, one prefill each), cancelling some at
-    random when asked; return the most that ran at once."""
+    """Serve the requests first come, first served (admitted when they fit, one prefill each; preempted ones back at
+    the head of the queue), cancelling some at random when asked; return the most that ran at once."""
     waiting, most = list(requests), 0
     while waiting or engine.rows:
         while waiting and engine.fits(waiting[0]):
@@ -63,7 +63,8 @@ def run_requests(engine: Engine, requests: list[Completion], cancel: random.Rand
         engine.release()
         if engine.rows:
             engine.step()
-            if cancel is not None and cancel.random() < 0.3:
+            waiting[:0] = engine.take_preempted()
+            if cancel is not None and engine.rows and cancel.random() < 0.3:
                 cancel.choice(engine.rows).finish("stop")  # a client leaving mid-stream
             engine.release()
     return most
