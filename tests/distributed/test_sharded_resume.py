@@ -43,7 +43,7 @@ def config(data, out, batch_size, **overrides) -> TrainConfig:
 
 
 def train_here(cfg: TrainConfig) -> None:
-    from llamalab.cli.train import train
+    from llamalab.train.run import train
 
     train(cfg)
 

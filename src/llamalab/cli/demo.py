@@ -5,10 +5,7 @@ tokenizes it, trains a small Llama from scratch, saves it, and prints a story th
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
-import statistics
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -22,7 +19,6 @@ MODEL = dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, multiple_of=32, tie_e
 TRAINING = dict(seq_len=256, batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=50, weight_decay=0.1,
                 eval_every=100, eval_batches=8, log_every=10, save_every=0, keep_last=1,
                 sample_prompt="Once upon a time", sample_tokens=250)
-PROBE_STEPS = 5
 
 
 def add_parser(subparsers):
@@ -39,26 +35,9 @@ def add_parser(subparsers):
     return p
 
 
-def steps_that_fit(cfg: TrainConfig, seconds: float) -> int:
-    """How many steps of this run take about `seconds` here, timed on a throwaway copy (300 to 3000)."""
-    from llamalab.cli.train import start_process
-    from llamalab.train.trainer import build_trainer  # heavy: only when the demo runs
-
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = build_trainer(dataclasses.replace(cfg, out_dir=tmp), start_process(cfg))
-        probe.train_step()  # warm-up
-        times = []
-        for _ in range(PROBE_STEPS):
-            start = time.perf_counter()
-            probe.train_step()
-            times.append(time.perf_counter() - start)
-        per_step = statistics.median(times)  # one step slowed by another program does not count
-    return int(min(3000, max(300, seconds / (per_step * 1.05))))  # 5 %: the validation passes
-
-
 def run(args) -> int:
-    from llamalab.cli.train import train  # torch: only when the demo runs
     from llamalab.data import prepare, train_tokenizer, write_stories
+    from llamalab.train.run import steps_that_fit, train  # torch: only when the demo runs
 
     if args.stories < 100 or (args.steps is not None and args.steps < 1) or args.minutes <= 0:
         raise ConfigError("the demo needs --stories 100 or more, --steps 1 or more and --minutes above 0")
@@ -84,13 +63,13 @@ def run(args) -> int:
     cfg = TrainConfig(data=str(out / "data"), out_dir=str(out), model=MODEL, max_steps=args.steps or 1,
                       seed=args.seed, progress=not args.no_progress, **TRAINING)
     if args.steps is None:
-        cfg.max_steps = steps_that_fit(cfg, 60 * args.minutes)
+        cfg.max_steps = steps_that_fit(cfg, 60 * args.minutes, at_least=300, at_most=3000)
         print(f"[4/4] training for about {args.minutes:g} minutes: {cfg.max_steps} steps at the speed measured here")
     else:
         print(f"[4/4] training for {cfg.max_steps} steps")
     print(f"      (dim {MODEL['dim']}, {MODEL['n_layers']} layers, {MODEL['n_heads']} heads, context {cfg.seq_len}); "
           "the validation loss falls from about 7 to below 1 as it learns to write\n")
-    summary = train(cfg)
+    summary = train(cfg, stop_on_signals=True, allow_tf32=True)
     if summary["interrupted"]:
         print(f"\nStopped at step {summary['step']}. Run `llamalab demo` again to start over.")
         return 130

@@ -1,20 +1,15 @@
 """`llamalab train`: train a Llama from scratch or fine-tune a saved one (fully or with LoRA), on one
-process or several under torchrun (DDP or FSDP2); settings from flags and/or a TOML / YAML file."""
+process or several under torchrun (DDP or FSDP2); settings from flags and/or a TOML / YAML file, mapped to a
+TrainConfig for `llamalab.train.run.train`."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import signal
-import sys
 import typing
 from pathlib import Path
 
 from llamalab.config import ModelArgs
 from llamalab.train.config import TrainConfig, merge_settings, read_config_file
-
-if typing.TYPE_CHECKING:  # torch is imported when training starts, not for `llamalab --help`
-    import torch
 
 MODEL_FLAG_TYPES = (int, float, bool)  # ModelArgs fields settable by flag (rope_scaling only in a config file)
 
@@ -74,8 +69,10 @@ def config_from_args(args) -> TrainConfig:
 
 
 def run(args) -> int:
+    from llamalab.train.run import train  # torch, distributed, FSDP: only when training starts
+
     cfg = config_from_args(args)
-    summary = train(cfg)
+    summary = train(cfg, stop_on_signals=True, allow_tf32=True)
     if summary is None:  # not rank 0
         return 0
     if summary["interrupted"]:
@@ -90,79 +87,3 @@ def run(args) -> int:
     else:
         print(f"model saved in {summary['model']}; try: llamalab generate {summary['model']} --prompt \"...\"")
     return 0
-
-
-def _precision(dtype: str) -> str:
-    return "float32" if dtype == "float32" else f"{dtype} autocast, float32 weights"
-
-
-def train(cfg: TrainConfig) -> dict | None:
-    """Set the process up, train, save the model and write a sample; rank 0 returns the run's summary.
-
-    The summary holds the step, losses, the loss-curve PNG, the saved model folder and the sample text.
-    """
-    import torch.distributed as dist
-
-    from llamalab.train.run import save_results  # heavy (distributed, FSDP): only when training starts
-    from llamalab.train.trainer import build_trainer
-
-    device = start_process(cfg)
-    try:
-        main = not dist.is_initialized() or dist.get_rank() == 0
-        trainer = build_trainer(cfg, device)
-        n_params = sum(p.numel() for p in trainer.model.parameters())
-        n_trained = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        if main:
-            print(f"model: {n_params / 1e6:.2f} M parameters ({n_trained / 1e6:.2f} M trained), "
-                  f"{trainer.global_batch} x {cfg.seq_len} tokens a step, {cfg.max_steps} steps on {device}"
-                  + (f" x {trainer.world} processes ({_layout(cfg, trainer.world)})" if trainer.world > 1 else "")
-                  + f"; {_precision(trainer.dtype)}")
-        with stop_on_ctrl_c(trainer, announce=main):
-            summary = trainer.fit()
-        if not summary["interrupted"]:
-            save_results(trainer, cfg, summary)
-        return summary if main else None
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _layout(cfg: TrainConfig, world: int) -> str:
-    """How the processes split the work: ddp, fsdp, or fsdp D x tp T."""
-    return f"fsdp {world // cfg.tp} x tp {cfg.tp}" if cfg.tp > 1 else cfg.parallel
-
-
-def start_process(cfg: TrainConfig) -> torch.device:
-    """llamalab.train.run.setup_process (torchrun group, device, seed), and TF32 matmuls on CUDA (a global flag)."""
-    import torch
-
-    from llamalab.train.run import setup_process
-
-    device = setup_process(cfg)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what `kill`, schedulers and containers send
-
-
-@contextlib.contextmanager
-def stop_on_ctrl_c(trainer, announce: bool = True):
-    """The first Ctrl-C (or SIGTERM) asks the trainer to save and stop after its current step; a second aborts."""
-    def handler(signum, frame):
-        if trainer.stop_requested:
-            raise KeyboardInterrupt
-        if announce:
-            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            print(f"\n{name}: saving a checkpoint after this step (send it again to abort without saving)",
-                  file=sys.stderr)
-        trainer.request_stop()
-
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

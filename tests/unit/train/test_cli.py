@@ -9,8 +9,9 @@ import torch
 
 from llamalab import checkpoint
 from llamalab.cli.main import build_parser, main
-from llamalab.cli.train import config_from_args, stop_on_ctrl_c
+from llamalab.cli.train import config_from_args
 from llamalab.train.metrics import read_metrics
+from llamalab.train.run import stop_on_ctrl_c
 from llamalab.train.snapshots import saved_steps
 from llamalab.train.trainer import build_trainer
 

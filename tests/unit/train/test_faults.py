@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from llamalab.cli.train import stop_on_ctrl_c
 from llamalab.errors import ConfigError
+from llamalab.train.run import stop_on_ctrl_c
 from llamalab.train.snapshots import checkpoint_path, saved_steps
 from llamalab.train.trainer import build_trainer
 
