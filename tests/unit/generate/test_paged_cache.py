@@ -70,16 +70,24 @@ def run_requests(engine: Engine, requests: list[Completion], cancel: random.Rand
     return most
 
 
-def test_no_block_leaks_after_a_thousand_mixed_requests(model):
-    cache = model.setup_paged_cache(num_blocks=40, block_size=4, batch_size=16, max_seq_len=64)
-    engine = Engine(model, 16, 64)
+@pytest.mark.parametrize("prefix_caching", [False, True])
+def test_no_block_leaks_after_a_thousand_mixed_requests(model, prefix_caching):
+    """Short and long prompts (chunked), some opening with a shared prefix, cancelled at random mid-stream, rows
+    preempted as others grow: once all are done every block is free (or cached, held by no row)."""
+    cache = model.setup_paged_cache(num_blocks=40, block_size=4, batch_size=16, max_seq_len=64,
+                                    prefix_caching=prefix_caching)
+    engine = Engine(model, 16, 64, prefill_chunk=6)
     rng = random.Random(0)
-    requests = [Completion([rng.randrange(97) for _ in range(rng.randint(1, 20))], rng.randint(1, 12),
-                           SamplingParams(temperature=1.0, seed=i), stop_ids=[0, 1]) for i in range(1000)]
+    shared = [rng.randrange(2, 97) for _ in range(12)]
+    prompts = [(shared if rng.random() < 0.3 else []) + [rng.randrange(97) for _ in range(rng.randint(1, 20))]
+               for _ in range(1000)]
+    requests = [Completion(p, rng.randint(1, 12), SamplingParams(temperature=1.0, seed=i), stop_ids=[0, 1])
+                for i, p in enumerate(prompts)]
     with torch.inference_mode():
         run_requests(engine, requests, cancel=random.Random(1))
-    assert all(r.done for r in requests)
-    assert cache.used_blocks == 0 and sorted(cache.free) == list(range(40))
+    assert all(r.done for r in requests) and engine.preemptions > 0
+    assert cache.used_blocks == 0 and sorted(cache.free + list(cache.unused)) == list(range(40))
+    assert all(r == 0 for r in cache.refs) and (len(cache.unused) > 0) == prefix_caching
     assert all(not blocks for blocks in cache.row_blocks) and bool((cache.block_table == cache.spare).all())
 
 
