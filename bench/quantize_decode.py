@@ -2,33 +2,34 @@
 
     python bench/quantize_decode.py [--preset stories110M] [--new-tokens 64] [--rounds 3] [--group-size 64]
 
-Random weights; batch 1; a short prompt, then greedy decoding on the static KV cache. The same
-model is measured in fp32, after `quantize_model(..., "int8")` and after `quantize_model(..., "int4")`;
-the peer is `LlamaForCausalLM.generate` on the same shape (fp32, greedy, its own KV cache), measured
-in the same run. Each variant runs `--rounds` times interleaved with the others; the best round counts.
+Random weights (the same seed); batch 1; a short prompt, then greedy decoding (a `Generation`, as
+`llamalab generate` runs it) on the static KV cache. The model is loaded as `llamalab.load_model` makes it in
+fp32, with `quantize="int8"` and with `quantize="int4", group_size=...`; the peer is
+`LlamaForCausalLM.generate` on the same shape (fp32, greedy, its own KV cache), measured in the same run.
+Each variant runs `--rounds` times interleaved with the others; the best round counts.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import torch
 
+from llamalab import load_model
+from llamalab.checkpoint.hf import hf_config
 from llamalab.config import ModelArgs
-from llamalab.model import Transformer
-from llamalab.quantize import quantize_model
+from llamalab.generate.decode import Generation
+from llamalab.generate.sampling import SamplingParams
+from llamalab.inference import LoadedModel
+
+GREEDY = SamplingParams(temperature=0)
 
 
-@torch.inference_mode()
-def llamalab_decode(model: Transformer, prompt: torch.Tensor, new_tokens: int) -> float:
+def llamalab_decode(loaded: LoadedModel, prompt: torch.Tensor, new_tokens: int) -> float:
     """Tokens/s of greedy decoding (the prefill is not counted)."""
-    model.setup_cache(batch_size=1, max_seq_len=prompt.shape[1] + new_tokens)
-    token = model(prompt, start_pos=0, last_only=True)[:, -1].argmax(-1, keepdim=True)  # (1, 1)
-    start = time.perf_counter()
-    for pos in range(prompt.shape[1], prompt.shape[1] + new_tokens - 1):
-        token = model(token, start_pos=pos, last_only=True)[:, -1].argmax(-1, keepdim=True)
-    return (new_tokens - 1) / (time.perf_counter() - start)
+    generation = Generation(loaded.model, prompt.tolist(), new_tokens, GREEDY, step=loaded.decode_step())
+    list(generation)
+    return (new_tokens - 1) / generation.timings["decode_s"]
 
 
 @torch.inference_mode()
@@ -44,13 +45,7 @@ def hf_decode(hf_model, prompt: torch.Tensor, new_tokens: int) -> float:
 def hf_model_of(args: ModelArgs):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.ffn_hidden_dim,
-        num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads, num_key_value_heads=args.kv_heads,
-        max_position_embeddings=args.max_seq_len, rms_norm_eps=args.norm_eps, rope_theta=args.rope_theta,
-        tie_word_embeddings=args.tie_embeddings,
-    )
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(LlamaConfig(**hf_config(args))).eval()
 
 
 def main() -> None:
@@ -64,16 +59,14 @@ def main() -> None:
                         help="llamalab's attention implementation (reference: matmul-softmax-matmul)")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
     options = parser.parse_args()
-    if options.threads:
-        torch.set_num_threads(options.threads)
 
     args = ModelArgs.from_preset(options.preset)
-    torch.manual_seed(0)
-    fp32 = Transformer(args, attention_impl=options.attention).eval()
+    common = dict(random_init=True, seed=0, device="cpu", dtype="float32", threads=options.threads,
+                  attention=options.attention)
     variants = {
-        "fp32": fp32,
-        "int8": quantize_model(copy.deepcopy(fp32), "int8"),
-        "int4": quantize_model(copy.deepcopy(fp32), "int4", group_size=options.group_size),
+        "fp32": load_model(options.preset, **common),
+        "int8": load_model(options.preset, quantize="int8", **common),
+        "int4": load_model(options.preset, quantize="int4", group_size=options.group_size, **common),
     }
     runners = {name: (lambda m=m: llamalab_decode(m, prompt, options.new_tokens)) for name, m in variants.items()}
     if not options.no_hf:

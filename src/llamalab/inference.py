@@ -41,6 +41,8 @@ class LoadedModel:
     seed: int | None  # under tp > 1 the same on every rank (rank 0 chose it when none was given)
     compiled: bool = False  # decode_step compiles the step
     tp: int = 1  # ranks the model is split over (torchrun processes)
+    compile_backend: str = "inductor"  # torch.compile's backend and mode for decode_step
+    compile_mode: str | None = None
 
     @property
     def main_process(self) -> bool:
@@ -50,7 +52,7 @@ class LoadedModel:
     def decode_step(self, batch_size: int = 1, cache_len: int | None = None) -> Step:
         """The eager step, or (compiled) the step compiled now on a KV cache of (batch_size, cache_len) allocated
         once, so that the generations reusing that cache never wait for compilation."""
-        return decode_step(self.model, self.compiled, batch_size, cache_len)
+        return decode_step(self.model, self.compiled, batch_size, cache_len, self.compile_backend, self.compile_mode)
 
 
 def load_model(
@@ -66,6 +68,10 @@ def load_model(
     threads: int | None = None,
     random_init: bool = False,
     lora: str | os.PathLike | None = None,
+    attention: str = "sdpa",
+    group_size: int | None = None,
+    compile_backend: str = "inductor",
+    compile_mode: str | None = None,
 ) -> LoadedModel:
     """The model of a checkpoint (or, with random_init, of a preset name or ModelArgs), ready for inference.
 
@@ -75,8 +81,15 @@ def load_model(
     tokenizer None: the one beside the checkpoint. seed: of the random weights and of sampling.
     threads: CPU threads for torch (a process-wide setting).
     lora: a LoRA adapter folder (PEFT's format) folded into the weights before quantization.
+    attention: "sdpa" (PyTorch's fused kernels) or "reference" (matmul, softmax, matmul).
+    group_size: input weights per scale of int4 (default 128). compile_backend / compile_mode: torch.compile's.
     """
     check_threads_and_seed(threads, seed)
+    if group_size is not None and (quantize != "int4" or not isinstance(group_size, int) or group_size < 1):
+        raise ConfigError(f"group_size applies to quantize='int4' and is a positive whole number; got {group_size!r} "
+                          f"with quantize={quantize!r}")
+    if compile:
+        check_compile_options(compile_backend, compile_mode)
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(device)
@@ -89,19 +102,24 @@ def load_model(
             raise ConfigError("quantization does not combine with tensor parallelism (tp > 1); drop one of them")
         model, seed = _load_tensor_parallel(source, random_init, tp, device, dtype, seed)
         model.requires_grad_(False)
+        model.set_attention(attention)
     else:
         model = _load_one(source, random_init, device, dtype, seed)
+        model.set_attention(attention)
         if lora:
             apply_adapters(model, lora)
-        prepare_for_inference(model, quantize, compile)
-    return LoadedModel(model, _tokenizer(tokenizer, None if random_init else source), seed, compile, tp)
+        prepare_for_inference(model, quantize, compile, group_size)
+    return LoadedModel(model, _tokenizer(tokenizer, None if random_init else source), seed, compile, tp,
+                       compile_backend, compile_mode)
 
 
-def prepare_for_inference(model: Transformer, quantize: str | None = None, compile: bool = False) -> Transformer:
-    """No gradients, the optional weight-only quantization, and on CPU the decode fast paths (see generate/fast.py)."""
+def prepare_for_inference(model: Transformer, quantize: str | None = None, compile: bool = False,
+                          group_size: int | None = None) -> Transformer:
+    """No gradients, the optional weight-only quantization (int4: `group_size` weights per scale, default 128), and on
+    CPU the decode fast paths (see generate/fast.py)."""
     model.eval().requires_grad_(False)
     if quantize:
-        quantize_model(model, quantize)
+        quantize_model(model, quantize, **({"group_size": group_size} if group_size else {}))
     if model.device.type == "cpu":
         matvec_linears(model) if compile else column_major_weights(model)
         if not compile:
@@ -109,11 +127,13 @@ def prepare_for_inference(model: Transformer, quantize: str | None = None, compi
     return model
 
 
-def decode_step(model: Transformer, compile: bool = False, batch_size: int = 1, cache_len: int | None = None) -> Step:
-    """The eager decode step, or the compiled one warmed up on a (batch_size, cache_len) KV cache; see LoadedModel."""
+def decode_step(model: Transformer, compile: bool = False, batch_size: int = 1, cache_len: int | None = None,
+                backend: str = "inductor", mode: str | None = None) -> Step:
+    """The eager decode step, or the one compiled (torch.compile's `backend`, `mode`) and warmed up on a
+    (batch_size, cache_len) KV cache; see LoadedModel."""
     if not compile:
         return eager_step(model)
-    step = compile_decode_step(model)
+    step = compile_decode_step(model, mode=mode, backend=backend)
     model.setup_cache(batch_size, min(cache_len or model.args.max_seq_len, model.args.max_seq_len))
     list(Generation(model, [[0]] * batch_size, 2, SamplingParams(temperature=0), step=step))
     return step
@@ -132,6 +152,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ConfigError(f"device {device!r} is not usable here ({reason}); use cpu, or cuda / cuda:N on a GPU "
                           "machine") from None
     return resolved
+
+
+def check_compile_options(backend: str, mode: str | None) -> None:
+    """ConfigError for a torch.compile backend or mode this PyTorch does not know (before any weight is read)."""
+    try:
+        torch.compile(_nothing, backend=backend, mode=mode)
+    except RuntimeError as e:  # dynamo's InvalidBackend is one
+        raise ConfigError(f"torch.compile: {str(e).splitlines()[0]}") from None
+
+
+def _nothing() -> None:
+    """What check_compile_options compiles (torch.compile checks its options at once, compiles at the first call)."""
 
 
 def check_threads_and_seed(threads: int | None, seed: int | None) -> None:

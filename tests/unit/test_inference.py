@@ -11,6 +11,8 @@ from llamalab.config import ModelArgs
 from llamalab.errors import ConfigError
 from llamalab.generate.decode import Generation
 from llamalab.generate.sampling import SamplingParams
+from llamalab.model.model import reference_attention
+from llamalab.quantize.int4 import Int4Linear
 from llamalab.quantize.int8 import Int8Linear
 
 TINY = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=32)
@@ -41,6 +43,38 @@ def test_int8_swaps_every_block_linear_for_int8_weights():
     assert all(m.weight.dtype == torch.int8 for m in linears)
 
 
+def test_int4_group_size_sets_the_weights_per_scale():
+    loaded = llamalab.load_model(TINY, random_init=True, quantize="int4", group_size=32, seed=0)
+    linears = [m for block in loaded.model.layers for m in block.modules() if isinstance(m, Int4Linear)]
+    assert len(linears) == 7 * TINY.n_layers
+    assert all(m.scales.shape == (m.out_features, m.in_features // 32) for m in linears)  # 64 inputs: 2 groups
+
+
+def test_reference_attention_computes_the_logits_of_the_fused_kernels():
+    tokens = torch.randint(0, TINY.vocab_size, (2, 20))
+    fused, reference = (llamalab.load_model(TINY, random_init=True, seed=0, attention=a).model for a in
+                        ("sdpa", "reference"))
+    assert all(block.attention.attend is reference_attention for block in reference.layers)
+    with torch.no_grad():
+        torch.testing.assert_close(reference(tokens), fused(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_compile_backend_reaches_torch_compile_and_keeps_the_greedy_tokens():
+    from torch._dynamo.utils import counters
+
+    prompt, greedy = [[3, 14, 15, 92]], SamplingParams(temperature=0)
+    eager = llamalab.load_model(TINY, random_init=True, seed=0)
+    compiled = llamalab.load_model(TINY, random_init=True, seed=0, compile=True, compile_backend="eager")
+    graphs = counters["stats"]["unique_graphs"]
+    step = compiled.decode_step(1, 16)
+    assert counters["stats"]["unique_graphs"] > graphs  # dynamo captured the step for the eager backend
+    runs = [Generation(m.model, prompt, 10, greedy, step=s) for m, s in ((eager, eager.decode_step()),
+                                                                             (compiled, step))]
+    for run in runs:
+        list(run)
+    assert runs[0].completions[0].tokens == runs[1].completions[0].tokens
+
+
 def test_random_init_takes_a_preset_name_and_a_dtype_name():
     loaded = llamalab.load_model("debug", random_init=True, dtype="bfloat16", device="cpu")
     assert loaded.model.args == ModelArgs.from_preset("debug")
@@ -59,6 +93,11 @@ def test_same_seed_gives_the_same_random_weights_and_another_seed_others():
     (TINY, {}, "has no weights"),
     ("no/such/folder", {"random_init": True}, "preset name or a ModelArgs"),
     (TINY, {"random_init": True, "dtype": "float99"}, "unknown dtype"),
+    (TINY, {"random_init": True, "group_size": 32}, "group_size applies to quantize='int4'"),
+    (TINY, {"random_init": True, "quantize": "int4", "group_size": 0}, "positive whole number"),
+    (TINY, {"random_init": True, "attention": "flash9"}, "attention_impl must be one of"),
+    (TINY, {"random_init": True, "compile": True, "compile_backend": "bogus"}, "Invalid backend: 'bogus'"),
+    (TINY, {"random_init": True, "compile": True, "compile_mode": "fastest"}, "Unrecognized mode=fastest"),
 ])
 def test_bad_sources_and_options_are_config_errors(source, options, message):
     with pytest.raises(ConfigError, match=message):

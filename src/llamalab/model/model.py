@@ -218,6 +218,13 @@ class Transformer(nn.Module):
             return
         self.rope_cos, self.rope_sin = rope_tables(a.head_dim, positions, a.rope_theta, a.rope_scaling, device)
 
+    def set_attention(self, impl: str) -> None:
+        """Compute every layer's attention with `impl`: "sdpa" (PyTorch's fused kernels) or "reference"."""
+        if impl not in ATTENTION_IMPLS:
+            raise ConfigError(f"attention_impl must be one of {sorted(ATTENTION_IMPLS)}, got {impl!r}")
+        for layer in self.layers:
+            layer.attention.attend = ATTENTION_IMPLS[impl]
+
     @torch.no_grad()
     def init_weights(self) -> None:
         """Training-from-scratch init: N(0, 0.02) everywhere, residual projections (wo, w2) by 1/√(2·n_layers)."""
