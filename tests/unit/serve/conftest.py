@@ -105,7 +105,7 @@ def launch(tokenizer):
         if wrap is not None:
             model.forward = wrap(model.forward)
         limits = {k: options.pop(k) for k in ("slots", "max_waiting", "max_seq_len", "kv_cache_bytes",
-                                                   "prefill_chunk") if k in options}
+                                                   "prefill_chunk", "prefix_caching") if k in options}
         started.append(LiveServer(create_app(Scheduler(model, **limits), tokenizer, "tiny", **options)))
         return started[-1]
 

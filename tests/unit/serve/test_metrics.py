@@ -41,3 +41,19 @@ def test_a_paged_server_reports_its_blocks(launch):
     server = launch(slots=4, kv_cache_bytes=8 * 16 * 2 * 2 * 2 * 16 * 4)  # 8 blocks of 16 positions
     samples = scrape(server)
     assert (samples["llamalab_kv_blocks_used"], samples["llamalab_kv_blocks_free"]) == (0, 8)
+
+
+def test_the_prefix_cache_hit_rate_is_reported_in_metrics_and_health(launch, tokenizer):
+    server = launch(slots=4, kv_cache_bytes=16 * 16 * 2 * 2 * 2 * 16 * 4, prefix_caching=True)  # 16 blocks of 16
+    prompt = "once upon a time there was a little girl named lily who loved to play in the park with her dog max"
+    blocks = (len(tokenizer.encode(prompt, bos=True)) - 1) // 16  # full blocks before the prompt's last token
+    assert blocks >= 1
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
+    answers = [client.completions.create(model="tiny", prompt=prompt, max_tokens=4, temperature=0).choices[0].text
+               for _ in range(2)]
+    assert answers[0] == answers[1]  # the second one read the first one's blocks
+    samples = scrape(server)
+    assert samples["llamalab_prefix_cache_queried_blocks"] == 2 * blocks
+    assert samples["llamalab_prefix_cache_hit_blocks"] == blocks
+    assert samples["llamalab_prefix_cache_hit_rate"] == 0.5
+    assert httpx.get(server.root + "/health").json()["prefix_cache_hit_rate"] == 0.5

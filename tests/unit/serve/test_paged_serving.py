@@ -53,3 +53,34 @@ def test_prompts_prefilled_in_chunks_beside_decoding_give_the_same_answers(launc
         return [r.choices[0].text for r in await asyncio.gather(*answers)]
 
     assert asyncio.run(run()) == expected
+
+
+def test_preempted_requests_stream_each_token_once_and_as_alone(paged_server, greedy_reference, tokenizer, texts):
+    """12 clients of 40 tokens each: 6 blocks hold one block per prompt, but each grows to 4 blocks, so running
+    requests preempt younger ones, which are recomputed later; greedy and seeded clients get what they get alone."""
+    prompts = [p for p in texts(60, seed=3) if len(tokenizer.encode(p, bos=True)) <= 24][:12]  # 64 positions at most
+    assert len(prompts) == 12
+    settings = [{"temperature": 0} if i % 2 else {"temperature": 0.8, "top_p": 0.95, "seed": i} for i in range(12)]
+    options = [dict(model="tiny", prompt=p, max_tokens=40, logprobs=0, extra_body={"ignore_eos": True}, **s)
+               for p, s in zip(prompts, settings)]
+
+    async def stream(client, i) -> tuple[str, list[str]]:
+        chunks = [c async for c in await client.completions.create(stream=True, **options[i])]
+        tokens = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+        return "".join(c.choices[0].text for c in chunks if c.choices), tokens
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url=paged_server.url, api_key="unused", max_retries=0, timeout=120)
+        alone = [(await client.completions.create(**o)).choices[0].text for o in options]  # one at a time
+        before = httpx.get(paged_server.root + "/health").json()["preemptions"]
+        together = await asyncio.gather(*(stream(client, i) for i in range(12)))
+        return alone, together, httpx.get(paged_server.root + "/health").json()["preemptions"] - before
+
+    alone, together, preemptions = asyncio.run(run())
+    assert preemptions > 0
+    for i, (text, tokens) in enumerate(together):
+        assert text == alone[i] and len(tokens) == 40  # no token streamed twice, none lost
+    for i in range(1, 12, 2):  # greedy: the reference of full causal passes without a cache
+        expected, _ = greedy_reference(tokenizer.encode(prompts[i], bos=True), 40, ())
+        assert alone[i] == tokenizer.decode(expected)
+    assert httpx.get(paged_server.root + "/health").json()["kv_blocks_used"] == 0

@@ -23,13 +23,13 @@ def checkpoint(tmp_path_factory, model, tokenizer):
 
 @pytest.fixture(scope="module")
 def served(checkpoint):
-    """`llamalab serve CHECKPOINT` on a free port, its KV cache paged in 1 MB; yields its base URL."""
+    """`llamalab serve CHECKPOINT` on a free port with the default (paged) KV cache, prompts prefilled in chunks of
+    4 tokens; yields its base URL and its start-up line."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     process = subprocess.Popen([sys.executable, "-m", "llamalab", "serve", str(checkpoint), "--port", str(port),
-                                "--slots", "4", "--threads", "1", "--kv-cache-memory", "1000000",  # paged,
-                                "--prefill-chunk", "4"],  # and chunked
+                                "--slots", "4", "--threads", "1", "--prefill-chunk", "4"],
                                stderr=subprocess.PIPE, text=True)
     root = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -40,7 +40,8 @@ def served(checkpoint):
         except httpx.TransportError:
             assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
             time.sleep(0.1)
-    yield root + "/v1"
+    line = next(line for line in process.stderr if line.startswith("llamalab serve: "))  # printed before serving
+    yield root + "/v1", line
     process.terminate()
     process.wait(timeout=30)
 
@@ -50,6 +51,7 @@ def served(checkpoint):
     {"temperature": 0.8, "top_p": 0.9, "seed": 7},
 ])
 def test_served_text_equals_llamalab_generate(checkpoint, served, sampling, capsys):
+    served, _ = served
     flags = [f"--{name.replace('_', '-')}={value}" for name, value in sampling.items()]
     assert main(["generate", str(checkpoint), "--prompt", PROMPT, "--max-new-tokens", "24", "--json", *flags]) == 0
     expected = json.loads(capsys.readouterr().out)
@@ -58,6 +60,23 @@ def test_served_text_equals_llamalab_generate(checkpoint, served, sampling, caps
     assert r.choices[0].text == expected["text"]
     assert r.choices[0].finish_reason == expected["finish_reason"]
     assert r.model == "tiny"
+
+
+def test_the_start_up_line_states_the_memory_plan(served, model):
+    _, line = served
+    a = model.args
+    per_position = 2 * a.n_layers * a.kv_heads * a.head_dim * 4  # k and v of every layer, float32
+    blocks = 4 * 128 // 16  # by default on CPU: every slot at the full context (the model's 128), no more
+    assert f"KV cache {(blocks + 1) * 16 * per_position / 2**30:.2f} GiB paged = {blocks} blocks of 16 = " in line
+    assert f"{blocks * 16:,} tokens (4 of 128 tokens at once" in line
+    weights = sum(p.nbytes for p in model.parameters())
+    assert f"weights {weights / 2**30:.2f} GiB" in line and "prefix caching on, prefill chunk 4" in line
+
+
+def test_paged_options_with_the_fixed_cache_are_one_error_line(checkpoint, capsys):
+    assert main(["serve", str(checkpoint), "--kv-cache", "fixed", "--kv-cache-memory", "1000000"]) == 2
+    err = capsys.readouterr().err
+    assert "--kv-cache fixed" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_serve_without_a_model_is_one_error_line(capsys):
