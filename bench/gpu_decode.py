@@ -11,21 +11,22 @@ both sides: ours is rows × (n - 1) / the decode time of a `Generation` (what `l
 runs: a host sync per token to check stops); "no host sync" feeds the compiled step its own argmax on the
 device (gpt-fast's loop); HF's is timed between its first and last streamed token. Parts:
   decode   batch 1: llamalab compiled / compiled with no host sync / eager, HF eager, HF static cache
-  quant    batch 1, compiled: bf16, int8, int4 (`quantize_model`, group size 128)
+  quant    batch 1, compiled: bf16, int8, int4 (`load_model(quantize=...)`, int4 group size 128)
   batch    compiled bf16 decode of `--batch-sizes` rows: throughput, MFU, MBU
   prefill  one eager forward pass of a `--prefill-len`-token prompt into the KV cache: tokens/s, MFU
 MBU = bytes a step must read (weights + the KV cache at the mean context, `analysis.inference_bytes`) ×
 steps/s / the device-to-device copy bandwidth measured in this run, so batch-1 MBU is the fraction of the
 bandwidth limit. MFU = model FLOPs (`analysis.decode_flops` / `prefill_flops`) per second / the datasheet
-bf16 peak (`analysis.accelerator_for_device`, or `--peak-tflops`; none on a CPU). Each variant runs
-`--rounds` times, rounds interleaved, the best counts; `compile_s` is the first short generation's wall
-time (compilation and CUDA-graph capture). The compiled step uses inductor on CUDA; on a CPU `--backend
-eager` (dynamo's capture alone: CPU decode speed is bench/decode_cpu.py's job).
+bf16 peak (`analysis.accelerator_for_device`, or `--peak-tflops`; none on a CPU). Every llamalab model is
+`llamalab.load_model(preset, random_init=True, seed=0, compile=True, ...)`, as `llamalab generate --compile`
+loads it, the compiled steps its `decode_step(batch, cache_len)`. Each variant runs
+`--rounds` times, rounds interleaved, the best counts; `compile_s` is the wall time of `decode_step` and a
+first short generation (compilation and CUDA-graph capture). The compiled step uses inductor on CUDA; on a
+CPU `--backend eager` (dynamo's capture alone: CPU decode speed is bench/decode_cpu.py's job).
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import time
 from collections.abc import Callable
@@ -38,15 +39,15 @@ from torch._dynamo.utils import counters
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
+from llamalab import load_model
 from llamalab.analysis import decode_flops, inference_bytes, mbu, prefill_flops
 from llamalab.checkpoint.hf import hf_config
 from llamalab.config import ModelArgs
 from llamalab.generate.benchmark import copy_bandwidth
-from llamalab.generate.compiled import compile_decode_step
 from llamalab.generate.decode import Generation, Step, eager_step
 from llamalab.generate.sampling import SamplingParams
+from llamalab.inference import LoadedModel
 from llamalab.model import Transformer
-from llamalab.quantize import quantize_model
 
 GREEDY = SamplingParams(temperature=0)
 PARTS = ("decode", "quant", "batch", "prefill")
@@ -155,9 +156,8 @@ class PresetBench:
         generator = torch.Generator().manual_seed(0)
         self.prompts = torch.randint(1, self.args.vocab_size, (max(options.batch_sizes), PROMPT_LEN),
                                      generator=generator).tolist()
-        torch.manual_seed(0)
-        with torch.device(device):
-            self.model = Transformer(self.args).to(torch.bfloat16).eval().requires_grad_(False)
+        self.loaded = self.load("bf16")
+        self.model = self.loaded.model
         self.steps: dict[tuple[str, int], tuple[Transformer, Step, float]] = {}  # (weights, batch) -> compiled
         self.graph_skips = 0  # compiled steps inductor did not capture as CUDA graphs (it says why on stderr)
 
@@ -174,20 +174,27 @@ class PresetBench:
                    mbu(tokens_per_s, self.args, self.context, self.bandwidth, batch, weights),
                    flops / self.peak_flops if self.peak_flops else None)
 
+    def load(self, weights: str) -> LoadedModel:
+        """The seed-0 random model in bfloat16, weight-only quantized to int8 / int4 unless `weights` is bf16."""
+        quantize = None if weights == "bf16" else weights
+        return load_model(self.preset, random_init=True, seed=0, device=self.device, dtype=torch.bfloat16,
+                          quantize=quantize, group_size=GROUP_SIZE if quantize == "int4" else None, compile=True,
+                          compile_backend=self.options.backend)
+
     def compiled(self, weights: str, batch: int) -> tuple[Transformer, Step, float]:
         """(model, compiled step, compile seconds) of the model in `weights` at `batch` rows, made once."""
         if (weights, batch) not in self.steps:
-            model = self.model
             if weights != "bf16":
-                say(f"[{self.preset}] quantizing to {weights}")
-                model = quantize_model(copy.deepcopy(self.model), weights, group_size=GROUP_SIZE)
-            model.setup_cache(batch, PROMPT_LEN + self.new_tokens)
+                say(f"[{self.preset}] loading it quantized to {weights}")
+            loaded = self.loaded if weights == "bf16" else self.load(weights)
             say(f"[{self.preset}] compiling the {weights} decode step, batch {batch}")
-            step = compile_decode_step(model, backend=self.options.backend)
             skips = counters["inductor"]["cudagraph_skips"]
-            compile_s = seconds(lambda: list(Generation(model, self.prompts[:batch], 4, GREEDY, step=step)))
+            start = time.perf_counter()
+            step = loaded.decode_step(batch, PROMPT_LEN + self.new_tokens)
+            list(Generation(loaded.model, self.prompts[:batch], 4, GREEDY, step=step))  # CUDA graphs are captured
+            compile_s = time.perf_counter() - start
             self.graph_skips += counters["inductor"]["cudagraph_skips"] - skips
-            self.steps[weights, batch] = (model, step, compile_s)
+            self.steps[weights, batch] = (loaded.model, step, compile_s)
         return self.steps[weights, batch]
 
     def decode(self) -> list[Row]:
