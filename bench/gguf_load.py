@@ -1,8 +1,9 @@
 """Loading a quantized GGUF kept quantized vs dequantized to float32: load time, peak memory, CPU decode speed.
 
-Each variant runs in a fresh process (peak RSS is per process): `checkpoint.load`, then the CLI's CPU preparation
-(`inference.prepare_for_inference`) and `generate.benchmark` with the eager step. Peak RSS is ru_maxrss above the
-process's own after importing torch and llamalab. Usage: python bench/gguf_load.py [FILE.gguf] [--threads 2]
+Each variant runs in a fresh process (peak RSS is per process): `llamalab.load_model` as `llamalab generate` loads
+the file (weights, CPU preparation, the GGUF's tokenizer), then `generate.benchmark` with its eager step. Peak RSS is
+ru_maxrss above the process's own after importing torch and llamalab.
+Usage: python bench/gguf_load.py [FILE.gguf] [--threads 2]
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-VARIANTS = {  # name -> load() keyword arguments
+VARIANTS = {  # name -> load_model() keyword arguments
     "kept float32": {"dtype": "float32", "keep_quantized": True},
     "kept bfloat16": {"dtype": "bfloat16", "keep_quantized": True},
     "dequantized float32": {"dtype": "float32", "keep_quantized": False},
@@ -22,18 +23,15 @@ VARIANTS = {  # name -> load() keyword arguments
 CHILD = """
 import json, resource, sys, time, torch
 torch.set_num_threads(int(sys.argv[2]))
-from llamalab.checkpoint import load
+from llamalab import load_model
 from llamalab.generate.benchmark import benchmark
-from llamalab.generate.decode import eager_step
-from llamalab.inference import prepare_for_inference
 options = json.loads(sys.argv[3])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-model = load(sys.argv[1], dtype=getattr(torch, options["dtype"]), keep_quantized=options["keep_quantized"])
+loaded = load_model(sys.argv[1], device="cpu", **options)
 load_s = time.perf_counter() - start
 load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
-prepare_for_inference(model)
-report = benchmark(model, eager_step(model), 1, 16, 33, 2)
+report = benchmark(loaded.model, loaded.decode_step(), 1, 16, 33, 2)
 print(json.dumps({"load_s": load_s, "load_peak_mib": load_peak / 1024, "decode_tok_s": report["decode_tokens_per_s"]}))
 """
 

@@ -22,8 +22,8 @@ import httpx
 import torch
 import uvicorn
 
+from llamalab import load_model
 from llamalab.config import ModelArgs
-from llamalab.model import Transformer
 from llamalab.serve import Scheduler, create_app
 from llamalab.tokenizer import load_tokenizer, train_sentencepiece
 
@@ -34,8 +34,8 @@ def start_server(preset: str, slots: int) -> tuple[str, uvicorn.Server, int]:
     folder = Path(tempfile.mkdtemp())
     texts = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 20
     tokenizer = load_tokenizer(train_sentencepiece(texts, 300, folder / "tokenizer.model"))
-    torch.manual_seed(0)
-    model = Transformer(ModelArgs.from_preset(preset, vocab_size=tokenizer.vocab_size)).eval()
+    args = ModelArgs.from_preset(preset, vocab_size=tokenizer.vocab_size)
+    model = load_model(args, random_init=True, seed=0, device="cpu", dtype="float32").model
     scheduler = Scheduler(model, slots=slots, max_seq_len=model.args.max_seq_len)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -72,6 +72,7 @@ def load_model(
     group_size: int | None = None,
     compile_backend: str = "inductor",
     compile_mode: str | None = None,
+    keep_quantized: bool = True,
 ) -> LoadedModel:
     """The model of a checkpoint (or, with random_init, of a preset name or ModelArgs), ready for inference.
 
@@ -83,6 +84,7 @@ def load_model(
     lora: a LoRA adapter folder (PEFT's format) folded into the weights before quantization.
     attention: "sdpa" (PyTorch's fused kernels) or "reference" (matmul, softmax, matmul).
     group_size: input weights per scale of int4 (default 128). compile_backend / compile_mode: torch.compile's.
+    keep_quantized: a GGUF's Q8_0 / Q4_0 / Q4_1 weights stay int8 / int4 (False: dequantized to dtype).
     """
     check_threads_and_seed(threads, seed)
     if group_size is not None and (quantize != "int4" or not isinstance(group_size, int) or group_size < 1):
@@ -104,7 +106,7 @@ def load_model(
         model.requires_grad_(False)
         model.set_attention(attention)
     else:
-        model = _load_one(source, random_init, device, dtype, seed)
+        model = _load_one(source, random_init, device, dtype, seed, keep_quantized)
         model.set_attention(attention)
         if lora:
             apply_adapters(model, lora)
@@ -197,14 +199,14 @@ def model_args_of(source: Source) -> ModelArgs:
 
 
 def _load_one(source: Source, random_init: bool, device: torch.device, dtype: torch.dtype,
-              seed: int | None) -> Transformer:
+              seed: int | None, keep_quantized: bool = True) -> Transformer:
     if random_init:
         args = model_args_of(source)
         if seed is not None:
             torch.manual_seed(seed)
         with device:
             return Transformer(args).to(dtype).eval()
-    return load(_checkpoint_path(source), device=device, dtype=dtype)
+    return load(_checkpoint_path(source), device=device, dtype=dtype, keep_quantized=keep_quantized)
 
 
 def _checkpoint_path(source: Source) -> Path:

@@ -36,6 +36,15 @@ def test_real_model_greedy_tokens_equal_transformers(smollm2_gguf, hf_smollm2):
     assert not any(p.requires_grad for p in loaded.model.parameters())
 
 
+def test_keep_quantized_false_dequantizes_a_gguf_to_the_same_logits(smollm2_gguf, smollm2_model):
+    loaded = llamalab.load_model(smollm2_gguf, device="cpu", dtype="float32", keep_quantized=False)
+    assert all(type(p) is torch.nn.Parameter and p.dtype == torch.float32 for p in loaded.model.parameters())
+    assert not any(isinstance(m, (Int4Linear, Int8Linear)) for m in loaded.model.modules())
+    tokens = torch.tensor([[1, 504, 3458, 282, 4649, 314]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(tokens), smollm2_model(tokens), atol=2e-3, rtol=1e-3)
+
+
 def test_int8_swaps_every_block_linear_for_int8_weights():
     loaded = llamalab.load_model(TINY, random_init=True, quantize="int8", seed=0)
     linears = [m for block in loaded.model.layers for m in block.modules() if isinstance(m, Int8Linear)]
