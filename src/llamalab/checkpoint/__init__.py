@@ -89,9 +89,15 @@ def save(model: Transformer, path: str | Path, format: str = "native", dtype: to
 
 
 def convert(src: str | Path, dst: str | Path, format: str, dtype: torch.dtype | str | None = None, shards: int = 1,
-            tokenizer: str | Path | None = None, show_progress: bool = False, **options) -> Path:
-    """Rewrite a checkpoint in another format without building the model; the tokenizer beside it goes along."""
+            tokenizer: str | Path | None = None, show_progress: bool = False, lora: str | Path | None = None,
+            **options) -> Path:
+    """Rewrite a checkpoint in another format without building the model; the tokenizer beside it goes along.
+    lora: a LoRA adapter folder (PEFT's format) merged into the weights on the way."""
     args, state = read(src)
+    if lora is not None:
+        from llamalab.checkpoint.peft import merge_adapter_state  # peft imports this package's modules
+
+        state = merge_adapter_state(state, args, lora)
     tokenizer = tokenizer if tokenizer is not None else find_tokenizer(src)
     return write(state, args, dst, format, dtype, shards, tokenizer, show_progress, **options)
 

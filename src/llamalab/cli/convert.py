@@ -33,29 +33,14 @@ def run(args) -> int:
         if args.to != "llama2c":
             raise CheckpointError(f"--llama2c-version applies to --to llama2c, not {args.to}")
         options["version"] = args.llama2c_version
-    from llamalab.train.sharded import is_sharded_snapshot
+    from llamalab.train.sharded import convert_snapshot, is_sharded_snapshot
 
     sharded = is_sharded_snapshot(args.src)
     src_format = "sharded training checkpoint" if sharded else detect_format(args.src)
-    if args.lora or sharded:
-        dst = _convert_merged(args, options, sharded)
-    else:
-        dst = convert(args.src, args.dst, args.to, dtype=args.dtype, shards=args.shards, tokenizer=args.tokenizer,
-                      show_progress=True, **options)
+    rewrite = convert_snapshot if sharded else convert
+    dst = rewrite(args.src, args.dst, args.to, dtype=args.dtype, shards=args.shards, tokenizer=args.tokenizer,
+                  show_progress=True, lora=args.lora, **options)
     size = sum(f.stat().st_size for f in (dst.rglob("*") if dst.is_dir() else [dst]) if f.is_file())
     print(f"converted {args.src} ({src_format}) -> {dst} ({args.to}, {size / 2**20:.1f} MiB)")
     return 0
 
-
-def _convert_merged(args, options, sharded: bool):
-    """SRC's weights (a sharded training checkpoint gathered in this process) with the --lora adapter folded in,
-    written as --to asks."""
-    from llamalab.checkpoint import find_tokenizer, read, write
-    from llamalab.checkpoint.peft import merge_adapter_state
-    from llamalab.train.sharded import read_sharded_weights, snapshot_tokenizer
-
-    model_args, state = read_sharded_weights(args.src) if sharded else read(args.src)
-    if args.lora:
-        state = merge_adapter_state(state, model_args, args.lora)
-    tokenizer = args.tokenizer or (snapshot_tokenizer(args.src) if sharded else find_tokenizer(args.src))
-    return write(state, model_args, args.dst, args.to, args.dtype, args.shards, tokenizer, True, **options)

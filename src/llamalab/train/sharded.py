@@ -159,6 +159,21 @@ def read_sharded_weights(path: str | Path) -> tuple[ModelArgs, dict[str, torch.T
     return args, weights
 
 
+def convert_snapshot(src: str | Path, dst: str | Path, format: str, dtype: torch.dtype | str | None = None,
+                     shards: int = 1, tokenizer: str | Path | None = None, show_progress: bool = False,
+                     lora: str | Path | None = None, **options) -> Path:
+    """`checkpoint.convert` for a sharded training snapshot (`step_N/`), gathered in this process; its run's tokenizer
+    goes along unless `tokenizer` is given; `lora`: an adapter folder merged into the weights."""
+    from llamalab.checkpoint import write
+    from llamalab.checkpoint.peft import merge_adapter_state
+
+    args, state = read_sharded_weights(src)
+    if lora is not None:
+        state = merge_adapter_state(state, args, lora)
+    tokenizer = tokenizer if tokenizer is not None else snapshot_tokenizer(src)
+    return write(state, args, dst, format, dtype, shards, tokenizer, show_progress, **options)
+
+
 def snapshot_tokenizer(path: str | Path) -> Path | None:
     """The tokenizer of the run that wrote a sharded snapshot (beside its data or its starting model) if still there."""
     from llamalab.checkpoint import find_tokenizer

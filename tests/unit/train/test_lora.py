@@ -85,7 +85,7 @@ def test_wrong_targets_or_adapters_are_refused(tmp_path):
 
 
 def test_convert_merges_an_adapter_into_the_weights(tmp_path, capsys):
-    from llamalab.checkpoint import load, save
+    from llamalab.checkpoint import convert, load, save
     from llamalab.cli.main import main
 
     base, model = trained_lora_model(targets=("wq", "wk", "w3"), rank=2, alpha=4.0)
@@ -93,8 +93,10 @@ def test_convert_merges_an_adapter_into_the_weights(tmp_path, capsys):
     save_adapters(model.state_dict(), tmp_path / "adapter", ARGS, ["wq", "wk", "w3"], rank=2, alpha=4.0)
     assert main(["convert", str(tmp_path / "base"), str(tmp_path / "merged"), "--to", "native",
                  "--lora", str(tmp_path / "adapter")]) == 0
+    convert(tmp_path / "base", tmp_path / "merged.gguf", "gguf", lora=tmp_path / "adapter")  # the library call
     with torch.no_grad():
         torch.testing.assert_close(load(tmp_path / "merged")(TOKENS), model(TOKENS), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(load(tmp_path / "merged.gguf")(TOKENS), model(TOKENS), rtol=1e-5, atol=1e-5)
     argv = ["convert", str(tmp_path / "base"), str(tmp_path / "x"), "--to", "native", "--lora", str(tmp_path)]
     assert main(argv) == 2
     assert "not a PEFT LoRA adapter folder" in capsys.readouterr().err
