@@ -26,7 +26,8 @@ from llamalab.model import Transformer
 from llamalab.parallel.mesh import init_distributed, is_main_process, make_mesh, shared_seed
 from llamalab.parallel.sizes import check_tp_size
 from llamalab.quantize import quantize_model
-from llamalab.quantize.native import kernel_quantized_linears
+from llamalab.quantize.native import kernel_quantized_linears, kernels
+from llamalab.quantize.native_decode import native_step, supported
 from llamalab.tokenizer import Tokenizer, load_tokenizer
 
 Source = str | os.PathLike | ModelArgs  # a checkpoint folder or file, a preset name, or a shape (random weights)
@@ -118,23 +119,27 @@ def load_model(
 def prepare_for_inference(model: Transformer, quantize: str | None = None, compile: bool = False,
                           group_size: int | None = None) -> Transformer:
     """No gradients, the optional weight-only quantization (int4: `group_size` weights per scale, default 128), and on
-    CPU the decode fast paths (see generate/fast.py)."""
+    CPU the decode fast paths: the C decode step (quantize/native_decode.py) where it covers the model, else
+    generate/fast.py's layouts."""
     model.eval().requires_grad_(False)
     if quantize:
         quantize_model(model, quantize, **({"group_size": group_size} if group_size else {}))
-    if model.device.type == "cpu":
-        matvec_linears(model) if compile else column_major_weights(model)
-        if not compile:
-            kernel_quantized_linears(model)  # GGUF's exact int4 / Q8_0 layers: C kernels instead of dequantizing
+    if model.device.type != "cpu":
+        return model
+    if compile:
+        return matvec_linears(model)
+    kernel_quantized_linears(model)  # GGUF's exact int4 / Q8_0 layers: C kernels instead of dequantizing
+    if not (supported(model) and kernels() is not None):  # the C step reads row-major weights
+        column_major_weights(model)
     return model
 
 
 def decode_step(model: Transformer, compile: bool = False, batch_size: int = 1, cache_len: int | None = None,
                 backend: str = "inductor", mode: str | None = None) -> Step:
-    """The eager decode step, or the one compiled (torch.compile's `backend`, `mode`) and warmed up on a
-    (batch_size, cache_len) KV cache; see LoadedModel."""
+    """The C decode step on CPU where it covers the model, else the eager one; or the one compiled (torch.compile's
+    `backend`, `mode`) and warmed up on a (batch_size, cache_len) KV cache; see LoadedModel."""
     if not compile:
-        return eager_step(model)
+        return native_step(model) or eager_step(model)
     step = compile_decode_step(model, mode=mode, backend=backend)
     model.setup_cache(batch_size, min(cache_len or model.args.max_seq_len, model.args.max_seq_len))
     list(Generation(model, [[0]] * batch_size, 2, SamplingParams(temperature=0), step=step))

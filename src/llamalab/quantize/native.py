@@ -26,8 +26,9 @@ from llamalab.files import atomic_output
 from llamalab.quantize.int4 import Int4Linear
 from llamalab.quantize.int8 import Int8Linear
 
-SOURCE = Path(__file__).with_name("cpu_kernels.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("cpu_kernels.c", "cpu_decode.c"))  # + cpu_rows.h
+HEADER = Path(__file__).with_name("cpu_rows.h")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-lm")
 BLOCK = 32  # inputs the kernels read at a time (BLOCK in cpu_kernels.c): group sizes must be multiples of it
 MAX_ROWS = 32  # activation rows up to which the kernels beat dequantizing blocks of the weight for a float32 GEMM
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
@@ -128,8 +129,8 @@ def _kernel_applies(module: nn.Module, x: torch.Tensor) -> bool:
 
 
 def _built_library() -> Path:
-    """The path of the library for this source, flags and CPU, compiling it (to a temporary name) when missing."""
-    source = SOURCE.read_bytes()
+    """The path of the library for these sources, flags and CPU, compiling it (to a temporary name) when missing."""
+    source = b"".join(path.read_bytes() for path in (*SOURCES, HEADER))
     key = hashlib.sha256(source + " ".join(FLAGS).encode() + _cpu_features().encode()).hexdigest()[:16]
     library = kernel_dir() / f"llamalab_cpu_kernels_{key}.so"
     if library.exists():
@@ -138,7 +139,7 @@ def _built_library() -> Path:
     if compiler is None:
         raise OSError("no C compiler (cc / gcc) found")
     with atomic_output(library) as tmp:
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(tmp)], check=True, capture_output=True)
+        subprocess.run([compiler, *map(str, SOURCES), *FLAGS, "-o", str(tmp)], check=True, capture_output=True)
     return library
 
 

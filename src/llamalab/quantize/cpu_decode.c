@@ -1,0 +1,233 @@
+/* One decode step of the whole LLaMA decoder for a few rows (one new token each), in one OpenMP parallel region.
+
+Built with cpu_kernels.c by llamalab/quantize/native.py. The Python side (quantize/native_decode.py) passes pointers
+to the model's own tensors: weights (float32, or int4 / int8 codes with float32 scales), RMSNorm weights, the RoPE
+tables and the static KV cache, which this step writes in place. Every matrix product splits its output rows over the
+threads; the threads meet once after each of them (q/k/v with RoPE and the cache write, attention, wo with the
+residual, w1/w3 with SiLU, w2 with the residual, the head), and each thread computes the RMSNorm of the input rows
+itself. What it computes is Transformer.forward(tokens, start_pos, last_only=True) of llamalab/model/model.py, up to
+the order of float32 summation.
+*/
+#include <math.h>
+#include <stdlib.h>
+
+#include "cpu_rows.h"
+
+enum { F32 = 0, INT4 = 1, INT8 = 2 };
+
+typedef struct {
+    int64_t kind, out, in, group;
+    const void *weight;   /* float (out, in), or uint8 packed int4 codes (out, in / 2), or int8 codes (out, in) */
+    const float *scales;  /* (out, in / group) for int4 / int8 */
+    const float *zeros;   /* (out, in / group) for int4 */
+} Linear;
+
+typedef struct {
+    const float *attention_norm, *ffn_norm; /* (dim,) */
+    float *k, *v;                            /* (cache_rows, n_kv_heads, max_seq, head_dim) */
+    Linear wq, wk, wv, wo, w1, w2, w3;
+} Layer;
+
+typedef struct {
+    int64_t n_layers, dim, n_heads, n_kv_heads, head_dim, hidden, vocab, max_seq;
+    double eps;
+    const float *rope_cos, *rope_sin; /* (positions, head_dim / 2) */
+    const float *norm;                /* (dim,) */
+    Linear output;
+    const Layer *layers;
+} Model;
+
+/* an input row as a product with `l` reads it: x itself, or its int4 arrangement */
+typedef struct {
+    const float *x, *xp, *xsum;
+} Input;
+
+static inline float row_dot(const Linear *l, int64_t r, Input in)
+{
+    const int64_t n_groups = l->kind == F32 ? 0 : l->in / l->group, per_group = l->group / BLOCK;
+    switch (l->kind) {
+    case INT4:
+        return int4_dot((const uint8_t *)l->weight + r * (l->in / 2), l->scales + r * n_groups,
+                        l->zeros + r * n_groups, in.xp, in.xsum, n_groups, per_group);
+    case INT8:
+        return int8_dot((const int8_t *)l->weight + r * l->in, l->scales + r * n_groups, in.x, n_groups, per_group);
+    default:
+        return f32_dot((const float *)l->weight + r * l->in, in.x, l->in);
+    }
+}
+
+/* this thread's copy of m input rows (m, n) for products with weights of int4 group `group` (0: none): x as it is,
+   plus its int4 arrangement in xp / xsum */
+static void prepare(const float *x, int64_t m, int64_t n, int64_t group, float *xp, float *xsum, Input *inputs)
+{
+    for (int64_t i = 0; i < m; i++) {
+        inputs[i].x = x + i * n;
+        inputs[i].xp = xp + i * n;
+        inputs[i].xsum = xsum + i * (n / BLOCK);
+        if (group)
+            int4_prepare(x + i * n, n, group, xp + i * n, xsum + i * (n / BLOCK));
+    }
+}
+
+/* out (m, dim) = RMSNorm(x (m, dim)) * weight, as RMSNorm.forward: x * rsqrt(mean(x²) + eps) * weight */
+static void rms_norm(const float *x, const float *weight, int64_t m, int64_t dim, double eps, float *out)
+{
+    for (int64_t i = 0; i < m; i++) {
+        const float *xi = x + i * dim;
+        float ss = 0.f;
+        for (int64_t c = 0; c < dim; c++)
+            ss += xi[c] * xi[c];
+        const float inv = 1.f / sqrtf(ss / dim + (float)eps);
+        for (int64_t c = 0; c < dim; c++)
+            out[i * dim + c] = xi[c] * inv * weight[c];
+    }
+}
+
+/* the int4 group of the products of a stage (0 when none of them is int4) */
+static int64_t int4_group(const Linear *a, const Linear *b, const Linear *c)
+{
+    if (a->kind == INT4)
+        return a->group;
+    if (b && b->kind == INT4)
+        return b->group;
+    if (c && c->kind == INT4)
+        return c->group;
+    return 0;
+}
+
+/* q, k, v of the m rows: the output rows are taken two at a time (a RoPE pair), rotated at each row's position;
+   k and v go straight into the cache */
+static void qkv(const Model *mo, const Layer *l, const Input *in, int64_t m, const int64_t *positions,
+                const int64_t *cache_rows, float *q)
+{
+    const int64_t qd = l->wq.out, kvd = l->wk.out, hd = mo->head_dim, half = hd / 2;
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < (qd + 2 * kvd) / 2; p++) {
+        int64_t r = 2 * p;
+        const Linear *w = r < qd ? &l->wq : r < qd + kvd ? &l->wk : &l->wv;
+        r -= r < qd ? 0 : r < qd + kvd ? qd : qd + kvd;
+        const int64_t head = r / hd, d = r % hd;
+        for (int64_t i = 0; i < m; i++) {
+            float a = row_dot(w, r, in[i]), b = row_dot(w, r + 1, in[i]);
+            if (w != &l->wv) {
+                const float c = mo->rope_cos[positions[i] * half + d / 2], s = mo->rope_sin[positions[i] * half + d / 2];
+                const float ra = a * c - b * s, rb = a * s + b * c;
+                a = ra;
+                b = rb;
+            }
+            if (w == &l->wq) {
+                q[i * qd + r] = a;
+                q[i * qd + r + 1] = b;
+            } else {
+                float *cache = w == &l->wk ? l->k : l->v;
+                float *at = cache + ((cache_rows[i] * mo->n_kv_heads + head) * mo->max_seq + positions[i]) * hd + d;
+                at[0] = a;
+                at[1] = b;
+            }
+        }
+    }
+}
+
+/* softmax(q kᵀ / √d) v of each row and head over the row's cached positions 0..position */
+static void attend(const Model *mo, const Layer *l, const float *q, int64_t m, const int64_t *positions,
+                   const int64_t *cache_rows, float *scores, float *out)
+{
+    const int64_t hd = mo->head_dim, qd = mo->n_heads * hd, group = mo->n_heads / mo->n_kv_heads;
+    const float scale = 1.f / sqrtf((float)hd);
+#pragma omp for schedule(static)
+    for (int64_t ih = 0; ih < m * mo->n_heads; ih++) {
+        const int64_t i = ih / mo->n_heads, h = ih % mo->n_heads, n = positions[i] + 1;
+        const int64_t base = (cache_rows[i] * mo->n_kv_heads + h / group) * mo->max_seq * hd;
+        const float *qi = q + i * qd + h * hd, *keys = l->k + base, *values = l->v + base;
+        float top = -INFINITY, total = 0.f;
+        for (int64_t t = 0; t < n; t++) {
+            scores[t] = f32_dot(qi, keys + t * hd, hd) * scale;
+            top = scores[t] > top ? scores[t] : top;
+        }
+        for (int64_t t = 0; t < n; t++) {
+            scores[t] = expf(scores[t] - top);
+            total += scores[t];
+        }
+        float *o = out + i * qd + h * hd;
+        for (int64_t d = 0; d < hd; d++)
+            o[d] = 0.f;
+        for (int64_t t = 0; t < n; t++) {
+            const float p = scores[t] / total, *vt = values + t * hd;
+            for (int64_t d = 0; d < hd; d++)
+                o[d] += p * vt[d];
+        }
+    }
+}
+
+/* x (m, l->out) += l · in: a residual projection */
+static void add_product(const Linear *l, const Input *in, int64_t m, float *x)
+{
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < l->out; r++)
+        for (int64_t i = 0; i < m; i++)
+            x[i * l->out + r] += row_dot(l, r, in[i]);
+}
+
+/* h (m, hidden) = silu(w1 · in) * (w3 · in) */
+static void gate_up(const Layer *l, const Input *in, int64_t m, float *h)
+{
+    const int64_t hidden = l->w1.out;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < hidden; r++)
+        for (int64_t i = 0; i < m; i++) {
+            const float g = row_dot(&l->w1, r, in[i]), u = row_dot(&l->w3, r, in[i]);
+            h[i * hidden + r] = g / (1.f + expf(-g)) * u;
+        }
+}
+
+/* logits (m, vocab) of m new tokens whose embeddings are x (m, dim); x is overwritten (the residual stream). Row i
+   sits at positions[i] of cache row cache_rows[i]; `threads` OpenMP threads share the work. Returns 1 when scratch
+   memory could not be allocated. */
+int decode_step(const Model *mo, float *x, int64_t m, const int64_t *positions, const int64_t *cache_rows,
+                float *logits, int64_t threads)
+{
+    const int64_t dim = mo->dim, qd = mo->n_heads * mo->head_dim, hidden = mo->hidden;
+    const int64_t widest = dim > hidden ? (dim > qd ? dim : qd) : (hidden > qd ? hidden : qd);
+    float *shared = malloc(sizeof(float) * m * (2 * qd + hidden));
+    if (!shared)
+        return 1;
+    float *q = shared, *att = q + m * qd, *h = att + m * qd;
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        /* this thread's normalized rows, their int4 arrangement, and attention scores */
+        float *own = malloc(sizeof(float) * (2 * m * widest + m * (widest / BLOCK) + mo->max_seq));
+        Input *in = malloc(sizeof(Input) * m);
+#pragma omp atomic
+        failed += !own || !in;
+#pragma omp barrier
+        if (!failed) {
+            float *xn = own, *xp = xn + m * widest, *xsum = xp + m * widest, *scores = xsum + m * (widest / BLOCK);
+            for (int64_t layer = 0; layer < mo->n_layers; layer++) {
+                const Layer *l = mo->layers + layer;
+                rms_norm(x, l->attention_norm, m, dim, mo->eps, xn);
+                prepare(xn, m, dim, int4_group(&l->wq, &l->wk, &l->wv), xp, xsum, in);
+                qkv(mo, l, in, m, positions, cache_rows, q);
+                attend(mo, l, q, m, positions, cache_rows, scores, att);
+                prepare(att, m, qd, int4_group(&l->wo, NULL, NULL), xp, xsum, in);
+                add_product(&l->wo, in, m, x);
+                rms_norm(x, l->ffn_norm, m, dim, mo->eps, xn);
+                prepare(xn, m, dim, int4_group(&l->w1, &l->w3, NULL), xp, xsum, in);
+                gate_up(l, in, m, h);
+                prepare(h, m, hidden, int4_group(&l->w2, NULL, NULL), xp, xsum, in);
+                add_product(&l->w2, in, m, x);
+            }
+            rms_norm(x, mo->norm, m, dim, mo->eps, xn);
+            prepare(xn, m, dim, int4_group(&mo->output, NULL, NULL), xp, xsum, in);
+            const Linear *out = &mo->output;
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < out->out; r++)
+                for (int64_t i = 0; i < m; i++)
+                    logits[i * out->out + r] = row_dot(out, r, in[i]);
+        }
+        free(own);
+        free(in);
+    }
+    free(shared);
+    return failed ? 1 : 0;
+}

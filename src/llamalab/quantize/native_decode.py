@@ -1,0 +1,167 @@
+"""A CPU decode step that runs the whole model in one C call (cpu_decode.c): `native_step(model)`.
+
+At batch 1 a PyTorch decode step of a small model spends most of its time between ops (~20 per layer), not in them.
+The C step does every layer's work for up to MAX_ROWS rows in one OpenMP parallel region over the model's own
+tensors (float32 weights, or GGUF's int4 / Q8_0 codes as the kernel layers hold them), writing the static KV cache in
+place; the readable model stays the reference (tests compare the two). Prefill, a paged cache and anything the step
+does not cover (LoRA layers, other dtypes, training) go through the model as usual.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import nn
+
+from llamalab.model import Transformer
+from llamalab.model.kv_cache import KVCache
+from llamalab.model.model import Attention, FeedForward, RMSNorm
+from llamalab.quantize.native import BLOCK, MAX_ROWS, KernelInt4Linear, KernelInt8Linear, kernels
+
+F32, INT4, INT8 = 0, 1, 2  # the weight kinds of cpu_decode.c
+_P, _I64 = ctypes.c_void_p, ctypes.c_int64
+
+
+class CLinear(ctypes.Structure):
+    _fields_ = [("kind", _I64), ("out", _I64), ("inputs", _I64), ("group", _I64), ("weight", _P), ("scales", _P),
+                ("zeros", _P)]
+
+
+class CLayer(ctypes.Structure):
+    _fields_ = [("attention_norm", _P), ("ffn_norm", _P), ("k", _P), ("v", _P),
+                *((name, CLinear) for name in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"))]
+
+
+class CModel(ctypes.Structure):
+    _fields_ = [*((name, _I64) for name in ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "hidden", "vocab",
+                                            "max_seq")),
+                ("eps", ctypes.c_double), ("rope_cos", _P), ("rope_sin", _P), ("norm", _P), ("output", CLinear),
+                ("layers", ctypes.POINTER(CLayer))]
+
+
+def native_step(model: Transformer):
+    """A decode step (tokens (n, 1), start_pos, kv_len) -> logits (n, vocab) running in C when the model is one the C
+    step covers (on CPU, float32, plain or kernel-quantized layers) and the C kernels build; else None."""
+    if not supported(model) or kernels() is None:
+        return None
+    return NativeStep(model)
+
+
+def supported(model: nn.Module) -> bool:
+    """Whether the C step computes this model's forward: a CPU float32 Transformer in eval mode whose layers are the
+    model's own modules holding plain float32 weights or kernel int4 / Q8_0 codes."""
+    if not isinstance(model, Transformer) or model.training or model.device.type != "cpu":
+        return False
+    if model.args.dropout or any(type(m).__name__ == "LoRALinear" for m in model.modules()):
+        return False
+    try:
+        if model.dtype != torch.float32:
+            return False
+    except StopIteration:
+        return False
+    for layer in model.layers:
+        attention, ffn = layer.attention, layer.feed_forward
+        if type(attention) is not Attention or type(ffn) is not FeedForward or attention.head_dim % 2:
+            return False
+        if any(type(norm) is not RMSNorm or not _plain_float(norm.weight) for norm in (layer.attention_norm,
+                                                                                        layer.ffn_norm)):
+            return False
+        stages = [(attention.wq, attention.wk, attention.wv), (attention.wo,), (ffn.w1, ffn.w3), (ffn.w2,)]
+        if not all(_stage_supported(stage) for stage in stages):
+            return False
+    return type(model.norm) is RMSNorm and _plain_float(model.norm.weight) and _stage_supported((model.output,))
+
+
+class NativeStep:
+    """The C decode step of one model; falls back to the model's forward for what it does not cover."""
+
+    def __init__(self, model: Transformer):
+        self.model, self.library = model, kernels()
+        self.library.decode_step.argtypes = [_P, _P, _I64, _P, _P, _P, _I64]
+        a = model.args
+        first = model.layers[0].attention
+        self.layers = (CLayer * a.n_layers)(*(_layer(block) for block in model.layers))
+        self.shape = CModel(
+            n_layers=a.n_layers, dim=a.dim, n_heads=first.wq.out_features // first.head_dim,
+            n_kv_heads=first.n_kv_heads, head_dim=first.head_dim, hidden=model.layers[0].feed_forward.w1.out_features,
+            vocab=model.output.out_features, max_seq=0, eps=model.norm.eps, norm=model.norm.weight.data_ptr(),
+            output=_linear(model.output), layers=self.layers)
+        self.cache: KVCache | None = None
+        self.vocab = model.output.out_features
+
+    def __call__(self, tokens: torch.Tensor, start_pos: int | torch.Tensor, kv_len: int | None = None
+                 ) -> torch.Tensor:
+        model = self.model
+        cache = model.kv_cache
+        n = tokens.shape[0]
+        if (type(cache) is not KVCache or tokens.shape[1] != 1 or n > MAX_ROWS or model.training
+                or torch.is_grad_enabled()):
+            return model(tokens, start_pos, kv_len=kv_len, last_only=True)[:, -1]
+        where = model.place(tokens, start_pos, 0, kv_len)  # checks the positions, grows the RoPE tables
+        positions = where.positions.expand(n, 1).reshape(n).contiguous()  # (n,) int64
+        if cache is not self.cache:
+            self._point_at(cache)
+        self.shape.rope_cos, self.shape.rope_sin = model.rope_cos.data_ptr(), model.rope_sin.data_ptr()
+        x = model.tok_embeddings(tokens).reshape(n, -1).contiguous()  # (n, dim), overwritten by the residual stream
+        logits = torch.empty(n, self.vocab)
+        rows = torch.arange(n)  # cache rows 0..n-1
+        failed = self.library.decode_step(ctypes.byref(self.shape), x.data_ptr(), n, positions.data_ptr(),
+                                          rows.data_ptr(), logits.data_ptr(), torch.get_num_threads())
+        if failed:
+            raise MemoryError("the C decode step could not allocate its scratch memory")
+        return logits
+
+    def _point_at(self, cache: KVCache) -> None:
+        """Aim the C layers at the (new) cache's tensors."""
+        for c_layer, layer_cache in zip(self.layers, cache.layers):
+            if layer_cache.k.dtype != torch.float32 or not layer_cache.k.is_contiguous():
+                raise ValueError("the C decode step needs a contiguous float32 KV cache")
+            c_layer.k, c_layer.v = layer_cache.k.data_ptr(), layer_cache.v.data_ptr()
+        self.shape.max_seq = cache.max_seq_len
+        self.cache = cache
+
+
+def _layer(block: nn.Module) -> CLayer:
+    attention, ffn = block.attention, block.feed_forward
+    linears = {name: _linear(getattr(attention, name)) for name in ("wq", "wk", "wv", "wo")}
+    linears |= {name: _linear(getattr(ffn, name)) for name in ("w1", "w2", "w3")}
+    return CLayer(attention_norm=block.attention_norm.weight.data_ptr(), ffn_norm=block.ffn_norm.weight.data_ptr(),
+                  **linears)
+
+
+def _linear(module: nn.Module) -> CLinear:
+    """The C description of a supported linear layer (pointers into its own tensors)."""
+    if type(module) is KernelInt4Linear:
+        return CLinear(INT4, module.out_features, module.in_features, module.group_size, module.weight.data_ptr(),
+                       module.scales.data_ptr(), module.zeros.data_ptr())
+    if type(module) is KernelInt8Linear:
+        return CLinear(INT8, module.out_features, module.in_features, module.group_size, module.weight.data_ptr(),
+                       module.kernel_scales.data_ptr(), None)
+    return CLinear(F32, module.out_features, module.in_features, 0, module.weight.data_ptr(), None, None)
+
+
+def _stage_supported(linears: tuple[nn.Module, ...]) -> bool:
+    """Linear layers the C step reads that share one input: every one supported, their int4 groups alike."""
+    groups = {m.group_size for m in linears if type(m) is KernelInt4Linear}
+    return len(groups) <= 1 and all(_linear_supported(m) for m in linears)
+
+
+def _linear_supported(module: nn.Module) -> bool:
+    if type(module) is nn.Linear:
+        return module.bias is None and _plain_float(module.weight)
+    if type(module) is KernelInt4Linear:
+        tensors = (module.weight, module.scales, module.zeros)
+        scales_ok = module.scales.dtype == module.zeros.dtype == torch.float32
+    elif type(module) is KernelInt8Linear:
+        tensors = (module.weight, module.kernel_scales)
+        scales_ok = module.kernel_scales.dtype == torch.float32 and module.kernel_scales.shape == module.scales.shape
+    else:
+        return False
+    return (scales_ok and module.group_size % BLOCK == 0 and module.in_features % BLOCK == 0
+            and all(t.is_contiguous() and t.device.type == "cpu" for t in tensors))
+
+
+def _plain_float(weight: torch.Tensor) -> bool:
+    """A contiguous float32 CPU tensor (not a DTensor or another subclass)."""
+    return (type(weight) in (torch.Tensor, nn.Parameter) and weight.dtype == torch.float32
+            and weight.device.type == "cpu" and weight.is_contiguous())

@@ -1,0 +1,155 @@
+"""The C decode step (quantize/native_decode.py) against the readable model: the same greedy tokens over 40 steps and
+logits within float32 summation-order error (5e-5 of the largest logit), for float32 weights, int4 / Q8_0 codes and
+SmolLM2's GGUF."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from llamalab import ModelArgs
+from llamalab.generate.decode import Generation, eager_step
+from llamalab.generate.sampling import SamplingParams
+from llamalab.inference import load_model
+from llamalab.model import Transformer
+from llamalab.quantize import Int4Linear, Int8Linear, native, quantize_int4
+from llamalab.quantize.native import kernel_quantized_linears
+from llamalab.quantize.native_decode import NativeStep, native_step, supported
+
+pytestmark = pytest.mark.skipif(native.kernels() is None, reason="no C compiler on this machine")
+
+GREEDY = SamplingParams(temperature=0)
+PROMPTS = [[5, 17, 3, 40, 2, 9, 11], [7, 1], [30, 31, 32, 33]]  # different lengths: each row at its own position
+
+
+def tiny_model(seed: int = 0, dim: int = 80) -> Transformer:
+    """Random weights large enough for decisive logits; grouped-query heads; dim not a multiple of 16 (vector tails)."""
+    torch.manual_seed(seed)
+    args = ModelArgs(dim=dim, n_layers=3, n_heads=4, n_kv_heads=2, vocab_size=96, multiple_of=32, max_seq_len=64)
+    model = Transformer(args).eval().requires_grad_(False)
+    for p in model.parameters():
+        p.mul_(5)  # std 0.1 weights, norms at 5: logits spread over several units
+    return model
+
+
+def decode(model: Transformer, step, prompts: list[list[int]], steps: int) -> tuple[list[list[int]], torch.Tensor]:
+    """Greedy tokens of each prompt and the logits of every decode step (steps, rows, vocab)."""
+    logits = []
+
+    def recording(tokens, start_pos, kv_len=None):
+        logits.append(step(tokens, start_pos, kv_len))
+        return logits[-1]
+
+    generation = Generation(model, prompts, steps, GREEDY, step=recording)
+    list(generation)
+    return [c.tokens for c in generation.completions], torch.stack(logits)
+
+
+def assert_same_decoding(reference: Transformer, fast: Transformer, prompts, steps: int = 40, rtol: float = 5e-5):
+    expected, expected_logits = decode(reference, eager_step(reference), prompts, steps)
+    step = native_step(fast)
+    assert isinstance(step, NativeStep)
+    tokens, logits = decode(fast, step, prompts, steps)
+    assert tokens == expected
+    scale = expected_logits.abs().max().item()
+    assert scale > 1  # decisive logits, not a flat near-zero distribution
+    assert (logits - expected_logits).abs().max().item() <= rtol * scale
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["one row", "rows at their own positions"])
+def test_float32_step_decodes_like_the_model(prompts):
+    model = tiny_model()
+    assert supported(model)
+    assert_same_decoding(model, model, prompts)
+
+
+def test_threads_do_not_change_the_result():
+    model = tiny_model(1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, one_logits = decode(model, native_step(model), PROMPTS, 12)
+        torch.set_num_threads(2)
+        two, two_logits = decode(model, native_step(model), PROMPTS, 12)
+    finally:
+        torch.set_num_threads(threads)
+    assert one == two and torch.equal(one_logits, two_logits)  # each output row is summed by one thread
+
+
+def quantized_twin(model: Transformer) -> Transformer:
+    """A copy of `model` holding int4 codes (group 32, GGUF's Q4_1 layout) for every block's weights and group-wise
+    int8 codes (Q8_0's layout) for the head, with `model`'s weights set to exactly what those codes stand for."""
+    twin = copy.deepcopy(model)
+    for name, linear in [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]:
+        if name == "output":
+            layer = Int8Linear(linear.in_features, linear.out_features, group_size=32)
+            scales = (linear.weight.abs().view(linear.out_features, -1, 32).amax(-1) / 127).half()
+            layer.weight = torch.round(linear.weight / scales.float().repeat_interleave(32, 1)).to(torch.int8)
+            layer.scales = scales
+        else:
+            layer = Int4Linear(linear.in_features, linear.out_features, 32, kernel_dtype=None)
+            layer.weight, layer.scales, layer.zeros = quantize_int4(linear.weight, 32)
+            layer.pack_for_kernel()
+        linear.weight.copy_(layer.dequantize())
+        parent, _, child = name.rpartition(".")
+        setattr(twin.get_submodule(parent), child, layer)
+    assert kernel_quantized_linears(twin) == 3 * 7 + 1
+    return twin
+
+
+def test_int4_and_q8_step_decodes_like_the_float_model_of_the_same_weights():
+    model = tiny_model(2, dim=64)  # the C step reads int4 / int8 inputs in blocks of 32
+    model.args.tie_embeddings = False
+    model.output.weight = nn.Parameter(model.output.weight.detach().clone(), requires_grad=False)  # its own head
+    twin = quantized_twin(model)
+    assert supported(twin)
+    assert_same_decoding(model, twin, PROMPTS)
+
+
+def test_what_the_step_does_not_cover_goes_through_the_model():
+    model = tiny_model(3)
+    step = native_step(model)
+    rows = [[1, 2, 3]] * (native.MAX_ROWS + 1)  # more rows than the C step takes
+    assert decode(model, step, rows, 3)[0] == decode(model, eager_step(model), rows, 3)[0]
+    model.setup_paged_cache(num_blocks=8, block_size=16, batch_size=1, max_seq_len=64)
+    with torch.inference_mode():
+        model(torch.tensor([[4, 5, 6]]), 0)
+        paged = step(torch.tensor([[7]]), 3)
+    model.setup_paged_cache(num_blocks=8, block_size=16, batch_size=1, max_seq_len=64)
+    with torch.inference_mode():
+        model(torch.tensor([[4, 5, 6]]), 0)
+        assert torch.equal(paged, model(torch.tensor([[7]]), 3, last_only=True)[:, -1])
+
+
+def test_models_the_step_does_not_cover():
+    assert not supported(tiny_model().to(torch.bfloat16))
+    assert not supported(tiny_model().train())
+    assert native_step(tiny_model().to(torch.bfloat16)) is None
+
+
+def test_load_model_decodes_through_the_c_step_with_row_major_weights():
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=80, multiple_of=32, max_seq_len=64)
+    loaded = load_model(args, random_init=True, seed=0, device="cpu")
+    assert isinstance(loaded.decode_step(), NativeStep)
+    assert all(m.weight.is_contiguous() for m in loaded.model.modules() if type(m) is nn.Linear)
+    bf16 = load_model(args, random_init=True, seed=0, device="cpu", dtype="bfloat16")
+    assert not isinstance(bf16.decode_step(), NativeStep)
+
+
+def test_smollm2_gguf_decodes_the_same_through_the_c_step(smollm2_model):
+    """SmolLM2's Q4_1 blocks and Q8_0 tied head, as GGUF stores them: the C step against the model's own layers
+    (which dequantize the codes), 32 greedy steps of two prompts."""
+    model = smollm2_model
+    prompts = [[504, 3458, 282, 4649, 314], [1, 2, 3]]  # "The capital of France is", a short one
+    expected, expected_logits = decode(model, eager_step(model), prompts, 32)
+    swapped = [m for m in model.modules() if type(m) in (Int4Linear, Int8Linear) and m.weight.device.type == "cpu"]
+    try:
+        kernel_quantized_linears(model)
+        step = native_step(model)
+        assert isinstance(step, NativeStep)
+        tokens, logits = decode(model, step, prompts, 32)
+    finally:
+        for module in swapped:  # the session fixture goes back to the plain layers
+            module.__class__ = Int4Linear if isinstance(module, Int4Linear) else Int8Linear
+    assert tokens == expected
+    assert (logits - expected_logits).abs().max().item() <= 2e-3  # logits span about ±30
