@@ -74,12 +74,9 @@ def read_line(interactive: bool) -> str | None:
 
 def reply(model, tokenizer, history: list[dict[str, str]], max_new_tokens: int, sampling, step, stop) -> str:
     """Stream the assistant's answer to the dialog, then a tokens/s line; return the answer's text."""
-    from llamalab.generate.decode import Generation
-    from llamalab.generate.text import fit_dialog, stream_text
+    from llamalab.generate.text import chat_generation, stream_text
 
-    prompt = fit_dialog(tokenizer, history, model.args.max_seq_len)
-    generation = Generation(model, [prompt], max_new_tokens, sampling, stop_ids=tokenizer.stop_ids, step=step,
-                            vocab_size=min(tokenizer.vocab_size, model.args.vocab_size))
+    generation = chat_generation(model, tokenizer, history, max_new_tokens, sampling, step=step)
     start, answer = time.perf_counter(), ""
     try:
         for deltas in stream_text(generation, tokenizer, stop):

@@ -39,21 +39,26 @@ def add_parser(subparsers):
 def run(args) -> int:
     from llamalab.generate.decode import Generation
     from llamalab.generate.speculative import SpeculativeGeneration
+    from llamalab.generate.text import text_generation
     from llamalab.inference import load_model as load_draft
 
     loaded = load_model(args)
     model, tokenizer = loaded.model, loaded.tokenizer
     prompt = prompt_ids(args.prompt, args.prompt_ids, tokenizer, model.args.vocab_size)
     recommended = tokenizer.sampling_defaults if tokenizer else None
-    options = dict(sampling=sampling_params(args, loaded.seed, recommended),
-                   stop_ids=tokenizer.stop_ids if tokenizer else (), truncate=args.truncate)
+    sampling = sampling_params(args, loaded.seed, recommended)
     if args.draft:
         draft = load_draft(args.draft, device=model.device, dtype=model.dtype, tokenizer=tokenizer).model
-        generation = SpeculativeGeneration(model, draft, [prompt], args.max_new_tokens, args.lookahead, **options)
+        generation = SpeculativeGeneration(model, draft, [prompt], args.max_new_tokens, args.lookahead,
+                                           sampling=sampling, stop_ids=tokenizer.stop_ids if tokenizer else (),
+                                           truncate=args.truncate)
+    elif tokenizer is not None:  # its stop ids, and no id past its vocabulary
+        step = decode_step(loaded, cache_len=len(prompt) + args.max_new_tokens)
+        generation = text_generation(model, tokenizer, [prompt], args.max_new_tokens, sampling, step=step,
+                                     truncate=args.truncate)
     else:
         step = decode_step(loaded, cache_len=len(prompt) + args.max_new_tokens)
-        vocab_size = min(tokenizer.vocab_size, model.args.vocab_size) if tokenizer else None
-        generation = Generation(model, [prompt], args.max_new_tokens, step=step, vocab_size=vocab_size, **options)
+        generation = Generation(model, [prompt], args.max_new_tokens, sampling, step=step, truncate=args.truncate)
     printing = loaded.main_process  # with --tp every rank generates; rank 0 prints
     for delta in deltas(generation, tokenizer, args.stop):
         if printing and not args.json:

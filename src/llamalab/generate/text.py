@@ -139,6 +139,24 @@ def chat_completion(
                      **options)
 
 
+def text_generation(model: torch.nn.Module, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                    sampling: SamplingParams | Sequence[SamplingParams] = META_SAMPLING, **options) -> Generation:
+    """A `Generation` of the prompts' ids that ends a row at the tokenizer's stop ids and never samples an id past its
+    vocabulary (a padded embedding's); options are Generation's (logprobs, echo, truncate, step). Run it with
+    `stream_text` for text and stop strings."""
+    vocab_size = min(tokenizer.vocab_size, model.args.vocab_size)
+    return Generation(model, prompts, max_new_tokens, sampling, stop_ids=tokenizer.stop_ids, vocab_size=vocab_size,
+                      **options)
+
+
+def chat_generation(model: torch.nn.Module, tokenizer: Tokenizer, dialog: list[dict[str, str]], max_new_tokens: int,
+                    sampling: SamplingParams = META_SAMPLING, **options) -> Generation:
+    """The assistant's reply to `dialog` as a `text_generation`; the oldest exchanges after the system prompt are
+    deleted from `dialog` (in place) while its prompt does not fit the model's context (see `fit_dialog`)."""
+    prompt = fit_dialog(tokenizer, dialog, model.args.max_seq_len)
+    return text_generation(model, tokenizer, [prompt], max_new_tokens, sampling, **options)
+
+
 def fit_dialog(tokenizer: Tokenizer, dialog: list[dict[str, str]], context: int) -> list[int]:
     """The dialog's prompt ids, shorter than `context`: the oldest exchanges after the system prompt are deleted from
     `dialog` (in place) while it does not fit, keeping at least the last message."""
@@ -151,10 +169,8 @@ def fit_dialog(tokenizer: Tokenizer, dialog: list[dict[str, str]], context: int)
 
 
 def _complete(model, tokenizer, prompts, max_gen_len, sampling, stop, **options) -> list[Completion]:
-    max_new_tokens = max_gen_len or model.args.max_seq_len - 1
-    vocab_size = min(tokenizer.vocab_size, model.args.vocab_size)  # a padded embedding's extra ids are never sampled
-    generation = Generation(model, prompts, max_new_tokens, sampling, stop_ids=tokenizer.stop_ids,
-                            vocab_size=vocab_size, **options)
+    generation = text_generation(model, tokenizer, prompts, max_gen_len or model.args.max_seq_len - 1, sampling,
+                                 **options)
     for _ in stream_text(generation, tokenizer, stop):
         pass
     return generation.completions

@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 
 from llamalab.generate.decode import Generation
 from llamalab.generate.sampling import SamplingParams
-from llamalab.generate.text import TextStream, chat_completion, fit_dialog, stream_text, text_completion
+from llamalab.generate.text import (
+    TextStream,
+    chat_completion,
+    chat_generation,
+    fit_dialog,
+    stream_text,
+    text_completion,
+)
 from llamalab.tokenizer import encode_dialog, load_tokenizer
 
 GREEDY = SamplingParams(temperature=0)
@@ -140,3 +147,18 @@ def test_ids_of_an_embedding_padded_past_the_tokenizer_are_never_sampled(tokeniz
     shutil.copy(tokenizer.path, tmp_path / "model" / "tokenizer.model")
     assert main(["generate", str(tmp_path / "model"), "--prompt", "the cat", "--max-new-tokens", "4",
                  "--temperature", "0", "--device", "cpu"]) in (0, None)
+
+
+def test_chat_generation_fits_the_dialog_and_ends_at_the_tokenizers_stop_id(tokenizer):
+    short = peaked_model(vocab_size=tokenizer.vocab_size, max_seq_len=64)
+    stop_first = SamplingParams(temperature=0, logit_bias={tokenizer.eos_id: 100})  # the stop id wins every step
+    exchanges = [{"role": r, "content": f"{r} says the cat sat on the mat {i}"} for i in range(6)
+                 for r in ("user", "assistant")]
+    dialog = [*exchanges, {"role": "user", "content": "where did the cat sit"}]
+    assert len(encode_dialog(tokenizer, dialog)) >= 64
+    generation = chat_generation(short, tokenizer, dialog, 8, stop_first)
+    assert len(encode_dialog(tokenizer, dialog)) < 64 and dialog[-1]["content"] == "where did the cat sit"
+    assert [d for deltas in stream_text(generation, tokenizer) for d in deltas] in ([], [""])
+    [completion] = generation.completions
+    assert completion.tokens == [] and completion.finish_reason == "stop"
+    assert completion.prompt_tokens == encode_dialog(tokenizer, dialog)
