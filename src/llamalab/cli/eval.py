@@ -29,15 +29,11 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from llamalab.train.evaluate import check_windows, perplexity, read_eval_text
+    from llamalab.train.evaluate import evaluate_text
 
     loaded = load_model(args)
-    context = loaded.model.args.max_seq_len if args.context is None else args.context
-    stride = max(context // 2, 1) if args.stride is None else args.stride
-    check_windows(loaded.model, context, stride, args.batch_size)  # before the text is read and tokenized
-    text = read_eval_text(args.data, loaded.tokenizer, args.split, args.max_tokens)
-    result = perplexity(loaded.model, text.ids, context, stride, text.n_bytes, args.batch_size,
-                        progress=not args.no_progress)
+    result, text = evaluate_text(loaded.model, loaded.tokenizer, args.data, args.context, args.stride, args.batch_size,
+                                 args.split, args.max_tokens, progress=not args.no_progress)
     report = {**result.as_dict(), "documents": text.documents, "data": str(args.data)}
     if args.json:
         print(json.dumps(report))
@@ -45,5 +41,5 @@ def run(args) -> int:
     print(f"perplexity {result.perplexity:.4f}: {result.nats_per_token:.4f} nats/token, "
           f"{result.bits_per_byte:.4f} bits/byte")
     print(f"{result.tokens:,} tokens scored ({result.bytes:,} bytes, {text.documents:,} documents), "
-          f"context {context}, stride {stride}: {result.tokens_per_s:.1f} tokens/s")
+          f"context {result.context}, stride {result.stride}: {result.tokens_per_s:.1f} tokens/s")
     return 0

@@ -167,6 +167,18 @@ def check_windows(model: Transformer, context: int, stride: int, batch_size: int
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
 
 
+def evaluate_text(model: Transformer, tokenizer: Tokenizer | None, source: str | Path, context: int | None = None,
+                  stride: int | None = None, batch_size: int = 1, split: str = "val", max_tokens: int | None = None,
+                  progress: bool = False) -> tuple[Perplexity, EvalText]:
+    """`llamalab eval` in one call: the perplexity on a text or .jsonl file, a folder of them, or a prepared folder's
+    `split` (see `read_eval_text`), and the text scored; the windows are checked before the text is read."""
+    context = model.args.max_seq_len if context is None else context
+    stride = max(context // 2, 1) if stride is None else stride
+    check_windows(model, context, stride, batch_size)
+    text = read_eval_text(source, tokenizer, split, max_tokens)
+    return perplexity(model, text.ids, context, stride, text.n_bytes, batch_size, progress), text
+
+
 @torch.inference_mode()
 def perplexity(model: Transformer, ids: np.ndarray | torch.Tensor, context: int | None = None,
                stride: int | None = None, n_bytes: int = 0, batch_size: int = 1,

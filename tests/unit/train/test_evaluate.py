@@ -13,7 +13,7 @@ from llamalab.errors import ConfigError, DataError
 from llamalab.model import Transformer
 from llamalab.tokenizer import load_tokenizer
 from llamalab.train.batches import TokenData
-from llamalab.train.evaluate import decoded_bytes, perplexity, read_eval_text, sliding_windows
+from llamalab.train.evaluate import decoded_bytes, evaluate_text, perplexity, read_eval_text, sliding_windows
 
 VOCAB = 320  # the vocabulary of the `corpus` fixture (tests/unit/train/conftest.py)
 
@@ -119,3 +119,21 @@ def test_bad_inputs_are_clear_errors(corpus, tmp_path):
         perplexity(model, np.arange(1), context=32)
     with pytest.raises(DataError, match="vocabulary"):
         perplexity(model, np.array([1, VOCAB]), context=32)
+
+
+def test_evaluate_text_scores_a_file_in_one_call_as_its_full_forward(corpus, tmp_path):
+    _, tokenizer, _ = corpus
+    texts = ["The cat sat on the mat.", "A dog ran far away."]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n", encoding="utf-8")
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer))
+    ids = torch.tensor([sp.bos_id(), *sp.encode(texts[0]), sp.eos_id(), sp.bos_id(), *sp.encode(texts[1])])
+    model = tiny_model(max_seq_len=64)  # context 64 by default: one window holds the whole text
+    with torch.no_grad():
+        expected = F.cross_entropy(model(ids[None, :-1])[0].double(), ids[1:], reduction="sum").item()
+    result, text = evaluate_text(model, load_tokenizer(tokenizer), path)
+    assert (result.context, result.stride, result.tokens, text.documents) == (64, 32, len(ids) - 1, 2)
+    assert result.nats == pytest.approx(expected, rel=1e-5)
+    assert result.bits_per_byte == pytest.approx(expected / math.log(2) / sum(len(t) for t in texts), rel=1e-5)
+    with pytest.raises(ConfigError, match="--context 65 exceeds"):  # the windows are checked before any reading
+        evaluate_text(model, None, tmp_path / "not-there.txt", context=65)
