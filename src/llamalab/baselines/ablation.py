@@ -16,6 +16,7 @@ from llamalab.baselines.variants import Variant, VariantTransformer, matched_arg
 from llamalab.config import ModelArgs
 from llamalab.data import prepare, train_tokenizer, write_stories
 from llamalab.errors import ConfigError
+from llamalab.files import atomic_output, write_json
 from llamalab.generate.decode import Generation
 from llamalab.generate.sampling import SamplingParams
 from llamalab.train.batches import TokenData
@@ -133,6 +134,28 @@ def run_ablation(variants: dict[str, Variant], base: ModelArgs, cfg: TrainConfig
     for result, speed in zip(results, speeds):
         result["decode_tokens_per_s"] = speed
     return results
+
+
+def ablate(variants: dict[str, Variant], base: ModelArgs, cfg: TrainConfig, device: torch.device,
+           budget_tokens: int, say=print) -> dict:
+    """`llamalab ablate` in one call: `run_ablation`, then OUT_DIR/ablation.png (the loss curves) and
+    OUT_DIR/ablation.json (the settings and every result), written atomically; returns that report."""
+    out = Path(cfg.out_dir)
+    results = run_ablation(variants, base, cfg, device, say)
+    plot = out / "ablation.png"
+    with atomic_output(plot) as tmp:
+        plot_curves(results).savefig(tmp, format="png")
+    report = {
+        "budget_tokens": budget_tokens,
+        "model": {"dim": base.dim, "n_layers": base.n_layers, "n_heads": base.n_heads, "seq_len": cfg.seq_len,
+                  "tie_embeddings": base.tie_embeddings},
+        "training": {"data": str(cfg.data), "batch_size": cfg.batch_size, "lr": cfg.lr, "steps": cfg.max_steps,
+                     "seed": cfg.seed, "device": str(device), "threads": torch.get_num_threads()},
+        "results": results,
+        "plot": str(plot),
+    }
+    write_json(out / "ablation.json", report)
+    return report
 
 
 def plot_curves(results: list[dict]) -> Figure:

@@ -44,14 +44,13 @@ def add_parser(subparsers):
 def run(args) -> int:
     import torch
 
-    from llamalab.baselines.ablation import DEFAULT_VARIANTS, ablation_config, plot_curves, run_ablation, story_data
+    from llamalab.baselines.ablation import DEFAULT_VARIANTS, ablate, ablation_config, story_data
     from llamalab.baselines.variants import parse_variant
-    from llamalab.files import atomic_output
     from llamalab.inference import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.device = str(resolve_device(args.device))
+    device = resolve_device(args.device)
     variants = {spec: parse_variant(spec) for spec in args.variants or DEFAULT_VARIANTS}
     base = ModelArgs(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, multiple_of=32,
                      max_seq_len=args.seq_len)
@@ -60,26 +59,12 @@ def run(args) -> int:
         data = args.data or story_data(args.out / "data")  # one corpus whatever --seed
         cfg = ablation_config(data, args.out, args.budget_tokens, args.seq_len, args.batch_size, args.lr, args.seed,
                               progress=not args.no_progress)
-        results = run_ablation(variants, base, cfg, torch.device(args.device))
-    plot = args.out / "ablation.png"
-    with atomic_output(plot) as tmp:
-        plot_curves(results).savefig(tmp, format="png")
-    report = {
-        "budget_tokens": args.budget_tokens,
-        "model": {"dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads, "seq_len": args.seq_len,
-                  "tie_embeddings": base.tie_embeddings},
-        "training": {"data": str(data), "batch_size": args.batch_size, "lr": args.lr, "steps": cfg.max_steps,
-                     "seed": args.seed, "device": args.device, "threads": torch.get_num_threads()},
-        "results": results,
-        "plot": str(plot),
-    }
-    with atomic_output(args.out / "ablation.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        report = ablate(variants, base, cfg, device, args.budget_tokens)
     if args.json:
         print(json.dumps(report))
     else:
-        print_table(results)
-        print(f"\nloss curves: {plot}; all numbers: {args.out / 'ablation.json'}")
+        print_table(report["results"])
+        print(f"\nloss curves: {report['plot']}; all numbers: {args.out / 'ablation.json'}")
     return 0
 
 
