@@ -1,16 +1,31 @@
 """How memory and FLOPs per token grow with context length, one line per model (matplotlib, no pyplot state)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from matplotlib.figure import Figure
 
 from llamalab.analysis.flops import forward_flops, training_flops
 from llamalab.analysis.report import Workload
 from llamalab.config import ModelArgs
+from llamalab.errors import ConfigError
+from llamalab.files import atomic_output
 
 
 def context_lengths(max_len: int, start: int = 64) -> list[int]:
     """Powers of two from `start` up to `max_len`, and `max_len` itself."""
     return [*(n for n in (start << i for i in range(32)) if n < max_len), max_len]
+
+
+def write_scaling_plot(path: str | Path, models: dict[str, ModelArgs], work: Workload = Workload()) -> Path:
+    """`plot_scaling` written to `path` (atomically), in the format its suffix names (png, svg, pdf, ...)."""
+    figure = plot_scaling(models, work)
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    if fmt not in figure.canvas.get_supported_filetypes():
+        raise ConfigError(f"--plot {path}: matplotlib cannot write .{fmt}; end the name with .png, .svg or .pdf")
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, format=fmt, dpi=120)
+    return Path(path)
 
 
 def plot_scaling(models: dict[str, ModelArgs], work: Workload = Workload()) -> Figure:

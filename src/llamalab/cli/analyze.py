@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from llamalab.analysis import ACCELERATORS, PRECISIONS, WEIGHT_DTYPES, Accelerator, get_accelerator
 from llamalab.analysis.report import Workload, cost_report
@@ -49,7 +48,9 @@ def run(args) -> int:
         check_tp_size(model_args, args.tp, training=args.train)
         reports[name] = cost_report(model_args, seq_len, work, accelerator, args.tokens_per_second)
     if args.plot:
-        write_plot(args.plot, models, work)
+        from llamalab.analysis.plot import write_scaling_plot  # matplotlib: only when a plot is asked for
+
+        write_scaling_plot(args.plot, models, work)
     if args.json:
         print(json.dumps(reports))
     else:
@@ -57,19 +58,6 @@ def run(args) -> int:
         if args.plot:
             print(f"\nplot written to {args.plot}")
     return 0
-
-
-def write_plot(path: str, models: dict[str, ModelArgs], work: Workload) -> None:
-    """Memory and FLOPs per token against context length, as an image (its format from the suffix)."""
-    from llamalab.analysis.plot import plot_scaling  # matplotlib: only when a plot is asked for
-    from llamalab.files import atomic_output
-
-    figure = plot_scaling(models, work)
-    fmt = Path(path).suffix.lstrip(".").lower() or "png"
-    if fmt not in figure.canvas.get_supported_filetypes():
-        raise ConfigError(f"--plot {path}: matplotlib cannot write .{fmt}; end the name with .png, .svg or .pdf")
-    with atomic_output(path) as tmp:
-        figure.savefig(tmp, format=fmt, dpi=120)
 
 
 def _models(args) -> dict[str, ModelArgs]:
