@@ -7,9 +7,10 @@ one, so that no code outside `model/` touches the cache tensors. Two layouts sit
 - static (`LayerCache`, `KVCache`): every row preallocated to max_seq_len positions (what torch.compile and
   CUDA graphs capture);
 - paged (`PagedLayerCache`, `PagedKVCache`): a pool of fixed-size blocks and a block table per row, so that
-  memory follows the positions reserved (vLLM's PagedAttention layout). Attention gathers a row's blocks
-  into a contiguous (n_kv_heads, kv_len, head_dim) view and runs the same SDPA on it: one extra copy of the
-  positions read per layer and step, the price of not writing an attention kernel of our own.
+  memory follows the positions reserved (vLLM's PagedAttention layout). Attention gathers the rows' blocks
+  (one `index_select` per layer into (n_kv_heads, bsz, kv_len, head_dim), whose (kv_len, head_dim) planes SDPA
+  reads without another copy) and runs the same SDPA on them: one extra copy of the positions read per layer and
+  step, the price of not writing an attention kernel of our own (bench/paged_attention.py measures it).
 """
 from __future__ import annotations
 
@@ -64,11 +65,12 @@ class LayerCache(nn.Module):
 
 
 class PagedLayerCache(nn.Module):
-    """One layer's keys and values in fixed-size blocks: (num_blocks, n_kv_heads, block_size, head_dim) each."""
+    """One layer's keys and values in fixed-size blocks: (n_kv_heads, num_blocks, block_size, head_dim) each (heads
+    outermost, so that a gather of blocks leaves each head's positions contiguous)."""
 
     def __init__(self, num_blocks: int, block_size: int, n_kv_heads: int, head_dim: int, device=None, dtype=None):
         super().__init__()
-        shape = (num_blocks, n_kv_heads, block_size, head_dim)
+        shape = (n_kv_heads, num_blocks, block_size, head_dim)
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
 
@@ -80,15 +82,18 @@ class PagedLayerCache(nn.Module):
         positions = where.positions.expand(bsz, seqlen)  # (bsz, seqlen)
         blocks = where.block_table.gather(1, positions // size)  # (bsz, seqlen)
         offsets = positions % size
-        self.k[blocks, :, offsets] = k.transpose(1, 2)  # (bsz, seqlen, n_kv_heads, head_dim)
-        self.v[blocks, :, offsets] = v.transpose(1, 2)
+        self.k[:, blocks, offsets] = k.transpose(0, 1)  # (n_kv_heads, bsz, seqlen, head_dim)
+        self.v[:, blocks, offsets] = v.transpose(0, 1)
         table = where.block_table[:, : -(-where.kv_len // size)]  # (bsz, blocks read)
         return self._gather(self.k, table, where.kv_len), self._gather(self.v, table, where.kv_len)
 
     @staticmethod
     def _gather(pool: torch.Tensor, table: torch.Tensor, length: int) -> torch.Tensor:
-        rows = pool[table]  # (bsz, blocks, n_kv_heads, block_size, head_dim)
-        return rows.transpose(1, 2).flatten(2, 3)[:, :, :length]  # (bsz, n_kv_heads, length, head_dim)
+        heads, _, size, head_dim = pool.shape
+        bsz, blocks = table.shape
+        rows = pool.index_select(1, table.flatten())  # (n_kv_heads, bsz * blocks, block_size, head_dim)
+        rows = rows.view(heads, bsz, blocks * size, head_dim)[:, :, :length]  # (n_kv_heads, bsz, length, head_dim)
+        return rows.transpose(0, 1)  # (bsz, n_kv_heads, length, head_dim)
 
 
 class KVCache:
@@ -157,7 +162,7 @@ class PagedKVCache:
                  prefix_caching: bool = False):
         self.layers = layers
         self.batch_size, self.max_seq_len = batch_size, max_seq_len
-        total, self.block_size = layers[0].k.shape[0], layers[0].k.shape[2]
+        total, self.block_size = layers[0].k.shape[1], layers[0].k.shape[2]
         self.num_blocks = total - 1
         self.spare = total - 1  # the block the unreserved positions are written to
         per_row = -(-max_seq_len // self.block_size)
