@@ -1,53 +1,108 @@
-"""Serving throughput: aggregate generated tokens/s with 8 and 32 concurrent clients against 32 requests
-served one after another (one client), by the same `llamalab serve` process (random weights, stories15M shape).
+"""Serving under load: the paged engine (paged KV cache, prefix caching, chunked prefill) against the fixed-slot
+engine as the peer, in one run: throughput at 1/8/32 clients, p50/p99 time to first token (TTFT) and
+inter-token latency (ITL), with and without a shared system prompt, and while one long prompt arrives.
 
-    python bench/serve.py [--preset stories15M] [--requests 32] [--max-tokens 128] [--stream]
+    python bench/serve.py [--scenarios throughput system-prompt long-prompt] [--device cuda] [--json]
 
-The server runs in its own process (`python -m llamalab serve ... --random-init`) with a SentencePiece
-tokenizer trained here; every request generates exactly --max-tokens tokens (`ignore_eos`), so the
-concurrency levels do the same work. The peer is the sequential run; the target is >= 5x at 32 clients.
+Each engine is a `python -m llamalab serve MODEL --max-seq-len 4608 --slots 32` process started in turn, MODEL
+a random-weight checkpoint of the stories15M shape (dim 288, 6 layers, 6 heads, vocabulary 32,000) with a
+4,608-token context written here, beside a SentencePiece tokenizer trained here (400 pieces). Prompts are token
+ids, every request streams exactly its max_tokens (`ignore_eos`; `logprobs: 0` so that every token is one
+server-sent event) and the times are taken here, on the client side, per event: TTFT from sending the request
+to its first token, ITL between two tokens of one stream. Targets (issue 16): with the shared system prompt
+TTFT >= 3x better than the peer's; p99 ITL of streaming clients while the long prompt arrives <= 2x their idle
+p99; throughput at 32 clients no lower than the peer's.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
+import shlex
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import openai
+import torch
 
+from llamalab import checkpoint
+from llamalab.config import ModelArgs
+from llamalab.model import Transformer
 from llamalab.tokenizer import train_sentencepiece
 
 WORDS = ("once upon a time there was a little girl named lily who loved to play in the park with her dog max and "
          "the sun was bright and warm so they ran far away into the deep green woods to find a big red ball").split()
+SCENARIOS = ("throughput", "system-prompt", "long-prompt")
 
 
-def texts(n: int, seed: int, words: tuple[int, int]) -> list[str]:
+@dataclass
+class Stream:
+    """One streamed request as the client saw it: when it was sent and when each token arrived."""
+
+    sent: float
+    arrivals: list[float] = field(default_factory=list)
+
+    @property
+    def ttft(self) -> float:
+        return self.arrivals[0] - self.sent
+
+    def gaps(self, since: float = float("-inf"), until: float = float("inf")) -> list[float]:
+        """Inter-token latencies whose later token arrived within [since, until]."""
+        a = self.arrivals
+        return [b - p for p, b in zip(a, a[1:]) if since <= b <= until]
+
+
+def percentile(values: list[float], q: int) -> float:
+    """The q-th percentile (inclusive method), in seconds; nan without values."""
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def latency(ttfts: list[float], gaps: list[float]) -> dict:
+    """p50/p99 of TTFT and ITL, in milliseconds."""
+    return {"ttft_p50_ms": percentile(ttfts, 50) * 1e3, "ttft_p99_ms": percentile(ttfts, 99) * 1e3,
+            "itl_p50_ms": percentile(gaps, 50) * 1e3, "itl_p99_ms": percentile(gaps, 99) * 1e3,
+            "itl_max_ms": max(gaps, default=float("nan")) * 1e3}
+
+
+def token_prompts(n: int, seed: int, lengths: tuple[int, int], vocab: int) -> list[list[int]]:
+    """n prompts of random token ids (past the special ones) with lengths drawn from `lengths`."""
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(*words))) for _ in range(n)]
+    return [[rng.randrange(3, vocab) for _ in range(rng.randint(*lengths))] for _ in range(n)]
 
 
+# -- the server -------------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_server(preset: str, tokenizer: Path, port: int, slots: int, threads: int | None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "llamalab", "serve", "--preset", preset, "--random-init",
-               "--tokenizer", str(tokenizer), "--port", str(port), "--slots", str(slots),
-               "--served-model-name", "bench"]
-    if threads:
-        command += ["--threads", str(threads)]
-    server = subprocess.Popen(command)
-    deadline = time.monotonic() + 120
+def write_model(args, folder: Path) -> Path:
+    """A random-weight checkpoint of the preset's shape with a context of --max-seq-len (the presets' is shorter)."""
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs.from_preset(args.preset, max_seq_len=args.max_seq_len))
+    return checkpoint.save(model, folder / "model")
+
+
+def start_server(args, engine_args: list[str], model: Path, tokenizer: Path, port: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "llamalab", "serve", str(model),
+               "--tokenizer", str(tokenizer), "--port", str(port), "--slots", str(args.slots),
+               "--max-seq-len", str(args.max_seq_len), "--served-model-name", "bench", "--seed", "0", *engine_args]
+    for flag in ("device", "dtype", "threads"):
+        if getattr(args, flag):
+            command += [f"--{flag}", str(getattr(args, flag))]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
     while True:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
@@ -56,70 +111,249 @@ def start_server(preset: str, tokenizer: Path, port: int, slots: int, threads: i
             pass
         if server.poll() is not None or time.monotonic() > deadline:
             server.kill()
-            raise SystemExit("the server did not start")
+            raise SystemExit(f"the server did not start: {shlex.join(command)}\n{server.stderr.read()[-3000:]}")
         time.sleep(0.2)
 
 
-async def serve_all(client: openai.AsyncOpenAI, prompts: list[str], concurrency: int, max_tokens: int,
-                    stream: bool) -> tuple[int, float]:
-    """Send every prompt with at most `concurrency` in flight; return (generated tokens, seconds)."""
-    gate = asyncio.Semaphore(concurrency)
+def stop_server(server: subprocess.Popen) -> str:
+    """Stop the server; its stderr (the start-up line, the access log, any error)."""
+    server.terminate()
+    try:
+        _, stderr = server.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        _, stderr = server.communicate()
+    return stderr
 
-    async def one(prompt: str) -> int:
-        async with gate:
-            options = dict(model="bench", prompt=prompt, max_tokens=max_tokens, temperature=1.0, seed=0,
-                           extra_body={"ignore_eos": True})
-            if not stream:
-                return (await client.completions.create(**options)).usage.completion_tokens
-            chunks = await client.completions.create(stream=True, stream_options={"include_usage": True}, **options)
-            return [c async for c in chunks][-1].usage.completion_tokens
+
+# -- the clients ------------------------------------------------------------------------------------------
+async def stream_one(http: httpx.AsyncClient, prompt: list[int], max_tokens: int, into: list[Stream] | None = None
+                     ) -> Stream:
+    """Send one streamed completion and time each of its tokens (kept in `into` as they come, if given)."""
+    body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 1.0, "seed": 0,
+            "ignore_eos": True, "stream": True, "logprobs": 0}
+    stream = Stream(time.perf_counter())
+    if into is not None:
+        into.append(stream)
+    async with http.stream("POST", "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            raise SystemExit(f"HTTP {r.status_code}: {(await r.aread())[:500]!r}")
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                now = time.perf_counter()
+                event = json.loads(line[6:])
+                if "choices" not in event:
+                    raise SystemExit(f"the server answered: {event}")
+                choice = event["choices"][0]
+                if choice.get("finish_reason") == "error":
+                    raise SystemExit(f"the server failed a request: {choice}")
+                stream.arrivals += [now] * len((choice.get("logprobs") or {}).get("tokens", []))
+    if len(stream.arrivals) != max_tokens:
+        raise SystemExit(f"asked for {max_tokens} tokens, got {len(stream.arrivals)}")
+    return stream
+
+
+async def closed_loop(http: httpx.AsyncClient, prompts: list[list[int]], clients: int, max_tokens: int
+                      ) -> tuple[list[Stream], float]:
+    """`clients` clients each sending the next prompt as soon as their previous answer ended; (streams, seconds)."""
+    queue, streams = iter(prompts), []
+
+    async def client():
+        for prompt in queue:
+            await stream_one(http, prompt, max_tokens, streams)
 
     start = time.perf_counter()
-    tokens = await asyncio.gather(*(one(p) for p in prompts))
-    return sum(tokens), time.perf_counter() - start
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return streams, time.perf_counter() - start
 
 
-async def measure(url: str, prompts: list[str], args) -> dict[str, float]:
-    client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
-    await serve_all(client, prompts[:2], 2, 8, args.stream)  # warm-up
-    rates = {}
-    for name, concurrency in [("sequential", 1), *((f"{c} clients", c) for c in args.clients if c > 1)]:
-        tokens, seconds = await serve_all(client, prompts, concurrency, args.max_tokens, args.stream)
-        rates[name] = tokens / seconds
-        label = f"1 client ({len(prompts)} requests one after another)" if concurrency == 1 else name
-        print(f"{label:>42}: {tokens} tokens in {seconds:6.2f} s = {rates[name]:7.1f} tokens/s "
-              f"({rates[name] / rates['sequential']:.2f}x sequential)", flush=True)
-    return rates
+def summary(streams: list[Stream], seconds: float, clients: int) -> dict:
+    tokens = sum(len(s.arrivals) for s in streams)
+    return {"clients": clients, "requests": len(streams), "tokens": tokens, "seconds": seconds,
+            "tokens_per_s": tokens / seconds,
+            **latency([s.ttft for s in streams], [g for s in streams for g in s.gaps()])}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="stories15M")
-    parser.add_argument("--requests", type=int, default=32)
-    parser.add_argument("--clients", type=int, nargs="+", default=[8, 32], help="concurrency levels besides 1")
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--prompt-words", type=int, nargs=2, default=(8, 48), help="prompt length range, in words")
-    parser.add_argument("--stream", action="store_true", help="stream the answers (server-sent events)")
-    parser.add_argument("--threads", type=int, help="the server's torch threads")
-    args = parser.parse_args()
+# -- the scenarios ----------------------------------------------------------------------------------------
+async def throughput(http, args) -> list[dict]:
+    """Aggregate tokens/s and latencies of short prompts at each concurrency."""
+    rows = []
+    for clients in args.clients:
+        n = max(args.requests_per_client * clients, args.min_requests)
+        prompts = token_prompts(n, seed=clients, lengths=args.prompt_tokens, vocab=args.vocab)
+        rows.append(summary(*await closed_loop(http, prompts, clients, args.max_tokens), clients))
+    return rows
 
+
+async def system_prompt(http, args) -> dict:
+    """The same short questions without and with one shared system prompt before them."""
+    n = args.requests_per_client * args.system_clients
+    questions = token_prompts(n, seed=7, lengths=args.prompt_tokens, vocab=args.vocab)
+    system = token_prompts(1, seed=8, lengths=(args.system_prompt, args.system_prompt), vocab=args.vocab)[0]
+    tokens = args.system_max_tokens
+    without = summary(*await closed_loop(http, questions, args.system_clients, tokens), args.system_clients)
+    await stream_one(http, system + questions[0], 2)  # one earlier request carried it: what a cache can hold
+    shared = summary(*await closed_loop(http, [system + q for q in questions], args.system_clients, tokens),
+                     args.system_clients)
+    return {"without": without, "with": shared, "system_prompt_tokens": len(system)}
+
+
+async def long_prompt(http, args) -> dict:
+    """Streaming clients' ITL idle, then while one long prompt is prefilled and answered."""
+    streams: list[Stream] = []
+    prompts = token_prompts(1000, seed=11, lengths=args.prompt_tokens, vocab=args.vocab)
+
+    async def streamer(i: int):
+        for prompt in prompts[i::args.streaming_clients]:
+            await stream_one(http, prompt, args.stream_tokens, streams)
+
+    tasks = [asyncio.create_task(streamer(i)) for i in range(args.streaming_clients)]
+    await asyncio.sleep(args.idle_seconds / 2)  # every client is streaming
+    idle_start = time.perf_counter()
+    await asyncio.sleep(args.idle_seconds)
+    long = token_prompts(1, seed=12, lengths=(args.long_prompt, args.long_prompt), vocab=args.vocab)[0]
+    answer = await stream_one(http, long, args.long_tokens)
+    done = time.perf_counter()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    idle = [g for s in streams for g in s.gaps(idle_start, answer.sent)]
+    loaded = [g for s in streams for g in s.gaps(answer.sent, done)]
+    return {"streaming_clients": args.streaming_clients, "long_prompt_tokens": len(long),
+            "long_ttft_ms": answer.ttft * 1e3, "long_seconds": done - answer.sent,
+            "idle": latency([], idle), "loaded": latency([], loaded), "idle_itls": len(idle),
+            "loaded_itls": len(loaded)}
+
+
+async def run_scenarios(url: str, args) -> dict:
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=None)) as http:
+        await closed_loop(http, token_prompts(4, seed=0, lengths=args.prompt_tokens, vocab=args.vocab), 2, 8)
+        out = {}
+        if "throughput" in args.scenarios:
+            out["throughput"] = await throughput(http, args)
+        if "system-prompt" in args.scenarios:
+            out["system-prompt"] = await system_prompt(http, args)
+        if "long-prompt" in args.scenarios:
+            out["long-prompt"] = await long_prompt(http, args)
+        out["health"] = (await http.get("/health")).json()  # the paged engine's prefix-cache hit rate, preemptions
+        return out
+
+
+# -- the report -------------------------------------------------------------------------------------------
+def targets(results: dict) -> dict:
+    """The issue's three targets, each with its figures and whether it is met."""
+    paged, peer = results["paged"], results["fixed-slot"]
+    out = {}
+    if "system-prompt" in paged and "system-prompt" in peer:
+        ratio = peer["system-prompt"]["with"]["ttft_p50_ms"] / paged["system-prompt"]["with"]["ttft_p50_ms"]
+        p99 = peer["system-prompt"]["with"]["ttft_p99_ms"] / paged["system-prompt"]["with"]["ttft_p99_ms"]
+        out["system-prompt TTFT, peer / paged (p50)"] = {"value": ratio, "p99": p99, "target": ">= 3",
+                                                         "met": ratio >= 3}
+    if "long-prompt" in paged:
+        scenario = paged["long-prompt"]
+        ratio = scenario["loaded"]["itl_p99_ms"] / scenario["idle"]["itl_p99_ms"]
+        out["long-prompt p99 ITL, loaded / idle (paged)"] = {"value": ratio, "target": "<= 2", "met": ratio <= 2}
+    if "throughput" in paged and "throughput" in peer:
+        best = max(r["clients"] for r in paged["throughput"])
+        rate = {name: next(r["tokens_per_s"] for r in results[name]["throughput"] if r["clients"] == best)
+                for name in ("paged", "fixed-slot")}
+        ratio = rate["paged"] / rate["fixed-slot"]
+        out[f"throughput at {best} clients, paged / peer"] = {"value": ratio, "target": ">= 1", "met": ratio >= 1}
+    return out
+
+
+def print_report(report: dict) -> None:
+    ms = "TTFT p50 {ttft_p50_ms:8.1f} p99 {ttft_p99_ms:8.1f} ms  ITL p50 {itl_p50_ms:6.1f} p99 {itl_p99_ms:7.1f} ms"
+    for name, result in report["results"].items():
+        print(f"\n== {name}: {result['command']}")
+        for row in result.get("throughput", []):
+            print(f"  throughput {row['clients']:>3} clients: {row['tokens']:6d} tokens in {row['seconds']:6.2f} s = "
+                  f"{row['tokens_per_s']:7.1f} tok/s  " + ms.format(**row))
+        if "system-prompt" in result:
+            s = result["system-prompt"]
+            for case in ("without", "with"):
+                print(f"  {case:>7} {s['system_prompt_tokens']}-token system prompt, {s[case]['clients']} clients: "
+                      f"{s[case]['tokens_per_s']:7.1f} tok/s  " + ms.format(**s[case]))
+        if "long-prompt" in result:
+            s = result["long-prompt"]
+            print(f"  {s['streaming_clients']} streaming clients, ITL idle: p50 {s['idle']['itl_p50_ms']:.1f} "
+                  f"p99 {s['idle']['itl_p99_ms']:.1f} ms ({s['idle_itls']} gaps); while a {s['long_prompt_tokens']}"
+                  f"-token prompt arrives: p50 {s['loaded']['itl_p50_ms']:.1f} p99 {s['loaded']['itl_p99_ms']:.1f} "
+                  f"max {s['loaded']['itl_max_ms']:.1f} ms ({s['loaded_itls']} gaps); its TTFT "
+                  f"{s['long_ttft_ms']:.0f} ms, answered in {s['long_seconds']:.2f} s")
+    print()
+    for name, t in report["targets"].items():
+        print(f"target {name}: {t['value']:.2f}x (target {t['target']}x): {'met' if t['met'] else 'MISSED'}")
+
+
+def engines(args) -> dict[str, list[str]]:
+    """The serve flags of each engine: the peer preallocates every slot and prefills whole prompts (the engine
+    before issue 16); the paged engine runs with the server's defaults unless told otherwise."""
+    paged = ["--kv-cache", "paged"]
+    if args.kv_cache_memory:
+        paged += ["--kv-cache-memory", args.kv_cache_memory]
+    if args.prefill_chunk is not None:
+        paged += ["--prefill-chunk", str(args.prefill_chunk)]
+    fixed = ["--kv-cache", "fixed", "--prefill-chunk", "0"]
+    return {"fixed-slot": fixed + shlex.split(args.fixed_args), "paged": paged + shlex.split(args.paged_args)}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    p.add_argument("--engines", nargs="+", choices=("fixed-slot", "paged"), default=["fixed-slot", "paged"])
+    p.add_argument("--preset", default="stories15M")
+    p.add_argument("--max-seq-len", type=int, default=4608, help="context per request (the long prompt must fit)")
+    p.add_argument("--slots", type=int, default=32, help="rows batched per step (both engines)")
+    p.add_argument("--device", help="the server's device (cpu, cuda); default the server's choice")
+    p.add_argument("--dtype", help="the server's dtype (default: float32 on CPU, bfloat16 on GPU)")
+    p.add_argument("--threads", type=int, help="the server's torch threads")
+    p.add_argument("--kv-cache-memory", help="the paged engine's --kv-cache-memory (default: the server's)")
+    p.add_argument("--prefill-chunk", type=int, help="the paged engine's --prefill-chunk (default: the server's)")
+    p.add_argument("--paged-args", default="", help="more serve flags of the paged engine")
+    p.add_argument("--fixed-args", default="", help="more serve flags of the fixed-slot engine")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="throughput: concurrency levels")
+    p.add_argument("--requests-per-client", type=int, default=2)
+    p.add_argument("--min-requests", type=int, default=8, help="throughput: requests at least, per level")
+    p.add_argument("--max-tokens", type=int, default=64, help="throughput: tokens per answer")
+    p.add_argument("--prompt-tokens", type=int, nargs=2, default=(16, 48), help="short prompts' length range")
+    p.add_argument("--system-prompt", type=int, default=500, help="tokens of the shared system prompt")
+    p.add_argument("--system-clients", type=int, default=8)
+    p.add_argument("--system-max-tokens", type=int, default=16)
+    p.add_argument("--streaming-clients", type=int, default=8, help="long-prompt: clients streaming meanwhile")
+    p.add_argument("--stream-tokens", type=int, default=128, help="long-prompt: tokens per streamed answer")
+    p.add_argument("--idle-seconds", type=float, default=3.0, help="long-prompt: the idle window measured")
+    p.add_argument("--long-prompt", type=int, default=4000, help="tokens of the long prompt")
+    p.add_argument("--long-tokens", type=int, default=16, help="tokens the long prompt's answer generates")
+    p.add_argument("--vocab", type=int, default=400, help="the trained tokenizer's vocabulary")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = train_sentencepiece(texts(2000, seed=0, words=(4, 16)), vocab_size=400,
-                                        out_path=Path(tmp) / "tokenizer.model")
-        port = free_port()
-        server = start_server(args.preset, tokenizer, port, slots=max(args.clients), threads=args.threads)
-        try:
-            print(f"llamalab serve --preset {args.preset} --random-init, {args.requests} requests x "
-                  f"{args.max_tokens} tokens, {'streamed' if args.stream else 'whole'} answers, "
-                  f"{os.cpu_count()} CPUs", flush=True)
-            prompts = texts(args.requests, seed=1, words=args.prompt_words)
-            rates = asyncio.run(measure(f"http://127.0.0.1:{port}/v1", prompts, args))
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-    best = max(args.clients)
-    ratio = rates[f"{best} clients"] / rates["sequential"]
-    print(f"ratio at {best} clients vs sequential: {ratio:.2f}x (target >= 5x)")
+        texts = [" ".join(random.Random(i).choices(WORDS, k=12)) for i in range(2000)]
+        tokenizer = train_sentencepiece(texts, vocab_size=args.vocab, out_path=Path(tmp) / "tokenizer.model")
+        model = write_model(args, Path(tmp))
+        for name in args.engines:
+            engine_args = engines(args)[name]
+            port = free_port()
+            server = start_server(args, engine_args, model, tokenizer, port)
+            try:
+                results[name] = asyncio.run(run_scenarios(f"http://127.0.0.1:{port}", args))
+            finally:
+                log = stop_server(server)
+            results[name]["command"] = "llamalab serve " + shlex.join(engine_args)
+            results[name]["startup"] = next((line for line in log.splitlines() if "llamalab serve:" in line), "")
+    report = {"preset": args.preset, "max_seq_len": args.max_seq_len, "slots": args.slots, "cpus": os.cpu_count(),
+              "load_average": os.getloadavg(), "results": results,
+              "targets": targets(results) if set(results) == {"paged", "fixed-slot"} else {}}
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print_report(report)
 
 
 if __name__ == "__main__":

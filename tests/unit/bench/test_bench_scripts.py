@@ -102,3 +102,45 @@ def test_train_bench_times_our_step_and_the_hf_step_with_mfu(reports):
     blocks, head = matmul_weights(args)
     per_token = 6 * (blocks + head) + 12 * args.n_layers * args.dim * report["seq_len"]
     assert ours["mfu"] == pytest.approx(ours["tokens_per_s"] * per_token / PEAK)
+
+
+SERVE_SMOKE = ["--preset", "stories260K", "--max-seq-len", "256", "--slots", "4", "--threads", "1", "--clients", "1",
+               "3", "--requests-per-client", "1", "--min-requests", "2", "--max-tokens", "6", "--prompt-tokens", "4",
+               "12", "--system-prompt", "64", "--system-clients", "2", "--system-max-tokens", "3",
+               "--streaming-clients", "2", "--stream-tokens", "12", "--idle-seconds", "0.3", "--long-prompt", "200",
+               "--long-tokens", "3", "--prefill-chunk", "32", "--kv-cache-memory", "4000000", "--json"]
+
+
+def test_serve_bench_runs_every_scenario_on_both_engines_and_checks_the_targets():
+    run = subprocess.run([sys.executable, str(BENCH / "serve.py"), *SERVE_SMOKE], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    fixed, paged = report["results"]["fixed-slot"], report["results"]["paged"]
+    assert "--kv-cache fixed --prefill-chunk 0" in fixed["command"] and "fixed slots" in fixed["startup"]
+    assert "--kv-cache paged" in paged["command"] and "--prefill-chunk 32" in paged["command"]
+    assert "paged" in paged["startup"] and "prefix caching on" in paged["startup"]
+    for result in (fixed, paged):
+        rows = result["throughput"]
+        assert [r["clients"] for r in rows] == [1, 3] and [r["requests"] for r in rows] == [2, 3]
+        for row in rows:
+            assert row["tokens"] == row["requests"] * 6
+            assert row["tokens_per_s"] == pytest.approx(row["tokens"] / row["seconds"])
+            assert 0 < row["ttft_p50_ms"] <= row["ttft_p99_ms"] and 0 < row["itl_p50_ms"] <= row["itl_p99_ms"]
+        assert result["system-prompt"]["system_prompt_tokens"] == 64
+        assert result["system-prompt"]["with"]["tokens"] == 2 * 3
+        long = result["long-prompt"]
+        assert long["long_prompt_tokens"] == 200 and long["idle_itls"] > 0 and long["loaded_itls"] > 0
+    # the 64-token system prompt's 4 full blocks come from the paged engine's prefix cache after its first request
+    assert paged["health"]["prefix_cache_hit_rate"] > 0 and "prefix_cache_hit_rate" not in fixed["health"]
+    targets = report["targets"]
+    ttft = targets["system-prompt TTFT, peer / paged (p50)"]
+    assert ttft["value"] == pytest.approx(fixed["system-prompt"]["with"]["ttft_p50_ms"] /
+                                          paged["system-prompt"]["with"]["ttft_p50_ms"])
+    itl = targets["long-prompt p99 ITL, loaded / idle (paged)"]
+    assert itl["value"] == pytest.approx(paged["long-prompt"]["loaded"]["itl_p99_ms"] /
+                                         paged["long-prompt"]["idle"]["itl_p99_ms"])
+    assert itl["met"] == (itl["value"] <= 2)
+    rate = targets["throughput at 3 clients, paged / peer"]
+    rates = [result["throughput"][1]["tokens_per_s"] for result in (paged, fixed)]
+    assert rate["value"] == pytest.approx(rates[0] / rates[1])
