@@ -15,6 +15,7 @@ import time
 import torch
 
 from llamalab.config import ModelArgs
+from llamalab.inference import load_model
 from llamalab.model import Transformer
 
 BLOCK = 16
@@ -61,14 +62,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model_args = ModelArgs.from_preset(args.preset, max_seq_len=max(args.lengths) + args.steps + 1)
-    torch.manual_seed(0)
-    model = Transformer(model_args).to(device=device, dtype=dtype).eval()
-    model.init_rope(device)
+    model = load_model(model_args, random_init=True, seed=0, device=args.device, threads=args.threads).model
+    device, dtype = model.device, model.dtype
     print(f"{args.preset} on {device} ({dtype}), {torch.get_num_threads()} threads, {args.steps} decode steps, "
           f"best of {args.rounds}")
     print(f"{'rows':>5} {'length':>7} {'fixed ms/step':>14} {'paged ms/step':>14} {'paged/fixed':>12}")
