@@ -90,6 +90,13 @@ class ModelCalls:
         """One token (n, 1) for each of the rows 0..n-1; next-token logits (n, vocab)."""
         return self.step(tokens, start_pos, kv_len)
 
+    def mixed(self, chunks: list[tuple[torch.Tensor, int, int]], tokens: torch.Tensor, start_pos: torch.Tensor,
+              kv_len: int) -> torch.Tensor:
+        """Prompt chunks (tokens (1, m), start_pos, row) written, then one token (n, 1) for each of the rows 0..n-1
+        decoded, in one forward pass (`forward_packed`); next-token logits (n, vocab)."""
+        parts = [(chunk, start, row, None) for chunk, start, row in chunks]
+        return self.model.forward_packed([*parts, (tokens, start_pos, 0, kv_len)])
+
     def move_row(self, src: int, dst: int, length: int) -> None:
         self.model.kv_cache.move_row(src, dst, length)
 
@@ -244,9 +251,8 @@ class Engine:
             self.cached.append(len(context))
             self.fill_to.append(len(context))
         self._last = None
-        if chunked:  # the first chunk now, the rest in the coming steps
+        if chunked:  # its chunks go in the coming steps, in the same forward passes as the decoding rows
             self.cached[first] = start
-            self._prefill_chunk(first)
             return [[]]
         logits = self._prefill(first, list(seqs), start)  # (k, vocab)
         for row in range(first, first + len(seqs)):
@@ -300,33 +306,42 @@ class Engine:
         """Whether the row's prompt is not all in the cache yet (chunked prefill)."""
         return self.cached[row] < self.fill_to[row]
 
-    def _prefill_chunk(self, row: int) -> None:
-        """Write the next chunk of a row's prompt, leaving its last token for the decode step."""
-        start = self.cached[row]
-        end = min(start + self.prefill_chunk, self.fill_to[row] - 1)
-        if end > start:
-            self.calls.prefill(self.history[row : row + 1, start:end], start, row, last_only=True)
-            self.cached[row] = end
+    def _chunks(self, filling: list[int]) -> list[tuple[torch.Tensor, int, int]]:
+        """This step's prompt chunks, oldest row first, prefill_chunk tokens in all, each row's last prompt token left
+        for the decode batch: (tokens (1, m), start, row); the rows' cached positions move past them."""
+        chunks, budget = [], self.prefill_chunk
+        for row in sorted(filling, key=lambda i: self.rows[i].arrival):
+            start = self.cached[row]
+            end = min(start + budget, self.fill_to[row] - 1)
+            if end > start:
+                chunks.append((self.history[row : row + 1, start:end], start, row))
+                self.cached[row], budget = end, budget - (end - start)
+            if budget <= 0:
+                break
+        return chunks
 
     def step(self) -> list[list[int]]:
         """Decode one token for every row (finished rows too, until released); each row's kept tokens.
 
-        A row still prefilling its prompt first writes its next chunk, then feeds its prompt's next token with the
-        others; it samples once its prompt is all in."""
+        Rows still prefilling their prompts (chunked prefill) first write up to prefill_chunk of their prompt tokens
+        in the same forward pass, then feed their prompt's next token with the others; a row samples once its
+        prompt is all in."""
         self._grow()
         n = len(self.rows)
         if not n:  # every row was preempted
             return []
         filling = [i for i in range(n) if self._prefilling(i)]
-        for i in filling:
-            self._prefill_chunk(i)
+        chunks = self._chunks(filling)
         if filling:
             self._last = None
         tokens = self._last if self._last is not None else torch.tensor(
             [self._context(s)[self.cached[i]] if i in filling else s.last_token for i, s in enumerate(self.rows)],
             device=self.device)  # (n,)
         positions = self.cached
-        if all(p == positions[0] for p in positions):  # rows in step: one span, no mask
+        if chunks:
+            logits = self.calls.mixed(chunks, tokens[:, None], torch.tensor(positions, device=self.device),
+                                      max(positions) + 1)
+        elif all(p == positions[0] for p in positions):  # rows in step: one span, no mask
             logits = self.calls.decode(tokens[:, None], positions[0], None)
         else:
             start = torch.tensor(positions, device=self.device)  # (n,)

@@ -37,6 +37,8 @@ class Placement:
     mask: torch.Tensor | None = None  # bool (1 or bsz, 1, seqlen, kv_len): True where a query sees a key
     causal: bool = True
     block_table: torch.Tensor | None = None  # paged cache: (bsz, blocks per row) block ids of the batch's rows
+    # packed parts (Transformer.forward_packed): (begin, end, (b, s), placement) of each part's tokens in the pack
+    segments: list[tuple[int, int, tuple[int, int], Placement]] | None = None
 
 
 class LayerCache(nn.Module):

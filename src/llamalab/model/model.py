@@ -134,6 +134,9 @@ class Attention(nn.Module):
         k = self.wk(x).view(bsz, seqlen, -1, self.head_dim)  # (bsz, seqlen, n_kv_heads, head_dim)
         v = self.wv(x).view(bsz, seqlen, -1, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if where is not None and where.segments is not None:  # packed parts (forward_packed): attention per part
+            out = torch.cat([self._attend_part(q, k, v, *segment) for segment in where.segments], dim=1)
+            return self.resid_dropout(self.wo(out))  # (1, T, dim)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (bsz, heads, seqlen, head_dim)
         mask, causal = None, True
         if where is not None:
@@ -144,6 +147,15 @@ class Attention(nn.Module):
         out = self.attend(q, k, v, mask=mask, causal=causal, dropout_p=dropout_p)  # (bsz, n_heads, seqlen, hd)
         out = out.transpose(1, 2).reshape(bsz, seqlen, -1)  # (bsz, seqlen, n_heads * head_dim)
         return self.resid_dropout(self.wo(out))
+
+    def _attend_part(self, q, k, v, begin: int, end: int, shape: tuple[int, int], where: Placement) -> torch.Tensor:
+        """Attention of the packed tokens begin..end-1 of q, k, v (1, T, heads, head_dim), which are a (b, s) batch
+        placed `where` in the cache; (1, b * s, n_heads * head_dim)."""
+        b, s = shape
+        q, k, v = (t[:, begin:end].reshape(b, s, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (b, h, s, hd)
+        k, v = self.cache.update(k, v, where)  # (b, n_kv_heads, kv_len, head_dim)
+        out = self.attend(q, k, v, mask=where.mask, causal=where.causal)  # (b, n_heads, s, head_dim)
+        return out.transpose(1, 2).reshape(1, b * s, -1)
 
 
 # -- SwiGLU feed-forward ---------------------------------------------------------------------------------
@@ -309,6 +321,22 @@ class Transformer(nn.Module):
         if targets is not None:
             return self._cross_entropy(h, targets)
         return self.output(h[:, -1:] if last_only else h).float()
+
+    def forward_packed(self, parts: list[tuple[torch.Tensor, int | torch.Tensor, int, int | None]]) -> torch.Tensor:
+        """Several cache writes in one forward pass: parts (tokens (b, s), start_pos, first_row, kv_len), each placed
+        as `place` places it. The projections and feed-forwards run once over all their tokens; attention runs part
+        by part, in order, so a part sees what the parts before it wrote (a prompt chunk, then decode rows that
+        include that prompt's next token). Logits (b, vocab) of the last positions of the last part."""
+        wheres = [self.place(tokens, start, row, kv_len) for tokens, start, row, kv_len in parts]
+        segments, begin = [], 0
+        for (tokens, *_), where in zip(parts, wheres):
+            segments.append((begin, begin + tokens.numel(), tuple(tokens.shape), where))
+            begin += tokens.numel()
+        positions = torch.cat([w.positions.expand(t.shape).reshape(1, -1) for (t, *_), w in zip(parts, wheres)], 1)
+        packed = torch.cat([tokens.reshape(1, -1) for tokens, *_ in parts], dim=1)  # (1, T)
+        h = self.hidden(packed, Placement(positions, None, segments=segments))  # (1, T, dim)
+        b, s = parts[-1][0].shape
+        return self.output(h[0, begin - b * s :].view(b, s, -1)[:, -1]).float()  # (b, vocab)
 
     def place(self, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0, first_row: int = 0,
               kv_len: int | None = None) -> Placement:

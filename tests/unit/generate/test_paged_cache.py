@@ -125,17 +125,24 @@ def test_a_long_prompt_prefilled_in_chunks_beside_decoding_rows_gives_the_same_t
         model.setup_cache(batch_size=3, max_seq_len=64)
     engine = Engine(model, 3, 64, prefill_chunk=8)
     rows = [Completion(p, 10, SamplingParams(temperature=0)) for p in prompts]
+    passes = []  # forward passes per step: the chunk and the decoding rows share one
+    for name in ("forward", "forward_packed"):
+        method = getattr(model, name)
+        setattr(model, name, lambda *a, method=method, **k: passes.append(1) or method(*a, **k))
     with torch.inference_mode():
         engine.admit(rows[:1])
         engine.admit(rows[1:2])
         waited = 0
-        assert engine.admit(rows[2:]) == [[]]  # its first chunk only: no token yet
+        assert engine.admit(rows[2:]) == [[]]  # no prefill yet: its chunks go with the coming steps
         while not all(r.done for r in rows):
+            passes.clear()
             new = engine.step()
+            assert len(passes) == 1
             if not rows[2].output:
                 waited += 1
                 assert new[0] and new[1]  # the decoding rows got a token in every step of the long prefill
-    assert waited == 3  # 8 at admission; each step a chunk of 8 and one token beside the decoding rows: 17, 26, 35
+    del model.forward, model.forward_packed
+    assert waited == 4  # each step a chunk of 8 and the next prompt token: 9, 18, 27, 36; then 36..38 and 39 samples
     assert [r.tokens for r in rows] == expected
 
 

@@ -54,7 +54,7 @@ def test_33_requests_on_a_tight_paged_cache_get_their_tokens_alone(model, alone,
     with torch.inference_mode():
         most = run_requests(engine, rows)
     assert [r.tokens for r in rows] == alone
-    assert most >= 7 and engine.preemptions >= 5  # many ran at once; growing rows took blocks from younger ones
+    assert most >= 7 and engine.preemptions >= 3  # many ran at once; growing rows took blocks from younger ones
     assert (cache.prefix_hits > 0) == prefix_caching  # later requests attached the system prompt's blocks
     assert cache.used_blocks == 0 and all(r == 0 for r in cache.refs)
 
