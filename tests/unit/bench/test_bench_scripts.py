@@ -106,7 +106,7 @@ def test_train_bench_times_our_step_and_the_hf_step_with_mfu(reports):
 
 SERVE_SMOKE = ["--preset", "stories260K", "--max-seq-len", "256", "--slots", "4", "--threads", "1", "--clients", "1",
                "3", "--requests-per-client", "1", "--min-requests", "2", "--max-tokens", "6", "--prompt-tokens", "4",
-               "12", "--system-prompt", "64", "--system-clients", "2", "--system-max-tokens", "3",
+               "12", "--system-prompt", "64", "--system-clients", "1", "2", "--system-max-tokens", "3",
                "--streaming-clients", "2", "--stream-tokens", "12", "--idle-seconds", "0.3", "--long-prompt", "200",
                "--long-tokens", "3", "--prefill-chunk", "32", "--kv-cache-memory", "4000000", "--json"]
 
@@ -128,15 +128,15 @@ def test_serve_bench_runs_every_scenario_on_both_engines_and_checks_the_targets(
             assert row["tokens_per_s"] == pytest.approx(row["tokens"] / row["seconds"])
             assert 0 < row["ttft_p50_ms"] <= row["ttft_p99_ms"] and 0 < row["itl_p50_ms"] <= row["itl_p99_ms"]
         assert result["system-prompt"]["system_prompt_tokens"] == 64
-        assert result["system-prompt"]["with"]["tokens"] == 2 * 3
+        assert [(r["clients"], r["with"]["tokens"]) for r in result["system-prompt"]["rows"]] == [(1, 6), (2, 6)]
         long = result["long-prompt"]
         assert long["long_prompt_tokens"] == 200 and long["idle_itls"] > 0 and long["loaded_itls"] > 0
     # the 64-token system prompt's 4 full blocks come from the paged engine's prefix cache after its first request
     assert paged["health"]["prefix_cache_hit_rate"] > 0 and "prefix_cache_hit_rate" not in fixed["health"]
     targets = report["targets"]
-    ttft = targets["system-prompt TTFT, peer / paged (p50)"]
-    assert ttft["value"] == pytest.approx(fixed["system-prompt"]["with"]["ttft_p50_ms"] /
-                                          paged["system-prompt"]["with"]["ttft_p50_ms"])
+    ttft = targets["system-prompt TTFT at 2 clients, peer / paged (p50)"]
+    assert ttft["value"] == pytest.approx(fixed["system-prompt"]["rows"][1]["with"]["ttft_p50_ms"] /
+                                          paged["system-prompt"]["rows"][1]["with"]["ttft_p50_ms"])
     itl = targets["long-prompt p99 ITL, loaded / idle (paged)"]
     assert itl["value"] == pytest.approx(paged["long-prompt"]["loaded"]["itl_p99_ms"] /
                                          paged["long-prompt"]["idle"]["itl_p99_ms"])
