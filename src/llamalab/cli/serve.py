@@ -13,9 +13,7 @@ from llamalab.cli.parallel import add_tp_argument
 from llamalab.errors import ConfigError
 
 API_KEY_ENV = "LLAMALAB_API_KEY"  # the API key from the environment, out of sight of `ps`
-# llamalab.serve.server's defaults, named here so that the parser needs no torch
-DEFAULT_MAX_SEQ_LEN = 4096
-DEFAULT_PREFILL_CHUNK = 512
+DEFAULT_MAX_SEQ_LEN = 4096  # llamalab.serve.server.DEFAULT_MAX_SEQ_LEN, named here so that the parser needs no torch
 
 
 def add_parser(subparsers):
@@ -41,9 +39,10 @@ def add_parser(subparsers):
     p.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction,
                    help="share the KV blocks of identical prompt prefixes (a system prompt) across requests "
                         "(default: on with the paged cache)")
-    p.add_argument("--prefill-chunk", type=arguments.non_negative_int, default=DEFAULT_PREFILL_CHUNK,
-                   help=f"prefill a longer prompt this many tokens per step, beside the decoding requests "
-                        f"(default {DEFAULT_PREFILL_CHUNK}; 0: whole prompts at once, stalling streaming clients)")
+    p.add_argument("--prefill-chunk", type=arguments.non_negative_int,
+                   help="prompt tokens each step prefills beside the decoding requests, in the same forward pass "
+                        "(default 512 on a GPU, 32 on CPU; 0: each prompt whole when admitted, which stalls "
+                        "streaming clients while a long one is read)")
     p.add_argument("--max-waiting", type=arguments.non_negative_int, default=256,
                    help="requests allowed to wait for a slot; more get 429")
     p.add_argument("--max-body-mb", type=arguments.positive_float, default=4.0,
@@ -64,7 +63,8 @@ def run(args) -> int:
     server = create_server(loaded, name, slots=args.slots, max_seq_len=args.max_seq_len, max_waiting=args.max_waiting,
                            api_key=api_key, max_body_bytes=int(args.max_body_mb * 2**20),
                            kv_cache=args.kv_cache, kv_cache_memory=args.kv_cache_memory,
-                           prefill_chunk=args.prefill_chunk or None, prefix_caching=args.prefix_caching)
+                           prefill_chunk="auto" if args.prefill_chunk is None else args.prefill_chunk or None,
+                           prefix_caching=args.prefix_caching)
     if server is None:  # with --tp, a rank other than 0: it repeated rank 0's model calls until the server stopped
         return 0
     if not _is_loopback(args.host) and not api_key:

@@ -90,12 +90,12 @@ class ModelCalls:
         """One token (n, 1) for each of the rows 0..n-1; next-token logits (n, vocab)."""
         return self.step(tokens, start_pos, kv_len)
 
-    def mixed(self, chunks: list[tuple[torch.Tensor, int, int]], tokens: torch.Tensor, start_pos: torch.Tensor,
-              kv_len: int) -> torch.Tensor:
-        """Prompt chunks (tokens (1, m), start_pos, row) written, then one token (n, 1) for each of the rows 0..n-1
-        decoded, in one forward pass (`forward_packed`); next-token logits (n, vocab)."""
-        parts = [(chunk, start, row, None) for chunk, start, row in chunks]
-        return self.model.forward_packed([*parts, (tokens, start_pos, 0, kv_len)])
+    packs = True  # `packed` runs its parts in one forward pass
+
+    def packed(self, parts: list[tuple[torch.Tensor, int | torch.Tensor, int, int | None]]) -> torch.Tensor:
+        """Cache writes (tokens (b, s), start_pos, first_row, kv_len) in one forward pass (`forward_packed`); the
+        next-token logits of each part's rows, in order (rows, vocab)."""
+        return self.model.forward_packed(parts)
 
     def move_row(self, src: int, dst: int, length: int) -> None:
         self.model.kv_cache.move_row(src, dst, length)
@@ -193,7 +193,8 @@ class Engine:
         # each row's prompt and sampled tokens (-1 beyond), what the penalties read
         self.history = torch.full((slots, self.max_seq_len), -1, dtype=torch.long, device=self.device)
         self._last: torch.Tensor | None = None  # every row's last sampled token (n,), while no row came or went
-        # a prompt longer than this is prefilled a chunk per step, beside the other rows' decoding (None: at once)
+        # prompt tokens a step prefills beside the decoding rows, in the same forward pass (None: prompts are
+        # prefilled whole when admitted)
         self.prefill_chunk = prefill_chunk
         self.fill_to: list[int] = []  # positions row i prefills before it samples: its prompt and earlier output
         self.preempted: list[Sequence] = []  # sequences whose rows were taken back, oldest first, to admit again
@@ -229,7 +230,7 @@ class Engine:
         first = len(self.rows)
         alone = len(seqs) == 1 and seqs[0].max_tokens > 0 and seqs[0].prompt_logprobs is None
         contexts = [self._context(seq) for seq in seqs]
-        chunked = alone and self.prefill_chunk is not None and len(contexts[0]) > self.prefill_chunk
+        chunked = alone and self.prefill_chunk is not None  # prefilled by the coming steps, beside the decoding rows
         start = 0  # positions of a lone prompt already in cached prefix blocks
         for seq, context in zip(seqs, contexts):
             if len(seq.prompt) >= self.max_seq_len:
@@ -306,16 +307,17 @@ class Engine:
         """Whether the row's prompt is not all in the cache yet (chunked prefill)."""
         return self.cached[row] < self.fill_to[row]
 
-    def _chunks(self, filling: list[int]) -> list[tuple[torch.Tensor, int, int]]:
-        """This step's prompt chunks, oldest row first, prefill_chunk tokens in all, each row's last prompt token left
-        for the decode batch: (tokens (1, m), start, row); the rows' cached positions move past them."""
-        chunks, budget = [], self.prefill_chunk
+    def _chunks(self, filling: list[int]) -> dict[int, int]:
+        """This step's prompt chunks, oldest row first, prefill_chunk tokens in all (no limit while no row decodes:
+        nobody waits for a token), each row's next prompt token left for the step itself: {row: the chunk's first
+        position}; the rows' cached positions move past their chunks."""
+        decoding = any(not s.done for i, s in enumerate(self.rows) if i not in filling)
+        chunks, budget = {}, self.prefill_chunk if decoding else self.max_seq_len * len(filling)
         for row in sorted(filling, key=lambda i: self.rows[i].arrival):
             start = self.cached[row]
             end = min(start + budget, self.fill_to[row] - 1)
             if end > start:
-                chunks.append((self.history[row : row + 1, start:end], start, row))
-                self.cached[row], budget = end, budget - (end - start)
+                chunks[row], self.cached[row], budget = start, end, budget - (end - start)
             if budget <= 0:
                 break
         return chunks
@@ -323,31 +325,28 @@ class Engine:
     def step(self) -> list[list[int]]:
         """Decode one token for every row (finished rows too, until released); each row's kept tokens.
 
-        Rows still prefilling their prompts (chunked prefill) first write up to prefill_chunk of their prompt tokens
-        in the same forward pass, then feed their prompt's next token with the others; a row samples once its
-        prompt is all in."""
+        Rows still prefilling their prompts (chunked prefill) write up to prefill_chunk of their prompt tokens and
+        their prompt's next token in the same forward pass as the others' tokens; a row samples once its prompt is
+        all in."""
         self._grow()
         n = len(self.rows)
         if not n:  # every row was preempted
             return []
         filling = [i for i in range(n) if self._prefilling(i)]
-        chunks = self._chunks(filling)
+        positions = self.cached
         if filling:
             self._last = None
-        tokens = self._last if self._last is not None else torch.tensor(
-            [self._context(s)[self.cached[i]] if i in filling else s.last_token for i, s in enumerate(self.rows)],
-            device=self.device)  # (n,)
-        positions = self.cached
-        if chunks:
-            logits = self.calls.mixed(chunks, tokens[:, None], torch.tensor(positions, device=self.device),
-                                      max(positions) + 1)
-        elif all(p == positions[0] for p in positions):  # rows in step: one span, no mask
-            logits = self.calls.decode(tokens[:, None], positions[0], None)
+            logits = self._forward_filling(filling)
         else:
-            start = torch.tensor(positions, device=self.device)  # (n,)
-            logits = self.calls.decode(tokens[:, None], start, max(positions) + 1)
+            tokens = self._last if self._last is not None else torch.tensor(
+                [s.last_token for s in self.rows], device=self.device)  # (n,)
+            if all(p == positions[0] for p in positions):  # rows in step: one span, no mask
+                logits = self.calls.decode(tokens[:, None], positions[0], None)
+            else:
+                start = torch.tensor(positions, device=self.device)  # (n,)
+                logits = self.calls.decode(tokens[:, None], start, max(positions) + 1)
         # a finished row keeps decoding whatever it samples, at a position that stays in the cache
-        self.cached = [min(p + 1, self.max_seq_len - 1) for p in positions]
+        self.cached = [min(p + 1, self.max_seq_len - 1) for p in self.cached]
         if not filling:
             return self._sample(list(range(n)), logits)
         ready = [i for i in range(n) if not self._prefilling(i)]
@@ -358,6 +357,34 @@ class Engine:
         for i, kept in zip(ready, self._sample(ready, logits[ready]) if ready else []):
             new[i] = kept
         return new
+
+    def _forward_filling(self, filling: list[int]) -> torch.Tensor:
+        """The forward pass of a step with prefilling rows; every row's next-token logits (n, vocab).
+
+        Packed (`ModelCalls.packs`): one pass whose parts are each prefilling row's chunk and next token, and the
+        runs of decoding rows between them, so a decoding row's attention reads its own positions, not the long
+        prompt's. Otherwise (tensor parallelism) each chunk is a call of its own, then every row's token."""
+        n, chunks = len(self.rows), self._chunks(filling)
+        positions = self.cached  # after the chunks: each row's next position
+        if self.calls.packs:
+            parts, row = [], 0
+            while row < n:
+                if row in filling:
+                    start = chunks.get(row, positions[row])
+                    parts.append((self.history[row : row + 1, start : positions[row] + 1], start, row, None))
+                    row += 1
+                    continue
+                end = next((i for i in range(row, n) if i in filling), n)
+                tokens = torch.tensor([s.last_token for s in self.rows[row:end]], device=self.device)[:, None]
+                start = torch.tensor(positions[row:end], device=self.device)
+                parts.append((tokens, start, row, max(positions[row:end]) + 1))
+                row = end
+            return self.calls.packed(parts)
+        for row, start in chunks.items():
+            self.calls.prefill(self.history[row : row + 1, start : positions[row]], start, row, last_only=True)
+        tokens = torch.tensor([self._context(s)[positions[i]] if i in filling else s.last_token
+                               for i, s in enumerate(self.rows)], device=self.device)  # (n,)
+        return self.calls.decode(tokens[:, None], torch.tensor(positions, device=self.device), max(positions) + 1)
 
     def _sample(self, rows: list[int], logits: torch.Tensor) -> list[list[int]]:
         """Sample the next token of each listed row from its logits (len(rows), vocab) and hand it to its sequence."""

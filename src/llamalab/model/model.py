@@ -326,7 +326,7 @@ class Transformer(nn.Module):
         """Several cache writes in one forward pass: parts (tokens (b, s), start_pos, first_row, kv_len), each placed
         as `place` places it. The projections and feed-forwards run once over all their tokens; attention runs part
         by part, in order, so a part sees what the parts before it wrote (a prompt chunk, then decode rows that
-        include that prompt's next token). Logits (b, vocab) of the last positions of the last part."""
+        include that prompt's next token). Logits (rows, vocab) of each part's rows' last positions, part by part."""
         wheres = [self.place(tokens, start, row, kv_len) for tokens, start, row, kv_len in parts]
         segments, begin = [], 0
         for (tokens, *_), where in zip(parts, wheres):
@@ -335,8 +335,8 @@ class Transformer(nn.Module):
         positions = torch.cat([w.positions.expand(t.shape).reshape(1, -1) for (t, *_), w in zip(parts, wheres)], 1)
         packed = torch.cat([tokens.reshape(1, -1) for tokens, *_ in parts], dim=1)  # (1, T)
         h = self.hidden(packed, Placement(positions, None, segments=segments))  # (1, T, dim)
-        b, s = parts[-1][0].shape
-        return self.output(h[0, begin - b * s :].view(b, s, -1)[:, -1]).float()  # (b, vocab)
+        last = torch.cat([h[0, first:end].view(*shape, -1)[:, -1] for first, end, shape, _ in segments])  # (rows, dim)
+        return self.output(last).float()  # (rows, vocab)
 
     def place(self, tokens: torch.Tensor, start_pos: int | torch.Tensor = 0, first_row: int = 0,
               kv_len: int | None = None) -> Placement:

@@ -31,11 +31,7 @@ class LockstepCalls(ModelCalls):
         dist.broadcast(tokens if shared else torch.cat([tokens, start_pos[:, None]], dim=1), src=0)  # (n, 1 or 2)
         return super().decode(tokens, start_pos, kv_len)
 
-    def mixed(self, chunks, tokens, start_pos, kv_len):
-        """The chunks and the decode as separate calls, each broadcast (the other ranks know no packed call)."""
-        for chunk, start, row in chunks:
-            self.prefill(chunk, start, row, last_only=True)
-        return self.decode(tokens, start_pos, kv_len)
+    packs = False  # the other ranks repeat prefill and decode calls: a step's chunks go as calls of their own
 
     def move_row(self, src, dst, length):
         self._announce(MOVE, src, dst, length)

@@ -17,7 +17,10 @@ from llamalab.serve.scheduler import Scheduler
 
 DEFAULT_MAX_SEQ_LEN = 4096  # context per request unless asked otherwise (a 128k cache per slot is huge)
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
-DEFAULT_PREFILL_CHUNK = 512  # prompt tokens prefilled per step beside the decoding requests
+# prompt tokens a step prefills beside the decoding requests, in the same forward pass. On a GPU a step of a few
+# hundred tokens costs about what a decode step does; on a CPU each token costs its arithmetic, and 32 tokens keep
+# a step within ~2x a decode step of 8 rows (stories15M: 1.9x; bench/serve.py measures the latencies)
+DEFAULT_PREFILL_CHUNK = {"cuda": 512, "cpu": 32}
 KV_CACHES = ("paged", "fixed")
 
 
@@ -42,7 +45,7 @@ class Server:
 def create_server(loaded: LoadedModel, name: str, *, slots: int = 32, max_seq_len: int | None = None,
                   max_waiting: int = 256, api_key: str | None = None,
                   max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, kv_cache: str | None = None,
-                  kv_cache_memory: float | None = None, prefill_chunk: int | None = DEFAULT_PREFILL_CHUNK,
+                  kv_cache_memory: float | None = None, prefill_chunk: int | str | None = "auto",
                   prefix_caching: bool | None = None) -> Server | None:
     """The server of a loaded model (which needs a tokenizer); `name` is the model id clients see.
 
@@ -50,7 +53,8 @@ def create_server(loaded: LoadedModel, name: str, *, slots: int = 32, max_seq_le
     of `kv_cache_memory` bytes (below 1: that fraction of the device's free memory; None: `serving_plan`'s
     default), with prefix caching unless `prefix_caching` is False. "fixed": every slot preallocated to
     max_seq_len positions (the engine before paging; the only one with tensor parallelism).
-    `prefill_chunk` prefills longer prompts that many tokens per step, beside the decoding requests (None: whole).
+    `prefill_chunk`: prompt tokens each step prefills beside the decoding requests, in their forward pass ("auto":
+    DEFAULT_PREFILL_CHUNK of the device; None: each prompt whole when admitted).
 
     For a model split over tp > 1 ranks: rank 0 gets the server, and every other rank repeats rank 0's model
     calls until the server stops, then gets None.
@@ -69,6 +73,8 @@ def create_server(loaded: LoadedModel, name: str, *, slots: int = 32, max_seq_le
     if loaded.tp > 1 and not loaded.main_process:
         follow(model, slots, max_seq_len)
         return None
+    if prefill_chunk == "auto":
+        prefill_chunk = DEFAULT_PREFILL_CHUNK["cuda" if model.device.type == "cuda" else "cpu"]
     plan = None
     if kv_cache == "paged":
         plan = plan_cache(model, slots, max_seq_len, kv_cache_memory)

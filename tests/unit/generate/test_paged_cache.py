@@ -130,10 +130,11 @@ def test_a_long_prompt_prefilled_in_chunks_beside_decoding_rows_gives_the_same_t
         method = getattr(model, name)
         setattr(model, name, lambda *a, method=method, **k: passes.append(1) or method(*a, **k))
     with torch.inference_mode():
-        engine.admit(rows[:1])
-        engine.admit(rows[1:2])
+        assert engine.admit(rows[:1]) == engine.admit(rows[1:2]) == [[]]  # no prefill yet: it goes with the steps
+        first = engine.step()  # nobody decodes yet: both prompts whole, in one pass, and their first tokens
+        assert first[0] and first[1]
         waited = 0
-        assert engine.admit(rows[2:]) == [[]]  # no prefill yet: its chunks go with the coming steps
+        assert engine.admit(rows[2:]) == [[]]
         while not all(r.done for r in rows):
             passes.clear()
             new = engine.step()

@@ -1,5 +1,6 @@
-"""Transformer.forward_packed: a prompt chunk and decode rows in one forward pass give the logits of the same writes
-made one call after another (and both equal the cache-free causal pass), on the static and the paged cache."""
+"""Transformer.forward_packed: decode rows and a prompt chunk with its next token in one forward pass give the logits
+of the same writes made one call after another (and both equal the cache-free causal pass), on the static and the
+paged cache."""
 import pytest
 import torch
 
@@ -37,8 +38,8 @@ def test_a_chunk_and_decode_rows_packed_equal_separate_calls_and_the_full_pass(m
             chunk = rows[2][:, 4:12]  # its next chunk, then its token 12 with the decoding rows' tokens
             tokens = torch.stack([rows[0][0, 5], rows[1][0, 2], rows[2][0, 12]])[:, None]  # (3, 1)
             start = torch.tensor([5, 2, 12])
-            if packed:
-                results.append(model.forward_packed([(chunk, 4, 2, None), (tokens, start, 0, 13)]))
+            if packed:  # rows 0 and 1 read their own 6 and 3 positions; row 2 its chunk and next token together
+                results.append(model.forward_packed([(tokens[:2], start[:2], 0, 6), (rows[2][:, 4:13], 4, 2, None)]))
             else:
                 model(chunk, 4, first_row=2, last_only=True)
                 results.append(model(tokens, start, kv_len=13, last_only=True)[:, -1])
