@@ -78,6 +78,10 @@ def create_server(loaded: LoadedModel, name: str, *, slots: int = 32, max_seq_le
     plan = None
     if kv_cache == "paged":
         plan = plan_cache(model, slots, max_seq_len, kv_cache_memory)
+        if slots > plan.blocks:
+            raise ConfigError(f"--slots {slots}: the KV cache holds {plan.blocks} blocks of {plan.block_size} "
+                              "positions, so no more requests than that can run at once; ask for fewer slots or more "
+                              "memory (--kv-cache-memory)")
     elif loaded.tp == 1:
         check_cache_fits(model, slots, max_seq_len)
     scheduler = Scheduler(model, slots=slots, max_waiting=max_waiting, max_seq_len=max_seq_len,

@@ -38,3 +38,11 @@ def test_paged_options_with_the_fixed_cache_are_config_errors(model, tokenizer):
 def test_create_server_without_a_tokenizer_is_a_tokenizer_error(model):
     with pytest.raises(TokenizerError, match="tokenizer"):
         create_server(LoadedModel(copy.deepcopy(model), None, seed=None), "tiny")
+
+
+def test_more_slots_than_cache_blocks_is_a_config_error(model, tokenizer):
+    a = model.args
+    block = 16 * 2 * a.n_layers * a.kv_heads * a.head_dim * 4  # one block of 16 positions, float32 k and v
+    loaded = LoadedModel(copy.deepcopy(model), tokenizer, seed=None)
+    with pytest.raises(ConfigError, match="--slots 4: the KV cache holds 3 blocks"):
+        create_server(loaded, "tiny", slots=4, max_seq_len=64, kv_cache_memory=4 * block)  # 3 blocks + the spare
