@@ -10,9 +10,6 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 from llamalab.errors import ChatFormatError, TokenizerError
 from llamalab.files import read_json
 from llamalab.tokenizer.base import Tokenizer
@@ -79,6 +76,9 @@ def render_chat_template(template: str, messages: list[Message], tokenizer: Toke
                          add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
     """Render a Hugging Face chat template in a sandbox, with the names and options such templates expect
     (without `add_generation_prompt` a dialog that ends in an answer is rendered as it stands: training data)."""
+    import jinja2  # imported on first use: a tenth of a second of every start that never renders a chat
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
@@ -99,7 +99,9 @@ def template_renders_tools(template: str | None) -> bool:
     """Whether a chat template reads a `tools` variable (it shows function definitions to the model itself)."""
     if not template:
         return False
+    import jinja2
     from jinja2 import meta
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     try:
         return "tools" in meta.find_undeclared_variables(ImmutableSandboxedEnvironment().parse(template))

@@ -18,6 +18,7 @@ from llamalab.errors import TokenizerError
 
 SCALARS = {T.UINT8: "<B", T.INT8: "<b", T.UINT16: "<H", T.INT16: "<h", T.UINT32: "<I", T.INT32: "<i",
            T.FLOAT32: "<f", T.BOOL: "<?", T.UINT64: "<Q", T.INT64: "<q", T.FLOAT64: "<d"}
+_LENGTH = struct.Struct("<Q")
 FIRST_READ = 16 << 20  # bytes: the metadata of a Llama 3 vocabulary (128k tokens, 280k merges) is ~8 MB
 
 
@@ -32,7 +33,15 @@ def is_gguf(path: str | Path) -> bool:
 
 def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
     """Every metadata key of a GGUF file → its value (str, int, float, bool, or a list of them)."""
-    path = Path(path)
+    return _read(Path(path), None)
+
+
+def has_gguf_key(path: str | Path, key: str) -> bool:
+    """Whether the GGUF file's metadata holds `key` (read up to that key only: no vocabulary parsed before it)."""
+    return key in _read(Path(path), key)
+
+
+def _read(path: Path, stop_at: str | None) -> dict[str, Any]:
     size = FIRST_READ
     try:
         with open(path, "rb") as f:
@@ -40,7 +49,7 @@ def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
                 f.seek(0)
                 head = f.read(size)
                 try:
-                    return _parse(head, path)
+                    return _parse(head, path, stop_at)
                 except _NeedMore:
                     if len(head) < size:
                         raise TokenizerError(f"{path}: truncated GGUF metadata") from None
@@ -53,7 +62,8 @@ class _NeedMore(Exception):
     """The metadata runs past the bytes read so far."""
 
 
-def _parse(buf: bytes, path: Path) -> dict[str, Any]:
+def _parse(buf: bytes, path: Path, stop_at: str | None = None) -> dict[str, Any]:
+    """The metadata up to the end, or up to the key `stop_at` (then holding that key, its value left unread: None)."""
     if buf[:4] != b"GGUF":
         raise TokenizerError(f"{path}: not a GGUF file (no GGUF magic)")
     reader = _Reader(buf, 4)
@@ -64,6 +74,9 @@ def _parse(buf: bytes, path: Path) -> dict[str, Any]:
         metadata = {}
         for _ in range(n_kv):
             key = reader.string()
+            if key == stop_at:
+                metadata[key] = None
+                break
             metadata[key] = reader.value(reader.scalar("<I"))
         return metadata
     except struct.error:
@@ -92,13 +105,27 @@ class _Reader:
         self.offset = end
         return text
 
+    def strings(self, count: int) -> list[str]:
+        """`count` length-prefixed strings (a vocabulary's 50k-250k pieces: the loop kept tight)."""
+        buf, offset, length_at, out = self.buf, self.offset, _LENGTH.unpack_from, []
+        append = out.append
+        for _ in range(count):
+            (length,) = length_at(buf, offset)
+            offset += 8
+            append(buf[offset:offset + length].decode("utf-8", errors="replace"))
+            offset += length
+        if offset > len(buf):
+            raise struct.error("a string runs past the bytes read")
+        self.offset = offset
+        return out
+
     def value(self, kind: int):
         if kind == T.STRING:
             return self.string()
         if kind == T.ARRAY:
             item, count = self.scalar("<I"), self.scalar("<Q")
             if item == T.STRING:
-                return [self.string() for _ in range(count)]
+                return self.strings(count)
             if item in SCALARS:  # numbers in one numpy read
                 dtype = np.dtype(SCALARS[item])
                 if self.offset + dtype.itemsize * count > len(self.buf):

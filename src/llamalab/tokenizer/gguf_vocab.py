@@ -15,7 +15,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, proc
 
 from llamalab.errors import TokenizerError
 from llamalab.files import write_json
-from llamalab.tokenizer.gguf_metadata import is_gguf, read_gguf_metadata
+from llamalab.tokenizer.gguf_metadata import has_gguf_key, is_gguf, read_gguf_metadata
 from llamalab.tokenizer.hf import KNOWN_END_OF_TURN, KNOWN_EOS, HFTokenizer
 from llamalab.tokenizer.spm import SentencePieceTokenizer
 from llamalab.tokenizer.tiktoken_bpe import LLAMA3_PATTERN
@@ -49,7 +49,7 @@ SAMPLING_KEYS = {"temperature": "general.sampling.temp", "top_p": "general.sampl
 
 def has_gguf_vocabulary(path: str | Path) -> bool:
     """Whether the file is a GGUF model that carries its own vocabulary."""
-    return Path(path).is_file() and is_gguf(path) and "tokenizer.ggml.tokens" in read_gguf_metadata(path)
+    return Path(path).is_file() and is_gguf(path) and has_gguf_key(path, "tokenizer.ggml.tokens")
 
 
 def load_gguf_tokenizer(path: str | Path) -> HFTokenizer | SentencePieceTokenizer:
