@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from llamalab.checkpoint import find_tokenizer, load, resolve_model
+from llamalab.checkpoint.mapped import release_pages
 from llamalab.checkpoint.parts import read_args, read_parts
 from llamalab.checkpoint.peft import apply_adapters
 from llamalab.config import PRESETS, ModelArgs
@@ -130,7 +131,7 @@ def prepare_for_inference(model: Transformer, quantize: str | None = None, compi
         return matvec_linears(model)
     kernel_quantized_linears(model)  # GGUF's exact int4 / Q8_0 layers: C kernels instead of dequantizing
     if not (supported(model) and kernels() is not None):  # the C step reads row-major weights
-        column_major_weights(model)
+        column_major_weights(model, release=release_pages)  # the mapped file's pages given back
     return model
 
 

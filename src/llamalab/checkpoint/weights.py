@@ -10,6 +10,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from tqdm import tqdm
 
+from llamalab.checkpoint.mapped import release_pages
 from llamalab.checkpoint.plausible import check_layers_present
 from llamalab.checkpoint.quantized import QuantizedWeight, install_quantized
 from llamalab.config import ModelArgs
@@ -79,7 +80,7 @@ def build_model(args: ModelArgs, state: StateDict, device="cpu", dtype: torch.dt
     check_state_dict(state, args, source, model)
     dtype = dtype or state["tok_embeddings.weight"].dtype
     quantized = {k: v for k, v in state.items() if isinstance(v, QuantizedWeight)}
-    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items() if k not in quantized}  # no copy when there
+    state = {k: _moved(v, device, dtype) for k, v in state.items() if k not in quantized}  # no copy when there
     state |= install_quantized(model, quantized, device, dtype)
     tied = args.tie_embeddings and "output" not in _swapped(model)
     if tied:
@@ -92,6 +93,15 @@ def build_model(args: ModelArgs, state: StateDict, device="cpu", dtype: torch.dt
         model.output.weight = model.tok_embeddings.weight  # assign=True gave each module its own Parameter
     model.init_rope(torch.device(device))
     return model.eval()
+
+
+def _moved(tensor: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
+    """The tensor on device in dtype; when that made a copy, the file pages it was read from are given back (one
+    tensor at a time: a checkpoint cast at load never lies in memory twice over)."""
+    moved = tensor.to(device=device, dtype=dtype)
+    if moved.data_ptr() != tensor.data_ptr():
+        release_pages(tensor)
+    return moved
 
 
 class _NoInit(TorchFunctionMode):

@@ -11,17 +11,25 @@ so decoding speed is the speed at which the weights stream:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 @torch.no_grad()
-def column_major_weights(model: nn.Module) -> nn.Module:
-    """Store every nn.Linear weight column-major (a tied embedding is the same Parameter: it follows); return model."""
+def column_major_weights(model: nn.Module, release: Callable[[torch.Tensor], None] | None = None) -> nn.Module:
+    """Store every float32 nn.Linear weight column-major (a tied embedding is the same Parameter: it follows); return
+    model. `release(old)` is called on each weight replaced (checkpoint.mapped.release_pages gives back the pages of
+    a memory-mapped one, so the two layouts are never resident together). bfloat16 / float16 weights stay as they
+    are: their products (oneDNN) are as fast row-major, and a copy would double their memory."""
     for module in model.modules():
-        if type(module) is nn.Linear and module.weight.is_contiguous():
-            module.weight.data = module.weight.data.t().contiguous().t()  # (out, in) with strides (1, out)
+        if type(module) is nn.Linear and module.weight.is_contiguous() and module.weight.dtype == torch.float32:
+            old = module.weight.data
+            module.weight.data = old.t().contiguous().t()  # (out, in) with strides (1, out)
+            if release is not None:
+                release(old)
     return model
 
 
