@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from llamalab.checkpoint.keys import inverse, rename
+from llamalab.checkpoint.mapped import release_pages
 from llamalab.checkpoint.vocab import copy_tokenizer_files, special_token_ids
 from llamalab.checkpoint.weights import StateDict, load_tensors, progress_bar
 from llamalab.config import ModelArgs, RopeScaling
@@ -77,10 +78,11 @@ def _translate(state: StateDict, args: ModelArgs, table: dict[str, str], permute
         if new_key is None:
             raise CheckpointError(f"{source}: unknown tensor name {key!r} for a Hugging Face Llama checkpoint")
         meta_key = new_key if table is FROM_HF_KEYS else key
-        if meta_key.endswith("attention.wq.weight"):
-            tensor = permute(tensor, args.n_heads)
-        elif meta_key.endswith("attention.wk.weight"):
-            tensor = permute(tensor, args.kv_heads)
+        if meta_key.endswith(("attention.wq.weight", "attention.wk.weight")):
+            heads = args.n_heads if meta_key.endswith("wq.weight") else args.kv_heads
+            tensor, read = permute(tensor, heads), tensor
+            if table is FROM_HF_KEYS:
+                release_pages(read)  # the file's pages of the rows just permuted into a copy
         out[new_key] = tensor
     return out
 
