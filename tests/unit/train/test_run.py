@@ -11,7 +11,7 @@ from llamalab.train.metrics import read_metrics
 from llamalab.train.run import train
 
 
-def test_one_call_trains_from_scratch_and_saves_a_model_that_loads_and_generates(tiny_config, tmp_path, capsys):
+def test_one_call_trains_from_scratch_and_saves_a_model_that_loads_and_knows_the_corpus(tiny_config, tmp_path, capsys):
     cfg = tiny_config(preset="debug", model={}, max_steps=40, eval_every=20, sample_tokens=12)
     vocab = json.loads((Path(cfg.data) / "meta.json").read_text())["vocab_size"]
     summary = train(cfg)
