@@ -3,13 +3,16 @@
 Built with cpu_kernels.c by llamalab/quantize/native.py. The Python side (quantize/native_decode.py) passes pointers
 to the model's own tensors: weights (float32, or int4 / int8 codes with float32 scales), RMSNorm weights, the RoPE
 tables and the static KV cache, which this step writes in place. Every matrix product splits its output rows over the
-threads; the threads meet once after each of them (q/k/v with RoPE and the cache write, attention, wo with the
-residual, w1/w3 with SiLU, w2 with the residual, the head), and each thread computes the RMSNorm of the input rows
-itself. What it computes is Transformer.forward(tokens, start_pos, last_only=True) of llamalab/model/model.py, up to
-the order of float32 summation.
+threads in chunks claimed as they go (a thread the OS preempts holds back one chunk only); the threads meet once after
+each product (q/k/v with RoPE and the cache write, attention, wo with the residual, w1/w3 with SiLU, w2 with the
+residual, the head), and each thread computes the RMSNorm of the input rows itself. What it computes is
+Transformer.forward(tokens, start_pos, last_only=True) of llamalab/model/model.py, up to the order of float32
+summation.
 */
 #include <math.h>
 #include <stdlib.h>
+
+#include <omp.h>
 
 #include "cpu_rows.h"
 
@@ -33,6 +36,7 @@ typedef struct {
     double eps;
     const float *rope_cos, *rope_sin; /* (positions, head_dim / 2) */
     const float *norm;                /* (dim,) */
+    Linear embedding;                 /* (vocab, dim) rows: float32, or int8 codes with scales */
     Linear output;
     const Layer *layers;
 } Model;
@@ -41,6 +45,14 @@ typedef struct {
 typedef struct {
     const float *x, *xp, *xsum;
 } Input;
+
+/* rows handed out at a time: small enough that a thread the OS preempts holds back little of a product, large
+   enough that claiming them costs nothing */
+static inline int64_t chunk_of(int64_t rows)
+{
+    const int64_t chunk = rows / (8 * omp_get_num_threads());
+    return chunk > 4 ? chunk : 4;
+}
 
 static inline float row_dot(const Linear *l, int64_t r, Input in)
 {
@@ -84,7 +96,7 @@ static void rms_norm(const float *x, const float *weight, int64_t m, int64_t dim
 }
 
 /* the int4 group of the products of a stage (0 when none of them is int4) */
-static int64_t int4_group(const Linear *a, const Linear *b, const Linear *c)
+static int64_t int4_group_size(const Linear *a, const Linear *b, const Linear *c)
 {
     if (a->kind == INT4)
         return a->group;
@@ -101,7 +113,7 @@ static void qkv(const Model *mo, const Layer *l, const Input *in, int64_t m, con
                 const int64_t *cache_rows, float *q)
 {
     const int64_t qd = l->wq.out, kvd = l->wk.out, hd = mo->head_dim, half = hd / 2;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, chunk_of((qd + 2 * kvd) / 2))
     for (int64_t p = 0; p < (qd + 2 * kvd) / 2; p++) {
         int64_t r = 2 * p;
         const Linear *w = r < qd ? &l->wq : r < qd + kvd ? &l->wk : &l->wv;
@@ -134,7 +146,7 @@ static void attend(const Model *mo, const Layer *l, const float *q, int64_t m, c
 {
     const int64_t hd = mo->head_dim, qd = mo->n_heads * hd, group = mo->n_heads / mo->n_kv_heads;
     const float scale = 1.f / sqrtf((float)hd);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
     for (int64_t ih = 0; ih < m * mo->n_heads; ih++) {
         const int64_t i = ih / mo->n_heads, h = ih % mo->n_heads, n = positions[i] + 1;
         const int64_t base = (cache_rows[i] * mo->n_kv_heads + h / group) * mo->max_seq * hd;
@@ -159,20 +171,21 @@ static void attend(const Model *mo, const Layer *l, const float *q, int64_t m, c
     }
 }
 
-/* x (m, l->out) += l · in: a residual projection */
-static void add_product(const Linear *l, const Input *in, int64_t m, float *x)
+/* y (m, l->out) = l · in, or (add) y += l · in */
+static void product(const Linear *l, const Input *in, int64_t m, float *y, int add)
 {
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < l->out; r++)
+    const int64_t out = l->out;
+#pragma omp for schedule(dynamic, chunk_of(out))
+    for (int64_t r = 0; r < out; r++)
         for (int64_t i = 0; i < m; i++)
-            x[i * l->out + r] += row_dot(l, r, in[i]);
+            y[i * out + r] = (add ? y[i * out + r] : 0.f) + row_dot(l, r, in[i]);
 }
 
 /* h (m, hidden) = silu(w1 · in) * (w3 · in) */
 static void gate_up(const Layer *l, const Input *in, int64_t m, float *h)
 {
     const int64_t hidden = l->w1.out;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, chunk_of(hidden))
     for (int64_t r = 0; r < hidden; r++)
         for (int64_t i = 0; i < m; i++) {
             const float g = row_dot(&l->w1, r, in[i]), u = row_dot(&l->w3, r, in[i]);
@@ -180,18 +193,32 @@ static void gate_up(const Layer *l, const Input *in, int64_t m, float *h)
         }
 }
 
-/* logits (m, vocab) of m new tokens whose embeddings are x (m, dim); x is overwritten (the residual stream). Row i
-   sits at positions[i] of cache row cache_rows[i]; `threads` OpenMP threads share the work. Returns 1 when scratch
-   memory could not be allocated. */
-int decode_step(const Model *mo, float *x, int64_t m, const int64_t *positions, const int64_t *cache_rows,
+/* x (dim) = the embedding of token t (an int8 row dequantized as Int8Embedding does: code * scale) */
+static void embed(const Linear *e, int64_t t, float *x)
+{
+    if (e->kind == F32) {
+        memcpy(x, (const float *)e->weight + t * e->in, sizeof(float) * e->in);
+        return;
+    }
+    const int8_t *codes = (const int8_t *)e->weight + t * e->in;
+    const float *scales = e->scales + t * (e->in / e->group);
+    for (int64_t c = 0; c < e->in; c++)
+        x[c] = (float)codes[c] * scales[c / e->group];
+}
+
+/* logits (m, vocab) of m new tokens (ids `tokens`). Row i sits at positions[i] of cache row cache_rows[i]; `threads`
+   OpenMP threads share the work. Returns 1 when scratch memory could not be allocated. */
+int decode_step(const Model *mo, const int64_t *tokens, int64_t m, const int64_t *positions, const int64_t *cache_rows,
                 float *logits, int64_t threads)
 {
     const int64_t dim = mo->dim, qd = mo->n_heads * mo->head_dim, hidden = mo->hidden;
     const int64_t widest = dim > hidden ? (dim > qd ? dim : qd) : (hidden > qd ? hidden : qd);
-    float *shared = malloc(sizeof(float) * m * (2 * qd + hidden));
+    float *shared = malloc(sizeof(float) * m * (dim + 2 * qd + hidden));
     if (!shared)
         return 1;
-    float *q = shared, *att = q + m * qd, *h = att + m * qd;
+    float *x = shared, *q = x + m * dim, *att = q + m * qd, *h = att + m * qd; /* x: the residual stream */
+    for (int64_t i = 0; i < m; i++)
+        embed(&mo->embedding, tokens[i], x + i * dim);
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
@@ -206,24 +233,20 @@ int decode_step(const Model *mo, float *x, int64_t m, const int64_t *positions, 
             for (int64_t layer = 0; layer < mo->n_layers; layer++) {
                 const Layer *l = mo->layers + layer;
                 rms_norm(x, l->attention_norm, m, dim, mo->eps, xn);
-                prepare(xn, m, dim, int4_group(&l->wq, &l->wk, &l->wv), xp, xsum, in);
+                prepare(xn, m, dim, int4_group_size(&l->wq, &l->wk, &l->wv), xp, xsum, in);
                 qkv(mo, l, in, m, positions, cache_rows, q);
                 attend(mo, l, q, m, positions, cache_rows, scores, att);
-                prepare(att, m, qd, int4_group(&l->wo, NULL, NULL), xp, xsum, in);
-                add_product(&l->wo, in, m, x);
+                prepare(att, m, qd, int4_group_size(&l->wo, NULL, NULL), xp, xsum, in);
+                product(&l->wo, in, m, x, 1);
                 rms_norm(x, l->ffn_norm, m, dim, mo->eps, xn);
-                prepare(xn, m, dim, int4_group(&l->w1, &l->w3, NULL), xp, xsum, in);
+                prepare(xn, m, dim, int4_group_size(&l->w1, &l->w3, NULL), xp, xsum, in);
                 gate_up(l, in, m, h);
-                prepare(h, m, hidden, int4_group(&l->w2, NULL, NULL), xp, xsum, in);
-                add_product(&l->w2, in, m, x);
+                prepare(h, m, hidden, int4_group_size(&l->w2, NULL, NULL), xp, xsum, in);
+                product(&l->w2, in, m, x, 1);
             }
             rms_norm(x, mo->norm, m, dim, mo->eps, xn);
-            prepare(xn, m, dim, int4_group(&mo->output, NULL, NULL), xp, xsum, in);
-            const Linear *out = &mo->output;
-#pragma omp for schedule(static)
-            for (int64_t r = 0; r < out->out; r++)
-                for (int64_t i = 0; i < m; i++)
-                    logits[i * out->out + r] = row_dot(out, r, in[i]);
+            prepare(xn, m, dim, int4_group_size(&mo->output, NULL, NULL), xp, xsum, in);
+            product(&mo->output, in, m, logits, 0);
         }
         free(own);
         free(in);

@@ -16,6 +16,7 @@ from torch import nn
 from llamalab.model import Transformer
 from llamalab.model.kv_cache import KVCache
 from llamalab.model.model import Attention, FeedForward, RMSNorm
+from llamalab.quantize.int8 import Int8Embedding
 from llamalab.quantize.native import BLOCK, MAX_ROWS, KernelInt4Linear, KernelInt8Linear, kernels
 
 F32, INT4, INT8 = 0, 1, 2  # the weight kinds of cpu_decode.c
@@ -35,8 +36,8 @@ class CLayer(ctypes.Structure):
 class CModel(ctypes.Structure):
     _fields_ = [*((name, _I64) for name in ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "hidden", "vocab",
                                             "max_seq")),
-                ("eps", ctypes.c_double), ("rope_cos", _P), ("rope_sin", _P), ("norm", _P), ("output", CLinear),
-                ("layers", ctypes.POINTER(CLayer))]
+                ("eps", ctypes.c_double), ("rope_cos", _P), ("rope_sin", _P), ("norm", _P), ("embedding", CLinear),
+                ("output", CLinear), ("layers", ctypes.POINTER(CLayer))]
 
 
 def native_step(model: Transformer):
@@ -69,7 +70,8 @@ def supported(model: nn.Module) -> bool:
         stages = [(attention.wq, attention.wk, attention.wv), (attention.wo,), (ffn.w1, ffn.w3), (ffn.w2,)]
         if not all(_stage_supported(stage) for stage in stages):
             return False
-    return type(model.norm) is RMSNorm and _plain_float(model.norm.weight) and _stage_supported((model.output,))
+    return (type(model.norm) is RMSNorm and _plain_float(model.norm.weight) and _stage_supported((model.output,))
+            and _embedding_supported(model.tok_embeddings))
 
 
 class NativeStep:
@@ -78,6 +80,7 @@ class NativeStep:
     def __init__(self, model: Transformer):
         self.model, self.library = model, kernels()
         self.library.decode_step.argtypes = [_P, _P, _I64, _P, _P, _P, _I64]
+        self.library.decode_step.restype = ctypes.c_int
         a = model.args
         first = model.layers[0].attention
         self.layers = (CLayer * a.n_layers)(*(_layer(block) for block in model.layers))
@@ -85,31 +88,40 @@ class NativeStep:
             n_layers=a.n_layers, dim=a.dim, n_heads=first.wq.out_features // first.head_dim,
             n_kv_heads=first.n_kv_heads, head_dim=first.head_dim, hidden=model.layers[0].feed_forward.w1.out_features,
             vocab=model.output.out_features, max_seq=0, eps=model.norm.eps, norm=model.norm.weight.data_ptr(),
-            output=_linear(model.output), layers=self.layers)
+            embedding=_embedding(model.tok_embeddings), output=_linear(model.output), layers=self.layers)
         self.cache: KVCache | None = None
-        self.vocab = model.output.out_features
+        self.rope: torch.Tensor | None = None
+        self.vocab, self.embeddings = model.output.out_features, _embedding(model.tok_embeddings).out
+        self.cache_rows = (_I64 * MAX_ROWS)(*range(MAX_ROWS))  # row i of a step is cache row i
 
     def __call__(self, tokens: torch.Tensor, start_pos: int | torch.Tensor, kv_len: int | None = None
                  ) -> torch.Tensor:
         model = self.model
         cache = model.kv_cache
         n = tokens.shape[0]
-        if (type(cache) is not KVCache or tokens.shape[1] != 1 or n > MAX_ROWS or model.training
-                or torch.is_grad_enabled()):
-            return model(tokens, start_pos, kv_len=kv_len, last_only=True)[:, -1]
-        where = model.place(tokens, start_pos, 0, kv_len)  # checks the positions, grows the RoPE tables
-        positions = where.positions.expand(n, 1).reshape(n).contiguous()  # (n,) int64
+        if (type(cache) is not KVCache or tokens.shape[1] != 1 or n > min(MAX_ROWS, cache.batch_size)
+                or model.training or torch.is_grad_enabled()):
+            return self._forward(tokens, start_pos, kv_len)
+        starts = [start_pos] * n if isinstance(start_pos, int) else start_pos.tolist()
+        ids = tokens.view(n).tolist()
+        if min(starts) < 0 or max(starts) >= cache.max_seq_len or min(ids) < 0 or max(ids) >= self.embeddings:
+            return self._forward(tokens, start_pos, kv_len)  # the model's own error
         if cache is not self.cache:
             self._point_at(cache)
-        self.shape.rope_cos, self.shape.rope_sin = model.rope_cos.data_ptr(), model.rope_sin.data_ptr()
-        x = model.tok_embeddings(tokens).reshape(n, -1).contiguous()  # (n, dim), overwritten by the residual stream
+        if model.rope_cos.shape[0] < cache.max_seq_len:
+            model.init_rope(positions=cache.max_seq_len)
+        if model.rope_cos is not self.rope:
+            self.shape.rope_cos, self.shape.rope_sin = model.rope_cos.data_ptr(), model.rope_sin.data_ptr()
+            self.rope = model.rope_cos
         logits = torch.empty(n, self.vocab)
-        rows = torch.arange(n)  # cache rows 0..n-1
-        failed = self.library.decode_step(ctypes.byref(self.shape), x.data_ptr(), n, positions.data_ptr(),
-                                          rows.data_ptr(), logits.data_ptr(), torch.get_num_threads())
+        failed = self.library.decode_step(ctypes.byref(self.shape), (_I64 * n)(*ids), n, (_I64 * n)(*starts),
+                                          self.cache_rows, logits.data_ptr(), torch.get_num_threads())
         if failed:
             raise MemoryError("the C decode step could not allocate its scratch memory")
         return logits
+
+    def _forward(self, tokens: torch.Tensor, start_pos: int | torch.Tensor, kv_len: int | None) -> torch.Tensor:
+        return self.model(tokens, start_pos, kv_len=kv_len, last_only=True)[:, -1]
 
     def _point_at(self, cache: KVCache) -> None:
         """Aim the C layers at the (new) cache's tensors."""
@@ -127,6 +139,23 @@ def _layer(block: nn.Module) -> CLayer:
     linears |= {name: _linear(getattr(ffn, name)) for name in ("w1", "w2", "w3")}
     return CLayer(attention_norm=block.attention_norm.weight.data_ptr(), ffn_norm=block.ffn_norm.weight.data_ptr(),
                   **linears)
+
+
+def _embedding(module: nn.Module) -> CLinear:
+    """The C description of the token embedding table (vocab, dim)."""
+    if type(module) is Int8Embedding:
+        table = module.table
+        return CLinear(INT8, table.out_features, table.in_features, table.group_size, table.weight.data_ptr(),
+                       table.kernel_scales.data_ptr(), None)
+    return CLinear(F32, module.num_embeddings, module.embedding_dim, 0, module.weight.data_ptr(), None, None)
+
+
+def _embedding_supported(module: nn.Module) -> bool:
+    """A float32 nn.Embedding, or an Int8Embedding whose table is a kernel Q8_0 layer (GGUF's token_embd) whose
+    vectors are float32."""
+    if type(module) is nn.Embedding:
+        return _plain_float(module.weight)
+    return type(module) is Int8Embedding and module.dtype == torch.float32 and _linear_supported(module.table)
 
 
 def _linear(module: nn.Module) -> CLinear:
