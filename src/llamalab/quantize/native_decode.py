@@ -53,7 +53,7 @@ def supported(model: nn.Module) -> bool:
     model's own modules holding plain float32 weights or kernel int4 / Q8_0 codes."""
     if not isinstance(model, Transformer) or model.training or model.device.type != "cpu":
         return False
-    if model.args.dropout or any(type(m).__name__ == "LoRALinear" for m in model.modules()):
+    if model.args.dropout or _hooked(list(model.modules())):  # hooks: e.g. LoRA adapters kept beside the weights
         return False
     try:
         if model.dtype != torch.float32:
@@ -79,6 +79,7 @@ class NativeStep:
 
     def __init__(self, model: Transformer):
         self.model, self.library = model, kernels()
+        self.modules = list(model.modules())
         self.library.decode_step.argtypes = [_P, _P, _I64, _P, _P, _P, _I64]
         self.library.decode_step.restype = ctypes.c_int
         a = model.args
@@ -100,7 +101,7 @@ class NativeStep:
         cache = model.kv_cache
         n = tokens.shape[0]
         if (type(cache) is not KVCache or tokens.shape[1] != 1 or n > min(MAX_ROWS, cache.batch_size)
-                or model.training or torch.is_grad_enabled()):
+                or model.training or torch.is_grad_enabled() or _hooked(self.modules)):
             return self._forward(tokens, start_pos, kv_len)
         starts = [start_pos] * n if isinstance(start_pos, int) else start_pos.tolist()
         ids = tokens.view(n).tolist()
@@ -131,6 +132,13 @@ class NativeStep:
             c_layer.k, c_layer.v = layer_cache.k.data_ptr(), layer_cache.v.data_ptr()
         self.shape.max_seq = cache.max_seq_len
         self.cache = cache
+
+
+def _hooked(modules: list[nn.Module]) -> bool:
+    """Whether a forward hook would change what these modules compute (a LoRA adapter not merged, an inspection)."""
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 def _layer(block: nn.Module) -> CLayer:

@@ -121,6 +121,22 @@ def test_what_the_step_does_not_cover_goes_through_the_model():
         assert torch.equal(paged, model(torch.tensor([[7]]), 3, last_only=True)[:, -1])
 
 
+def test_a_hooked_layer_goes_through_the_model():
+    """A LoRA adapter kept beside a weight (a forward hook) changes the output: the step must not skip it."""
+    from llamalab.model.lora import add_adapter, remove_adapter
+
+    model = tiny_model(4)
+    step = native_step(model)
+    layer = model.layers[1].feed_forward.w2
+    add_adapter(layer, rank=2, alpha=4)
+    torch.nn.init.normal_(layer.lora_b, std=1.0)
+    assert not supported(model)
+    tokens, logits = decode(model, step, PROMPTS, 6)
+    assert torch.equal(logits, decode(model, eager_step(model), PROMPTS, 6)[1])
+    remove_adapter(layer)
+    assert not torch.allclose(decode(model, step, PROMPTS, 6)[1][0], logits[0], atol=1e-3)
+
+
 def test_models_the_step_does_not_cover():
     assert not supported(tiny_model().to(torch.bfloat16))
     assert not supported(tiny_model().train())
