@@ -211,6 +211,16 @@ class Engine:
         spare = self.cache.watermark if self.rows else 0  # an empty engine takes whatever fits
         return self.free > 0 and self.cache.can_reserve(self._reserved(seq), spare)
 
+    def waits_for_prefix(self, seq: Sequence) -> bool:
+        """Whether admitting `seq` had better wait for a row still prefilling the same first block of prompt: once
+        that row's prompt is in, `seq` shares its blocks instead of computing them again (prefix caching only)."""
+        cache = self.cache
+        if not getattr(cache, "prefix_caching", False) or seq.sampled or len(seq.prompt) <= cache.block_size:
+            return False
+        head = seq.prompt[: cache.block_size]
+        computing = any(self._prefilling(i) and s.prompt[: cache.block_size] == head for i, s in enumerate(self.rows))
+        return computing and not cache.knows_block(seq.prompt)
+
     def _reserved(self, seq: Sequence) -> int:
         """The positions a sequence's row reserves when admitted: its context and the next token's."""
         return min(len(seq.prompt) + len(seq.output) + 1, self.max_seq_len)

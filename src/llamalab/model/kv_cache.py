@@ -248,6 +248,10 @@ class PagedKVCache:
             hashes.append(h)
         return hashes
 
+    def knows_block(self, prompt: list[int]) -> bool:
+        """Whether the prompt's first full block is in the prefix cache."""
+        return len(prompt) >= self.block_size and self._prompt_hashes(prompt, 1)[0] in self.block_of
+
     def attach_prefix(self, row: int, prompt: list[int]) -> int:
         """Give an empty row the cached blocks of the prompt's longest known prefix of full blocks (never its last
         token, which must be computed); return the positions they hold."""

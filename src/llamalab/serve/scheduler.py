@@ -140,9 +140,13 @@ class Scheduler:
             self._release()
 
     def _next_admitted(self) -> Request | None:
-        """The first waiting request if it fits the engine now (a cancelled one always goes), else None."""
+        """The first waiting request if it fits the engine now (a cancelled one always goes), else None; one whose
+        prompt opens like a prompt still being prefilled waits for it, to share its cached blocks."""
         with self._wakeup:
-            if self._waiting and (self._waiting[0].cancelled or self.engine.fits(self._waiting[0])):
+            if not self._waiting:
+                return None
+            first = self._waiting[0]
+            if first.cancelled or (self.engine.fits(first) and not self.engine.waits_for_prefix(first)):
                 return self._waiting.popleft()
         return None
 

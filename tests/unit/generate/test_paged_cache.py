@@ -52,11 +52,12 @@ def test_generation_on_the_paged_cache_gives_the_static_tokens(model, sampling):
 
 
 def run_requests(engine: Engine, requests: list[Completion], cancel: random.Random | None = None) -> int:
-    """Serve the requests first come, first served (admitted when they fit, one prefill each; preempted ones back at
-    the head of the queue), cancelling some at random when asked; return the most that ran at once."""
+    """Serve the requests as the server's scheduler does: first come, first served, admitted when they fit (and their
+    prompt's first block is not being prefilled by another row), one prefill each, preempted ones back at the head of
+    the queue; cancelling some at random when asked. Return the most that ran at once."""
     waiting, most = list(requests), 0
     while waiting or engine.rows:
-        while waiting and engine.fits(waiting[0]):
+        while waiting and engine.fits(waiting[0]) and not engine.waits_for_prefix(waiting[0]):
             engine.admit([waiting.pop(0)])
         assert engine.rows or not waiting, "a request that can never fit"
         most = max(most, len(engine.rows))

@@ -69,6 +69,7 @@ def test_generate_on_a_paged_cache_too_small_for_all_rows_preempts_and_gives_the
         for row, tokens in enumerate(new):
             streamed[row] += tokens
     assert generation.engine.preemptions > 0
+    model.clear_cache()  # the references alone, on a fixed-slot cache
     expected = [generate(model, [p], 16, sampling=s, stop_ids=[1])[0].tokens for p, _, s in requests]
     assert [c.tokens for c in generation.completions] == expected
     assert streamed == [c.output for c in generation.completions]  # each token yielded once, to its own row
@@ -81,6 +82,7 @@ def test_the_least_recently_used_prefix_is_evicted_first(model):
     rng = random.Random(3)
     a, b, c, d = ([rng.randrange(2, 97) for _ in range(9)] for _ in range(4))
     greedy = SamplingParams(temperature=0)
+    model.clear_cache()  # the references on a fixed-slot cache of their own
     expected = {tuple(p): generate(model, [p], 3, sampling=greedy)[0].tokens for p in (a, b, c, d)}
     cache = model.setup_paged_cache(num_blocks=7, block_size=4, batch_size=2, max_seq_len=32, prefix_caching=True)
     engine = Engine(model, 2, 32)
@@ -102,3 +104,25 @@ def test_the_least_recently_used_prefix_is_evicted_first(model):
     assert serve(b) == 0  # ... b is not (and serving it evicted d, now the least recently used)
     assert serve(d) == 0
     assert cache.used_blocks == 0 and len(cache.unused) + len(cache.free) == 7
+
+
+def test_a_prompt_opening_like_one_being_prefilled_waits_to_share_its_blocks(model):
+    """Four requests with one 24-token system prompt arrive together while another row decodes: chunked at 8 tokens a
+    step, the first computes the system prompt's 3 blocks; the others wait for them instead of computing them too."""
+    rng = random.Random(4)
+    system = [rng.randrange(2, 97) for _ in range(24)]
+    prompts = [system + [rng.randrange(2, 97) for _ in range(3)] for _ in range(4)]
+    greedy = SamplingParams(temperature=0)
+    model.clear_cache()  # the references on a fixed-slot cache of their own
+    expected = [generate(model, [p], 4, sampling=greedy)[0].tokens for p in [[5, 6, 7]] + prompts]
+    cache = model.setup_paged_cache(num_blocks=40, block_size=8, batch_size=8, max_seq_len=64, prefix_caching=True)
+    engine = Engine(model, 8, 64, prefill_chunk=8)
+    rows = [Completion(p, 4, greedy) for p in [[5, 6, 7]] + prompts]
+    with torch.inference_mode():
+        engine.admit(rows[:1])
+        engine.step()  # row 0 decodes from here on
+        assert engine.admit(rows[1:2]) == [[]]
+        assert all(engine.fits(r) and engine.waits_for_prefix(r) for r in rows[2:])
+        run_requests(engine, rows[2:])
+    assert [r.tokens for r in rows] == expected
+    assert cache.prefix_hits == 3 * 3  # the three later requests attached all 3 system blocks
