@@ -1,6 +1,7 @@
 """The server on a paged KV cache sized in bytes: the same answers as alone, waiting instead of failing when the
 blocks run out, every block back once the requests are done."""
 import asyncio
+import time
 
 import httpx
 import openai
@@ -84,3 +85,33 @@ def test_preempted_requests_stream_each_token_once_and_as_alone(paged_server, gr
         expected, _ = greedy_reference(tokenizer.encode(prompts[i], bos=True), 40, ())
         assert alone[i] == tokenizer.decode(expected)
     assert httpx.get(paged_server.root + "/health").json()["kv_blocks_used"] == 0
+
+
+def test_no_block_is_lost_to_clients_that_leave_mid_stream(paged_server, texts):
+    """40 streaming clients of 30 tokens on the 6-block cache (waiting, preempting), every other one leaving after
+    its first few tokens: afterwards every block is free and the server answers as before."""
+    prompts = texts(40, seed=9)
+
+    async def client(http, i):
+        body = {"model": "tiny", "prompt": prompts[i], "max_tokens": 30, "ignore_eos": True, "stream": True,
+                "temperature": 0.9, "seed": i}
+        async with http.stream("POST", paged_server.url + "/completions", json=body) as response:
+            events = 0
+            async for line in response.aiter_lines():
+                events += line.startswith("data:")
+                if i % 2 and events == 3:
+                    return "left"  # leaving the block closes the stream: the server cancels the request
+        return "done"
+
+    async def run():
+        async with httpx.AsyncClient(timeout=120) as http:
+            return await asyncio.gather(*(client(http, i) for i in range(40)))
+
+    assert asyncio.run(run()).count("left") == 20
+    deadline = time.monotonic() + 30
+    while (health := httpx.get(paged_server.root + "/health").json())["running"] or health["waiting"]:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.05)
+    assert health["kv_blocks_used"] == 0
+    client_ = openai.OpenAI(base_url=paged_server.url, api_key="unused", max_retries=0)
+    assert client_.completions.create(model="tiny", prompt="once", max_tokens=3).usage.completion_tokens >= 1
