@@ -9,6 +9,7 @@ does not cover (LoRA layers, other dtypes, training) go through the model as usu
 from __future__ import annotations
 
 import ctypes
+import time
 
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from llamalab.model.kv_cache import KVCache
 from llamalab.model.model import Attention, FeedForward, RMSNorm
 from llamalab.quantize.int8 import Int8Embedding
 from llamalab.quantize.native import BLOCK, MAX_ROWS, KernelInt4Linear, KernelInt8Linear, kernels
+from llamalab.quantize.threads import ThreadChoice
 
 F32, INT4, INT8 = 0, 1, 2  # the weight kinds of cpu_decode.c
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
@@ -80,6 +82,7 @@ class NativeStep:
     def __init__(self, model: Transformer):
         self.model, self.library = model, kernels()
         self.modules = list(model.modules())
+        self.threads = ThreadChoice()  # up to torch.get_num_threads(); fewer while that is faster (a busy core)
         self.library.decode_step.argtypes = [_P, _P, _I64, _P, _P, _P, _I64]
         self.library.decode_step.restype = ctypes.c_int
         a = model.args
@@ -115,8 +118,10 @@ class NativeStep:
             self.shape.rope_cos, self.shape.rope_sin = model.rope_cos.data_ptr(), model.rope_sin.data_ptr()
             self.rope = model.rope_cos
         logits = torch.empty(n, self.vocab)
+        threads, began = self.threads.count, time.perf_counter()  # the count is chosen by timing the steps
         failed = self.library.decode_step(ctypes.byref(self.shape), (_I64 * n)(*ids), n, (_I64 * n)(*starts),
-                                          self.cache_rows, logits.data_ptr(), torch.get_num_threads())
+                                          self.cache_rows, logits.data_ptr(), threads)
+        self.threads.record(time.perf_counter() - began, n)
         if failed:
             raise MemoryError("the C decode step could not allocate its scratch memory")
         return logits
