@@ -19,6 +19,7 @@ from llamalab.checkpoint.parts import read_args, read_parts
 from llamalab.checkpoint.peft import apply_adapters
 from llamalab.config import PRESETS, ModelArgs
 from llamalab.errors import ConfigError
+from llamalab.generate.compile_cache import save_compile_cache, use_compile_cache
 from llamalab.generate.compiled import compile_decode_step
 from llamalab.generate.decode import Generation, Step, eager_step
 from llamalab.generate.fast import column_major_weights, matvec_linears
@@ -45,6 +46,7 @@ class LoadedModel:
     tp: int = 1  # ranks the model is split over (torchrun processes)
     compile_backend: str = "inductor"  # torch.compile's backend and mode for decode_step
     compile_mode: str | None = None
+    compile_cache: Path | None = None  # torch.compile's persistent caches (generate/compile_cache.py)
 
     @property
     def main_process(self) -> bool:
@@ -54,7 +56,8 @@ class LoadedModel:
     def decode_step(self, batch_size: int = 1, cache_len: int | None = None) -> Step:
         """The eager step, or (compiled) the step compiled now on a KV cache of (batch_size, cache_len) allocated
         once, so that the generations reusing that cache never wait for compilation."""
-        return decode_step(self.model, self.compiled, batch_size, cache_len, self.compile_backend, self.compile_mode)
+        return decode_step(self.model, self.compiled, batch_size, cache_len, self.compile_backend, self.compile_mode,
+                           self.compile_cache)
 
 
 def load_model(
@@ -75,6 +78,7 @@ def load_model(
     compile_backend: str = "inductor",
     compile_mode: str | None = None,
     keep_quantized: bool = True,
+    compile_cache: str | os.PathLike | None = None,
 ) -> LoadedModel:
     """The model of a checkpoint (or, with random_init, of a preset name or ModelArgs), ready for inference.
 
@@ -87,6 +91,7 @@ def load_model(
     attention: "sdpa" (PyTorch's fused kernels) or "reference" (matmul, softmax, matmul).
     group_size: input weights per scale of int4 (default 128). compile_backend / compile_mode: torch.compile's.
     keep_quantized: a GGUF's Q8_0 / Q4_0 / Q4_1 weights stay int8 / int4 (False: dequantized to dtype).
+    compile_cache: a folder for torch.compile's caches, reused by later processes (None: torch's default, in /tmp).
     """
     check_threads_and_seed(threads, seed)
     if group_size is not None and (quantize != "int4" or not isinstance(group_size, int) or group_size < 1):
@@ -94,6 +99,7 @@ def load_model(
                           f"with quantize={quantize!r}")
     if compile:
         check_compile_options(compile_backend, compile_mode)
+        compile_cache = use_compile_cache(compile_cache) if compile_cache is not None else None
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(device)
@@ -114,7 +120,7 @@ def load_model(
             apply_adapters(model, lora)
         prepare_for_inference(model, quantize, compile, group_size)
     return LoadedModel(model, _tokenizer(tokenizer, None if random_init else source), seed, compile, tp,
-                       compile_backend, compile_mode)
+                       compile_backend, compile_mode, compile_cache if compile else None)
 
 
 def prepare_for_inference(model: Transformer, quantize: str | None = None, compile: bool = False,
@@ -136,14 +142,19 @@ def prepare_for_inference(model: Transformer, quantize: str | None = None, compi
 
 
 def decode_step(model: Transformer, compile: bool = False, batch_size: int = 1, cache_len: int | None = None,
-                backend: str = "inductor", mode: str | None = None) -> Step:
+                backend: str = "inductor", mode: str | None = None, compile_cache: Path | None = None) -> Step:
     """The C decode step on CPU where it covers the model, else the eager one; or the one compiled (torch.compile's
-    `backend`, `mode`) and warmed up on a (batch_size, cache_len) KV cache; see LoadedModel."""
+    `backend`, `mode`) and warmed up on a (batch_size, cache_len) KV cache; see LoadedModel. With `compile_cache`
+    (a folder `use_compile_cache` set up) the compilation's cache entries are saved there as a portable file too."""
     if not compile:
         return native_step(model) or eager_step(model)
     step = compile_decode_step(model, mode=mode, backend=backend)
     model.setup_cache(batch_size, min(cache_len or model.args.max_seq_len, model.args.max_seq_len))
     list(Generation(model, [[0]] * batch_size, 2, SamplingParams(temperature=0), step=step))
+    if compile_cache is not None:
+        key = (model.args, model.dtype, model.device.type, batch_size, model.kv_cache.max_seq_len, backend, mode,
+               type(model.layers[0].attention.wq).__name__, torch.__version__)
+        save_compile_cache(compile_cache, repr(key))
     return step
 
 

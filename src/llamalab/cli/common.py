@@ -34,6 +34,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", metavar="ADAPTER",
                         help="LoRA adapter folder (PEFT format) applied to MODEL's weights")
     parser.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow to start)")
+    parser.add_argument("--compile-cache", metavar="DIR",
+                        help="folder of --compile's caches, reused by later runs (default: $LLAMALAB_COMPILE_CACHE "
+                             "or ~/.cache/llamalab/compile)")
     parser.add_argument("--seed", type=arguments.seed, help="seed of the random weights and of sampling")
     parser.add_argument("--threads", type=arguments.thread_count,
                         help="CPU threads for torch (default: torch's choice)")
@@ -87,6 +90,7 @@ def parse_logit_bias(entries: list[str]) -> dict[int, float]:
 
 def load_model(args: argparse.Namespace) -> LoadedModel:
     """llamalab.load_model with the arguments of add_model_arguments (and --tp where the command has it)."""
+    from llamalab.generate.compile_cache import default_compile_cache
     from llamalab.inference import load_model
 
     if args.preset or args.random_init:
@@ -94,9 +98,10 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
             raise ConfigError("use either MODEL (a checkpoint) or --preset NAME --random-init, not both")
     elif not args.model:
         raise ConfigError("give MODEL (a checkpoint folder or file), or --preset NAME --random-init")
+    compile_cache = (getattr(args, "compile_cache", None) or default_compile_cache()) if args.compile else None
     return load_model(args.model or args.preset, device=args.device, dtype=args.dtype, tp=getattr(args, "tp", 1),
                       quantize=args.quantize, compile=args.compile, tokenizer=args.tokenizer, seed=args.seed,
-                      threads=args.threads, random_init=args.random_init, lora=args.lora)
+                      threads=args.threads, random_init=args.random_init, lora=args.lora, compile_cache=compile_cache)
 
 
 def decode_step(loaded: LoadedModel, batch_size: int = 1, cache_len: int | None = None) -> Step:
