@@ -68,13 +68,20 @@ class LayerCache(nn.Module):
 
 class PagedLayerCache(nn.Module):
     """One layer's keys and values in fixed-size blocks: (n_kv_heads, num_blocks, block_size, head_dim) each (heads
-    outermost, so that a gather of blocks leaves each head's positions contiguous)."""
+    outermost, so that a gather of blocks leaves each head's positions contiguous). Allocated uninitialized, so that
+    untouched blocks take no memory on CPU; `PagedKVCache` zeroes a block the first time it hands it out."""
 
     def __init__(self, num_blocks: int, block_size: int, n_kv_heads: int, head_dim: int, device=None, dtype=None):
         super().__init__()
         shape = (n_kv_heads, num_blocks, block_size, head_dim)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("k", torch.empty(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.empty(shape, device=device, dtype=dtype), persistent=False)
+
+    @torch.no_grad()
+    def zero_block(self, block: int) -> None:
+        """Zero one block (masked positions are read too: garbage there could be NaN, and 0 x NaN is NaN)."""
+        self.k[:, block].zero_()
+        self.v[:, block].zero_()
 
     def update(self, k: torch.Tensor, v: torch.Tensor, where: Placement) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (bsz, n_kv_heads, seqlen, head_dim) into the rows' blocks; return the first kv_len positions
@@ -171,6 +178,9 @@ class PagedKVCache:
         per_row = -(-max_seq_len // self.block_size)
         self.block_table = torch.full((batch_size, per_row), self.spare, dtype=torch.long, device=layers[0].k.device)
         self.free = list(range(self.num_blocks - 1, -1, -1))  # popped from the end: block 0 first
+        self.zeroed = [False] * self.num_blocks  # blocks handed out at least once (zeroed then)
+        for layer in layers:
+            layer.zero_block(self.spare)
         self.row_blocks: list[list[int]] = [[] for _ in range(batch_size)]
         self.prefix_caching = prefix_caching
         self.refs = [0] * self.num_blocks  # rows holding each block
@@ -226,6 +236,10 @@ class PagedKVCache:
         else:
             block, _ = self.unused.popitem(last=False)
             del self.block_of[self.hash_of.pop(block)]
+        if not self.zeroed[block]:
+            for layer in self.layers:
+                layer.zero_block(block)
+            self.zeroed[block] = True
         self.refs[block] = 1
         return block
 

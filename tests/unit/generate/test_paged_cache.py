@@ -164,3 +164,18 @@ def test_prompts_sharing_a_prefix_share_its_blocks_and_give_the_same_tokens(mode
     assert cache.prefix_hits == 2 * 11  # every request but the first found both blocks of the system prompt
     assert cache.used_blocks == 0 and len(cache.unused) >= 2  # the shared blocks stay cached, held by none
 
+
+
+def test_blocks_handed_out_for_the_first_time_are_zeroed(model):
+    """The pool is allocated uninitialized (no memory touched up front); garbage there (NaN here) must not reach a
+    row: masked positions are read too, and 0 x NaN is NaN."""
+    prompts = [[5, 6, 7], list(range(10, 30)), [1] * 9]
+    greedy = SamplingParams(temperature=0)
+    expected = [c.tokens for c in generate(model, prompts, 12, sampling=greedy)]
+    cache = model.setup_paged_cache(num_blocks=20, block_size=4, batch_size=3, max_seq_len=40)
+    for layer in cache.layers:  # every block but the spare one, as uninitialized memory may hold
+        layer.k[:, :-1].fill_(float("nan"))
+        layer.v[:, :-1].fill_(float("nan"))
+    assert [c.tokens for c in generate(model, prompts, 12, sampling=greedy)] == expected
+    touched = sum(cache.zeroed)  # blocks go out lowest first: those ever used, each zeroed once; the rest untouched
+    assert 0 < touched < 20 and cache.zeroed[:touched] == [True] * touched
