@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from llamalab.analysis.params import count_parameters
 from llamalab.config import PRESETS, ModelArgs
 
 
@@ -15,14 +16,8 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    import torch
-
-    from llamalab.model import Transformer
-
     model_args = ModelArgs.from_preset(args.preset)
-    with torch.device("meta"):
-        model = Transformer(model_args)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_parameters(model_args).total  # from the shapes alone: no torch import (seconds), no model
     info = {
         "preset": args.preset,
         "config": model_args.to_dict(),

@@ -30,3 +30,14 @@ def test_unknown_preset_exits_nonzero_with_one_line():
 def test_help_lists_commands():
     result = run_cli("--help")
     assert result.returncode == 0 and "info" in result.stdout
+
+
+
+def test_help_and_info_never_import_torch():
+    """They answer in a tenth of a second; importing torch takes a second or more (and a model built on the meta
+    device several more, through dynamo)."""
+    code = ("import sys; from llamalab.cli.main import build_parser, main; build_parser().format_help(); "
+            "main(['info', '--preset', 'llama3-8b']); print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "False"
