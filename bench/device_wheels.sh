@@ -11,7 +11,8 @@ mkdir -p "$(dirname "$exclude")"
 grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >> "$exclude"
 
 packages="gguf fastapi starlette pydantic pydantic-core annotated-types annotated-doc typing-inspection
-          typing-extensions opentelemetry-api uvicorn openai jiter sniffio httpx2 httpcore2 truststore"
+          typing-extensions opentelemetry-api uvicorn openai jiter sniffio httpx2 httpcore2 truststore
+          llguidance jsonschema jsonschema-specifications referencing rpds-py"
 pins=$(python - $packages <<'EOF'
 import sys
 from importlib.metadata import PackageNotFoundError, version

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import types
 
 import torch
@@ -28,15 +29,18 @@ CUDA_OPTIONS = {"triton.cudagraphs": True, "coordinate_descent_tuning": True}
 
 def compile_decode_step(
     model: torch.nn.Module, mode: str | None = None, backend: str = "inductor", options: dict | None = None,
-    regions: bool = True,
+    regions: bool | None = None,
 ) -> Step:
     """A compiled (tokens (bsz, 1), start_pos, kv_len) -> logits (bsz, vocab) step; it reads the whole KV cache
     (static shapes), so it ignores kv_len.
 
     With neither `mode` nor `options` given, inductor on CUDA gets `CUDA_OPTIONS`, elsewhere its defaults.
-    regions: compile one block for all layers (`compile_blocks_once`); False unrolls every layer into the graph.
+    regions: compile one block for all layers (`compile_blocks_once`); False unrolls every layer into the graph;
+    None: True unless the environment sets LLAMALAB_COMPILE_REGIONS=0.
     """
     device = model.device
+    if regions is None:
+        regions = os.environ.get("LLAMALAB_COMPILE_REGIONS", "1") != "0"
     if regions:
         compile_blocks_once(model)
     inductor_on_cuda = backend == "inductor" and device.type == "cuda"

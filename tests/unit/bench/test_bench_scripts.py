@@ -144,3 +144,25 @@ def test_serve_bench_runs_every_scenario_on_both_engines_and_checks_the_targets(
     rate = targets["throughput at 3 clients, paged / peer"]
     rates = [result["throughput"][1]["tokens_per_s"] for result in (paged, fixed)]
     assert rate["value"] == pytest.approx(rates[0] / rates[1])
+
+
+def test_gpu_all_runs_every_stage_and_a_stage_out_of_time_loses_only_itself(tmp_path):
+    """bench/gpu_all.py --smoke: every stage of the one-call GPU check on a CPU (debug shape), its reports in
+    results.json and the issue's table in summary.txt; then a stage cut at 1 s is recorded as timed out."""
+    script = str(BENCH / "gpu_all.py")
+    subprocess.run([sys.executable, script, str(tmp_path / "all"), "--smoke"], check=True, capture_output=True,
+                   timeout=600)
+    results = json.loads((tmp_path / "all" / "results.json").read_text())["stages"]
+    assert list(results) == ["regions", "tests", "compile-cold", "compile-warm", "decode-7b", "prefill-7b", "quant-7b",
+                             "decode-110m", "train-1b"]
+    assert all(stage["status"] == "ok" for stage in results.values()), results
+    assert all(stage["report"] for name, stage in results.items() if name not in ("regions", "tests"))
+    assert results["compile-cold"]["report"]["compile_s"] > 0
+    summary = (tmp_path / "all" / "summary.txt").read_text()
+    assert summary.count("\n| ") == 11 and "7B prefill, MFU" in summary and "GPU tests" in summary
+
+    subprocess.run([sys.executable, script, str(tmp_path / "cut"), "--smoke", "--only", "compile-cold",
+                    "--stage-limit", "1"], check=True, capture_output=True, timeout=300)
+    cut = json.loads((tmp_path / "cut" / "results.json").read_text())["stages"]
+    assert cut["compile-cold"]["status"] == "timed out at 1 s" and cut["compile-cold"]["report"] is None
+    assert "compile-cold timed out at 1 s" in (tmp_path / "cut" / "summary.txt").read_text()
