@@ -93,7 +93,7 @@ def _call_region(region, layer: nn.Module, x, cos, sin, where: Placement | None 
     layer's cache (torch 2.13; tests/unit/generate/test_compiled.py)."""
     fields = () if where is None else tuple(getattr(where, f.name) for f in dataclasses.fields(where))
     cache = getattr(getattr(layer, "attention", None), "cache", None)
-    buffers = () if cache is None else (cache.k, cache.v)
+    buffers = () if cache is None else cache.tensors()
     return region(layer, x, cos, sin, buffers, where is not None, *fields)
 
 

@@ -50,6 +50,11 @@ class LayerCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
 
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys' and values' storage, for code that hands the cache's memory on (a C kernel, a compiled region's
+        inputs) without looking inside it."""
+        return self.k, self.v
+
     def update(self, k: torch.Tensor, v: torch.Tensor, where: Placement) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (bsz, n_kv_heads, seqlen, head_dim) where `where` says; return the keys and values attention
         reads, (bsz, n_kv_heads, kv_len, head_dim) each."""
@@ -76,6 +81,10 @@ class PagedLayerCache(nn.Module):
         shape = (n_kv_heads, num_blocks, block_size, head_dim)
         self.register_buffer("k", torch.empty(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.empty(shape, device=device, dtype=dtype), persistent=False)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys' and values' block pools (see LayerCache.tensors)."""
+        return self.k, self.v
 
     @torch.no_grad()
     def zero_block(self, block: int) -> None:
@@ -136,6 +145,11 @@ class KVCache:
     def bytes_per_token(self) -> int:
         """Bytes one cached position of one row takes, over every layer."""
         return self.nbytes // (self.batch_size * self.max_seq_len)
+
+    def layer_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's (keys, values) storage, (batch_size, n_kv_heads, max_seq_len, head_dim) each: for a kernel
+        that reads and writes the cache in place."""
+        return [layer.tensors() for layer in self.layers]
 
     @torch.no_grad()
     def move_row(self, src: int, dst: int, length: int) -> None:

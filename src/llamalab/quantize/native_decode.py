@@ -131,10 +131,10 @@ class NativeStep:
 
     def _point_at(self, cache: KVCache) -> None:
         """Aim the C layers at the (new) cache's tensors."""
-        for c_layer, layer_cache in zip(self.layers, cache.layers):
-            if layer_cache.k.dtype != torch.float32 or not layer_cache.k.is_contiguous():
+        for c_layer, (k, v) in zip(self.layers, cache.layer_tensors()):
+            if k.dtype != torch.float32 or not k.is_contiguous():
                 raise ValueError("the C decode step needs a contiguous float32 KV cache")
-            c_layer.k, c_layer.v = layer_cache.k.data_ptr(), layer_cache.v.data_ptr()
+            c_layer.k, c_layer.v = k.data_ptr(), v.data_ptr()
         self.shape.max_seq = cache.max_seq_len
         self.cache = cache
 
