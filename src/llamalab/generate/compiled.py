@@ -78,6 +78,8 @@ def compile_blocks_once(model: torch.nn.Module) -> bool:
     layers = getattr(model, "layers", None)
     if not layers or len({type(layer) for layer in layers}) != 1:
         return False
+    if not hasattr(torch.compiler, "nested_compile_region"):  # torch < 2.8
+        return False
     if any(type(p) not in (torch.Tensor, nn.Parameter) for p in model.parameters()):
         return False
     region = _region(type(layers[0]))
