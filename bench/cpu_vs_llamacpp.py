@@ -96,9 +96,9 @@ def command_time(*args: str) -> float:
     return time.time() - start
 
 
-def llamalab_decode(model, prompts: list[list[int]], new_tokens: int) -> float:
-    """Tokens per second of every row together after the prefill."""
-    generation = Generation(model, prompts, new_tokens, GREEDY)
+def llamalab_decode(model, step, prompts: list[list[int]], new_tokens: int) -> float:
+    """Tokens per second of every row together after the prefill (decoding with load_model's step: the C step)."""
+    generation = Generation(model, prompts, new_tokens, GREEDY, step=step)
     list(generation)
     return len(prompts) * (new_tokens - 1) / generation.timings["decode_s"]
 
@@ -151,13 +151,13 @@ def smollm2(args) -> None:
     if args.only_start:
         return
     loaded = load_model(path, threads=args.threads)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model, tokenizer, step = loaded.model, loaded.tokenizer, loaded.decode_step()
     prompt = tokenizer.encode("The capital of France is")
     long_prompt = (tokenizer.encode("Once upon a time, in a land far away, there lived a curious fox. ") * 64)
     long_prompt = long_prompt[:PREFILL_TOKENS]
-    runs = {"decode 1 row": lambda: llamalab_decode(model, [prompt], args.new_tokens),
-            "decode 4 rows": lambda: llamalab_decode(model, [prompt] * 4, args.new_tokens),
-            "decode 16 rows": lambda: llamalab_decode(model, [prompt] * 16, args.new_tokens),
+    runs = {"decode 1 row": lambda: llamalab_decode(model, step, [prompt], args.new_tokens),
+            "decode 4 rows": lambda: llamalab_decode(model, step, [prompt] * 4, args.new_tokens),
+            "decode 16 rows": lambda: llamalab_decode(model, step, [prompt] * 16, args.new_tokens),
             f"prefill {PREFILL_TOKENS}": lambda: llamalab_prefill(model, long_prompt)}
     if have_llamacpp:
         from llama_cpp import Llama
