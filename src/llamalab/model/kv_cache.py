@@ -104,18 +104,13 @@ class PagedLayerCache(nn.Module):
             values = new.transpose(0, 1).reshape(heads, -1, head_dim)  # (n_kv_heads, bsz * seqlen, head_dim)
             pool.view(heads, -1, head_dim).index_copy_(1, slots.flatten(), values)
         table = where.block_table[:, : -(-where.kv_len // size)]  # (bsz, blocks read)
-        # the blocks' rows in the pool viewed (n_kv_heads * num_blocks, block_size * head_dim): one index_select over
-        # dim 0 copies whole blocks (2-4x faster on CPU than over dim 1 of the 4-D pool)
-        num_blocks = self.k.shape[1]
-        index = (torch.arange(heads, device=table.device)[:, None] * num_blocks + table.flatten()).flatten()
-        keys, values = (self._gather(pool, index, table.shape, where.kv_len) for pool in (self.k, self.v))
-        return keys, values
+        return self._gather(self.k, table, where.kv_len), self._gather(self.v, table, where.kv_len)
 
     @staticmethod
-    def _gather(pool: torch.Tensor, index: torch.Tensor, table: tuple[int, int], length: int) -> torch.Tensor:
-        heads, num_blocks, size, head_dim = pool.shape
-        bsz, blocks = table
-        rows = pool.view(heads * num_blocks, size * head_dim).index_select(0, index)  # (heads * bsz * blocks, ...)
+    def _gather(pool: torch.Tensor, table: torch.Tensor, length: int) -> torch.Tensor:
+        heads, _, size, head_dim = pool.shape
+        bsz, blocks = table.shape
+        rows = pool.index_select(1, table.flatten())  # (n_kv_heads, bsz * blocks, block_size, head_dim)
         rows = rows.view(heads, bsz, blocks * size, head_dim)[:, :, :length]  # (n_kv_heads, bsz, length, head_dim)
         return rows.transpose(0, 1)  # (bsz, n_kv_heads, length, head_dim)
 
