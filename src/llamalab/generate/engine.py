@@ -352,6 +352,9 @@ class Engine:
                 [s.last_token for s in self.rows], device=self.device)  # (n,)
             if all(p == positions[0] for p in positions):  # rows in step: one span, no mask
                 logits = self.calls.decode(tokens[:, None], positions[0], None)
+            elif self.calls.packs and len(runs := self._length_runs(positions)) > 1:  # a far longer row: own part
+                logits = self.calls.packed([(tokens[a:b, None], torch.tensor(positions[a:b], device=self.device), a,
+                                             max(positions[a:b]) + 1) for a, b in runs])
             else:
                 start = torch.tensor(positions, device=self.device)  # (n,)
                 logits = self.calls.decode(tokens[:, None], start, max(positions) + 1)
@@ -367,6 +370,19 @@ class Engine:
         for i, kept in zip(ready, self._sample(ready, logits[ready]) if ready else []):
             new[i] = kept
         return new
+
+    @staticmethod
+    def _length_runs(positions: list[int]) -> list[tuple[int, int]]:
+        """Rows 0..n-1 as runs [a, b) for a decode step: a row far longer than most (past twice the median position
+        + 64) is a run of its own, so that the others' attention does not read (padded) up to its length."""
+        limit = 2 * sorted(positions)[(len(positions) - 1) // 2] + 64
+        runs, begin = [], 0
+        for row, position in enumerate(positions):
+            if position > limit:
+                runs += [(begin, row)] if row > begin else []
+                runs.append((row, row + 1))
+                begin = row + 1
+        return runs + ([(begin, len(positions))] if begin < len(positions) else [])
 
     def _forward_filling(self, filling: list[int]) -> torch.Tensor:
         """The forward pass of a step with prefilling rows; every row's next-token logits (n, vocab).

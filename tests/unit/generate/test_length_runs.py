@@ -1,0 +1,45 @@
+"""A decode step with one row far longer than the others runs that row as its own attention part (so the short rows
+do not read up to its length), and every row still gets the tokens it gets alone."""
+import torch
+from generate_models import peaked_model
+
+from llamalab.generate.decode import Completion
+from llamalab.generate.engine import Engine
+from llamalab.generate.sampling import SamplingParams
+
+
+def test_rows_far_longer_than_the_median_are_runs_of_their_own():
+    assert Engine._length_runs([10, 12, 11]) == [(0, 3)]
+    assert Engine._length_runs([10, 12, 300, 11, 9]) == [(0, 2), (2, 3), (3, 5)]  # 300 > 2 * 11 + 64
+    assert Engine._length_runs([300, 10, 12]) == [(0, 1), (1, 3)]
+    assert Engine._length_runs([10, 300]) == [(0, 1), (1, 2)]
+    assert Engine._length_runs([10, 12, 86, 11, 9]) == [(0, 5)]  # 2 * 11 + 64 = 86 is still in
+    assert Engine._length_runs([10, 12, 87, 11, 9]) == [(0, 2), (2, 3), (3, 5)]
+
+
+def test_a_long_row_decoding_beside_short_ones_gives_every_row_its_tokens_alone():
+    torch.manual_seed(0)
+    model = peaked_model(max_seq_len=256)
+    prompts = [list(range(2, 14)), [(7 * i) % 90 + 3 for i in range(180)], list(range(20, 29))]
+    params = [SamplingParams(temperature=0), SamplingParams(temperature=0.9, top_p=0.9, seed=3),
+              SamplingParams(temperature=0)]
+    alone = []
+    for prompt, p in zip(prompts, params):
+        model.setup_cache(batch_size=1, max_seq_len=256)
+        engine, seq = Engine(model, 1, 256), Completion(prompt, 12, p)
+        engine.admit([seq])
+        while not seq.done:
+            engine.step()
+        alone.append(seq.output)
+    model.setup_paged_cache(num_blocks=64, block_size=8, batch_size=3, max_seq_len=256)
+    engine = Engine(model, 3, 256)
+    seqs = [Completion(prompt, 12, p) for prompt, p in zip(prompts, params)]
+    for seq in seqs:
+        engine.admit([seq])
+    calls = []
+    packed = engine.calls.packed
+    engine.calls.packed = lambda parts: calls.append([(row, len(t)) for t, _, row, _ in parts]) or packed(parts)
+    while not all(s.done for s in seqs):
+        engine.step()
+    assert [s.output for s in seqs] == alone
+    assert calls and all(parts == [(0, 1), (1, 1), (2, 1)] for parts in calls)  # the 180-token row on its own
