@@ -29,7 +29,7 @@ from llamalab.parallel.mesh import init_distributed, is_main_process, make_mesh,
 from llamalab.parallel.sizes import check_tp_size
 from llamalab.quantize import quantize_model
 from llamalab.quantize.native import kernel_quantized_linears, kernels
-from llamalab.quantize.native_decode import native_step, supported
+from llamalab.quantize.native_decode import huge_pages, native_step, supported
 from llamalab.tokenizer import Tokenizer, load_tokenizer
 
 Source = str | os.PathLike | ModelArgs  # a checkpoint folder or file, a preset name, or a shape (random weights)
@@ -138,6 +138,8 @@ def prepare_for_inference(model: Transformer, quantize: str | None = None, compi
     kernel_quantized_linears(model)  # GGUF's exact int4 / Q8_0 layers: C kernels instead of dequantizing
     if not (supported(model) and kernels() is not None):  # the C step reads row-major weights
         column_major_weights(model, release=release_pages)  # the mapped file's pages given back
+    else:
+        huge_pages(model)  # fewer TLB misses while the C step streams the weights
     return model
 
 

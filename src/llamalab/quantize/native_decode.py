@@ -9,6 +9,7 @@ does not cover (LoRA layers, other dtypes, training) go through the model as usu
 from __future__ import annotations
 
 import ctypes
+import sys
 import time
 
 import torch
@@ -22,6 +23,8 @@ from llamalab.quantize.native import BLOCK, MAX_ROWS, KernelInt4Linear, KernelIn
 from llamalab.quantize.threads import ThreadChoice
 
 F32, INT4, INT8 = 0, 1, 2  # the weight kinds of cpu_decode.c
+HUGE_PAGE = 2 << 20
+MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25  # Linux madvise advice (MADV_COLLAPSE: kernel 6.1 on)
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 
 
@@ -48,6 +51,28 @@ def native_step(model: Transformer):
     if not supported(model) or kernels() is None:
         return None
     return NativeStep(model)
+
+
+def huge_pages(model: nn.Module) -> int:
+    """Back the 2 MiB-aligned inside of each large weight with huge pages, in place (Linux MADV_COLLAPSE: the kernel
+    moves the pages, no copy is made, RSS stays the same); return the bytes collapsed (0 where the kernel cannot).
+
+    A decode step streams every weight once; with 4 KiB pages the TLB misses cost ~20% of it (stories110M's C step:
+    79 -> 104 tokens/s here)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes, madvise.restype = [_P, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    collapsed, seen = 0, set()
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type != "cpu" or tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        start = -(-tensor.data_ptr() // HUGE_PAGE) * HUGE_PAGE
+        end = (tensor.data_ptr() + tensor.nbytes) // HUGE_PAGE * HUGE_PAGE
+        if end > start and madvise(start, end - start, MADV_HUGEPAGE) == 0:
+            collapsed += (end - start) * (madvise(start, end - start, MADV_COLLAPSE) == 0)
+    return collapsed
 
 
 def supported(model: nn.Module) -> bool:

@@ -14,7 +14,7 @@ from llamalab.inference import load_model
 from llamalab.model import Transformer
 from llamalab.quantize import Int4Linear, Int8Linear, native, quantize_int4
 from llamalab.quantize.native import kernel_quantized_linears
-from llamalab.quantize.native_decode import NativeStep, native_step, supported
+from llamalab.quantize.native_decode import NativeStep, huge_pages, native_step, supported
 
 pytestmark = pytest.mark.skipif(native.kernels() is None, reason="no C compiler on this machine")
 
@@ -150,6 +150,33 @@ def test_load_model_decodes_through_the_c_step_with_row_major_weights():
     assert all(m.weight.is_contiguous() for m in loaded.model.modules() if type(m) is nn.Linear)
     bf16 = load_model(args, random_init=True, seed=0, device="cpu", dtype="bfloat16")
     assert not isinstance(bf16.decode_step(), NativeStep)
+
+
+def test_huge_pages_back_the_weights_in_place():
+    """MADV_COLLAPSE moves a weight's pages, not its values: same tensor, same address, same logits; /proc/self/smaps
+    then shows huge pages in the weight's range."""
+    torch.manual_seed(0)
+    args = ModelArgs(dim=512, n_layers=1, n_heads=8, vocab_size=4096, multiple_of=32, max_seq_len=32)
+    model = Transformer(args).eval().requires_grad_(False)  # an 8 MiB embedding/head
+    address, before = model.output.weight.data_ptr(), model(torch.tensor([[1, 2, 3]]))
+    collapsed = huge_pages(model)
+    assert model.output.weight.data_ptr() == address
+    assert torch.equal(model(torch.tensor([[1, 2, 3]])), before)
+    assert collapsed >= 4 * 2**20  # this Linux (6.1 or later) collapses anonymous memory
+    assert huge_bytes_in(address, model.output.weight.nbytes) >= 4 * 2**20
+
+
+def huge_bytes_in(address: int, size: int) -> int:
+    """AnonHugePages of the mappings of /proc/self/smaps overlapping [address, address + size)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start < address + size and address < end
+        elif inside and head == "AnonHugePages:":
+            total += int(line.split()[1]) * 1024
+    return total
 
 
 def test_smollm2_gguf_decodes_the_same_through_the_c_step(smollm2_model):
