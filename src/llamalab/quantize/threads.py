@@ -4,9 +4,9 @@ A decode step splits every stage over its threads and waits at a barrier after e
 one of the cores busy, the thread sharing that core runs only part of the time and every barrier waits for it: on 2
 cores with one busy, SmolLM2's C step ran at 49-54 tokens/s on 2 threads against 76 on 1 (130-139 on 2 when quiet).
 No setting known before the step runs is right for both machines, so the step is timed: it starts on every thread
-PyTorch uses, now and then runs a couple of steps on one thread fewer (or more, back up to that number), and keeps
-whichever count was at least `GAIN` times faster. The tries grow rarer while they lose (every 8 to 256 steps), so a
-quiet machine loses about one slower step in a hundred.
+PyTorch uses, now and then runs a step on one thread fewer (or more, back up to that number), and keeps whichever
+count was at least 1 / `GAIN` times faster. The tries grow rarer while they lose (every 8 to 256 steps): on a quiet
+machine 3 of the first 64 steps are tried on the slower count, then one in 128-256.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 
 GAIN = 0.9  # a count is taken when its best step time is below this fraction of the current count's
 FIRST_TRY, LAST_TRY = 8, 256  # steps between tries: from the first, doubling while they lose, up to the last
-TRY_STEPS = 2  # steps timed on the count tried (its best counts)
+TRY_STEPS = 1  # steps timed on the count tried (its best counts); one: a try costs one slower step when it loses
 KEPT = 4  # recent step times kept of the current count
 
 
