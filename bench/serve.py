@@ -221,10 +221,13 @@ async def long_prompt(http, args) -> dict:
     await asyncio.gather(*tasks, return_exceptions=True)
     idle = [g for s in streams for g in s.gaps(idle_start, answer.sent)]
     loaded = [g for s in streams for g in s.gaps(answer.sent, done)]
+    worst = sorted(((b - a, b - answer.sent) for s in streams for a, b in zip(s.arrivals, s.arrivals[1:])
+                    if answer.sent <= b <= done), reverse=True)[:5]  # where the longest gaps fall
     return {"streaming_clients": args.streaming_clients, "long_prompt_tokens": len(long),
             "long_ttft_ms": answer.ttft * 1e3, "long_seconds": done - answer.sent,
             "idle": latency([], idle), "loaded": latency([], loaded), "idle_itls": len(idle),
-            "loaded_itls": len(loaded)}
+            "loaded_itls": len(loaded), "worst_gaps_ms_at_s": [(g * 1e3, at) for g, at in worst],
+            "long_arrivals_s": [t - answer.sent for t in answer.arrivals]}
 
 
 async def run_scenarios(url: str, args) -> dict:

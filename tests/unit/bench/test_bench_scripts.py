@@ -131,6 +131,9 @@ def test_serve_bench_runs_every_scenario_on_both_engines_and_checks_the_targets(
         assert [(r["clients"], r["with"]["tokens"]) for r in result["system-prompt"]["rows"]] == [(1, 6), (2, 6)]
         long = result["long-prompt"]
         assert long["long_prompt_tokens"] == 200 and long["idle_itls"] > 0 and long["loaded_itls"] > 0
+        assert len(long["long_arrivals_s"]) == 3
+        assert long["long_arrivals_s"][0] * 1e3 == pytest.approx(long["long_ttft_ms"])
+        assert max(g for g, _ in long["worst_gaps_ms_at_s"]) == pytest.approx(long["loaded"]["itl_max_ms"])
     # the 64-token system prompt's 4 full blocks come from the paged engine's prefix cache after its first request
     assert paged["health"]["prefix_cache_hit_rate"] > 0 and "prefix_cache_hit_rate" not in fixed["health"]
     targets = report["targets"]
