@@ -221,13 +221,16 @@ async def long_prompt(http, args) -> dict:
     await asyncio.gather(*tasks, return_exceptions=True)
     idle = [g for s in streams for g in s.gaps(idle_start, answer.sent)]
     loaded = [g for s in streams for g in s.gaps(answer.sent, done)]
+    first = answer.arrivals[0]
+    behind = [s.ttft for s in streams if answer.sent <= s.sent < first and s.arrivals]  # sent while it was read
     worst = sorted(((b - a, b - answer.sent) for s in streams for a, b in zip(s.arrivals, s.arrivals[1:])
                     if answer.sent <= b <= done), reverse=True)[:5]  # where the longest gaps fall
     return {"streaming_clients": args.streaming_clients, "long_prompt_tokens": len(long),
             "long_ttft_ms": answer.ttft * 1e3, "long_seconds": done - answer.sent,
             "idle": latency([], idle), "loaded": latency([], loaded), "idle_itls": len(idle),
             "loaded_itls": len(loaded), "worst_gaps_ms_at_s": [(g * 1e3, at) for g, at in worst],
-            "long_arrivals_s": [t - answer.sent for t in answer.arrivals]}
+            "long_arrivals_s": [t - answer.sent for t in answer.arrivals],
+            "behind_long": {"requests": len(behind), **latency(behind, [])}}
 
 
 async def run_scenarios(url: str, args) -> dict:
@@ -287,7 +290,8 @@ def print_report(report: dict) -> None:
                   f"p99 {s['idle']['itl_p99_ms']:.1f} ms ({s['idle_itls']} gaps); while a {s['long_prompt_tokens']}"
                   f"-token prompt arrives: p50 {s['loaded']['itl_p50_ms']:.1f} p99 {s['loaded']['itl_p99_ms']:.1f} "
                   f"max {s['loaded']['itl_max_ms']:.1f} ms ({s['loaded_itls']} gaps); its TTFT "
-                  f"{s['long_ttft_ms']:.0f} ms, answered in {s['long_seconds']:.2f} s")
+                  f"{s['long_ttft_ms']:.0f} ms, answered in {s['long_seconds']:.2f} s; {s['behind_long']['requests']} "
+                  f"requests sent while it was read: TTFT p50 {s['behind_long']['ttft_p50_ms']:.0f} ms")
     print()
     for name, t in report["targets"].items():
         p99 = f" (p99 {t['p99']:.2f}x)" if "p99" in t else ""

@@ -134,6 +134,8 @@ def test_serve_bench_runs_every_scenario_on_both_engines_and_checks_the_targets(
         assert len(long["long_arrivals_s"]) == 3
         assert long["long_arrivals_s"][0] * 1e3 == pytest.approx(long["long_ttft_ms"])
         assert max(g for g, _ in long["worst_gaps_ms_at_s"]) == pytest.approx(long["loaded"]["itl_max_ms"])
+        behind = long["behind_long"]  # requests sent while it was read, and their TTFT
+        assert behind["requests"] == 0 or 0 < behind["ttft_p50_ms"] <= behind["ttft_p99_ms"]
     # the 64-token system prompt's 4 full blocks come from the paged engine's prefix cache after its first request
     assert paged["health"]["prefix_cache_hit_rate"] > 0 and "prefix_cache_hit_rate" not in fixed["health"]
     targets = report["targets"]
