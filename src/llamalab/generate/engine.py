@@ -395,15 +395,19 @@ class Engine:
         if self.calls.packs:
             parts, row = [], 0
             while row < n:
-                if row in filling:
-                    start = chunks.get(row, positions[row])
+                if row in chunks:  # a chunk of its prompt and its next token: a part of its own
+                    start = chunks[row]
                     parts.append((self.history[row : row + 1, start : positions[row] + 1], start, row, None))
                     row += 1
                     continue
-                end = next((i for i in range(row, n) if i in filling), n)
-                tokens = torch.tensor([s.last_token for s in self.rows[row:end]], device=self.device)[:, None]
-                start = torch.tensor(positions[row:end], device=self.device)
-                parts.append((tokens, start, row, max(positions[row:end]) + 1))
+                # one token per row (decoding, or filling without a chunk this step): runs of similar lengths, so
+                # that many waiting prompts do not each cost an attention part of their own
+                end = next((i for i in range(row, n) if i in chunks), n)
+                tokens = torch.tensor([self._context(s)[positions[i]] if i in filling else s.last_token
+                                       for i, s in enumerate(self.rows[row:end], row)], device=self.device)[:, None]
+                for a, b in self._length_runs(positions[row:end]):
+                    start = torch.tensor(positions[row + a : row + b], device=self.device)
+                    parts.append((tokens[a:b], start, row + a, max(positions[row + a : row + b]) + 1))
                 row = end
             return self.calls.packed(parts)
         for row, start in chunks.items():

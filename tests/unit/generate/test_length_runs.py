@@ -43,3 +43,39 @@ def test_a_long_row_decoding_beside_short_ones_gives_every_row_its_tokens_alone(
         engine.step()
     assert [s.output for s in seqs] == alone
     assert calls and all(parts == [(0, 1), (1, 1), (2, 1)] for parts in calls)  # the 180-token row on its own
+
+
+def test_rows_waiting_for_prefill_budget_join_the_decode_runs_and_keep_their_tokens():
+    """Behind a long prompt that takes the step's whole prefill budget, newer prompts feed one token per step: they
+    ride in the runs of decoding rows instead of each being an attention part of its own (8 of them made a CPU step
+    ~330 ms), and every row still gets its tokens alone."""
+    torch.manual_seed(0)
+    model = peaked_model(max_seq_len=256)
+    prompts = [list(range(2, 10)), list(range(30, 36)), [(7 * i) % 90 + 3 for i in range(120)],
+               list(range(40, 52)), list(range(60, 71)), list(range(5, 18))]
+    params = SamplingParams(temperature=0)
+    alone = []
+    for prompt in prompts:
+        model.setup_cache(batch_size=1, max_seq_len=256)
+        engine, seq = Engine(model, 1, 256), Completion(prompt, 10, params)
+        engine.admit([seq])
+        while not seq.done:
+            engine.step()
+        alone.append(seq.output)
+    model.setup_paged_cache(num_blocks=80, block_size=8, batch_size=6, max_seq_len=256)
+    engine = Engine(model, 6, 256, prefill_chunk=8)
+    seqs = [Completion(prompt, 10, params) for prompt in prompts]
+    for seq in seqs[:2]:
+        engine.admit([seq])
+    engine.step()
+    for seq in seqs[2:]:  # the long prompt first: it is the oldest filling row and takes the budget
+        engine.admit([seq])
+    calls = []
+    packed = engine.calls.packed
+    engine.calls.packed = lambda parts: calls.append([(row, tuple(t.shape)) for t, _, row, _ in parts]) or packed(parts)
+    engine.step()
+    # the decoding run, the long prompt's chunk and next token, the three waiting prompts' next tokens together
+    assert calls[0] == [(0, (2, 1)), (2, (1, 9)), (3, (3, 1))]
+    while not all(s.done for s in seqs):
+        engine.step()
+    assert [s.output for s in seqs] == alone
