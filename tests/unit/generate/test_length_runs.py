@@ -8,6 +8,16 @@ from llamalab.generate.engine import Engine
 from llamalab.generate.sampling import SamplingParams
 
 
+def output_alone(model, prompt, max_tokens, params):
+    """The tokens `prompt` gets decoded on its own, on a fixed cache of one row."""
+    model.setup_cache(batch_size=1, max_seq_len=256)
+    engine, seq = Engine(model, 1, 256), Completion(prompt, max_tokens, params)
+    engine.admit([seq])
+    while not seq.done:
+        engine.step()
+    return seq.output
+
+
 def test_rows_far_longer_than_the_median_are_runs_of_their_own():
     assert Engine._length_runs([10, 12, 11]) == [(0, 3)]
     assert Engine._length_runs([10, 12, 300, 11, 9]) == [(0, 2), (2, 3), (3, 5)]  # 300 > 2 * 11 + 64
@@ -23,14 +33,7 @@ def test_a_long_row_decoding_beside_short_ones_gives_every_row_its_tokens_alone(
     prompts = [list(range(2, 14)), [(7 * i) % 90 + 3 for i in range(180)], list(range(20, 29))]
     params = [SamplingParams(temperature=0), SamplingParams(temperature=0.9, top_p=0.9, seed=3),
               SamplingParams(temperature=0)]
-    alone = []
-    for prompt, p in zip(prompts, params):
-        model.setup_cache(batch_size=1, max_seq_len=256)
-        engine, seq = Engine(model, 1, 256), Completion(prompt, 12, p)
-        engine.admit([seq])
-        while not seq.done:
-            engine.step()
-        alone.append(seq.output)
+    alone = [output_alone(model, prompt, 12, p) for prompt, p in zip(prompts, params)]
     model.setup_paged_cache(num_blocks=64, block_size=8, batch_size=3, max_seq_len=256)
     engine = Engine(model, 3, 256)
     seqs = [Completion(prompt, 12, p) for prompt, p in zip(prompts, params)]
@@ -54,14 +57,7 @@ def test_rows_waiting_for_prefill_budget_join_the_decode_runs_and_keep_their_tok
     prompts = [list(range(2, 10)), list(range(30, 36)), [(7 * i) % 90 + 3 for i in range(120)],
                list(range(40, 52)), list(range(60, 71)), list(range(5, 18))]
     params = SamplingParams(temperature=0)
-    alone = []
-    for prompt in prompts:
-        model.setup_cache(batch_size=1, max_seq_len=256)
-        engine, seq = Engine(model, 1, 256), Completion(prompt, 10, params)
-        engine.admit([seq])
-        while not seq.done:
-            engine.step()
-        alone.append(seq.output)
+    alone = [output_alone(model, prompt, 10, params) for prompt in prompts]
     model.setup_paged_cache(num_blocks=80, block_size=8, batch_size=6, max_seq_len=256)
     engine = Engine(model, 6, 256, prefill_chunk=8)
     seqs = [Completion(prompt, 10, params) for prompt in prompts]
