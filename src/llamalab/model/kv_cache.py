@@ -87,10 +87,11 @@ class PagedLayerCache(nn.Module):
         return self.k, self.v
 
     @torch.no_grad()
-    def zero_block(self, block: int) -> None:
-        """Zero one block (masked positions are read too: garbage there could be NaN, and 0 x NaN is NaN)."""
-        self.k[:, block].zero_()
-        self.v[:, block].zero_()
+    def zero_blocks(self, blocks: list[int]) -> None:
+        """Zero these blocks (masked positions are read too: garbage there could be NaN, and 0 x NaN is NaN)."""
+        index = torch.tensor(blocks, device=self.k.device)
+        self.k.index_fill_(1, index, 0)  # one op per tensor: a 4,000-token prompt's 250 blocks one by one took ~40 ms
+        self.v.index_fill_(1, index, 0)
 
     def update(self, k: torch.Tensor, v: torch.Tensor, where: Placement) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (bsz, n_kv_heads, seqlen, head_dim) into the rows' blocks; return the first kv_len positions
@@ -194,7 +195,7 @@ class PagedKVCache:
         self.free = list(range(self.num_blocks - 1, -1, -1))  # popped from the end: block 0 first
         self.zeroed = [False] * self.num_blocks  # blocks handed out at least once (zeroed then)
         for layer in layers:
-            layer.zero_block(self.spare)
+            layer.zero_blocks([self.spare])
         self.row_blocks: list[list[int]] = [[] for _ in range(batch_size)]
         self.prefix_caching = prefix_caching
         self.refs = [0] * self.num_blocks  # rows holding each block
@@ -239,21 +240,24 @@ class PagedKVCache:
             return False
         if need > 0:
             new = [self._take() for _ in range(need)]
+            fresh = [block for block in new if not self.zeroed[block]]
+            if fresh:  # handed out for the first time
+                for layer in self.layers:
+                    layer.zero_blocks(fresh)
+                for block in fresh:
+                    self.zeroed[block] = True
             self.block_table[row, len(held) : len(held) + need] = torch.tensor(new)
             held += new
         return True
 
     def _take(self) -> int:
-        """A block for new positions: a free one, else the least recently freed cached one (forgotten)."""
+        """A block for new positions: a free one, else the least recently freed cached one (forgotten); `reserve`
+        zeroes it if it was never handed out."""
         if self.free:
             block = self.free.pop()
         else:
             block, _ = self.unused.popitem(last=False)
             del self.block_of[self.hash_of.pop(block)]
-        if not self.zeroed[block]:
-            for layer in self.layers:
-                layer.zero_block(block)
-            self.zeroed[block] = True
         self.refs[block] = 1
         return block
 
