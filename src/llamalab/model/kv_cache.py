@@ -81,6 +81,10 @@ class PagedLayerCache(nn.Module):
         shape = (n_kv_heads, num_blocks, block_size, head_dim)
         self.register_buffer("k", torch.empty(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.empty(shape, device=device, dtype=dtype), persistent=False)
+        # where update() gathers the rows' keys and values: reused step after step (a fresh multi-MB tensor per
+        # call cost thousands of page faults per decode step on CPU); PagedKVCache shares one pair by all layers,
+        # since a layer's attention reads them before the next layer gathers
+        self.gathered = (torch.empty(0, device=device, dtype=dtype), torch.empty(0, device=device, dtype=dtype))
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys' and values' block pools (see LayerCache.tensors)."""
@@ -105,13 +109,17 @@ class PagedLayerCache(nn.Module):
             values = new.transpose(0, 1).reshape(heads, -1, head_dim)  # (n_kv_heads, bsz * seqlen, head_dim)
             pool.view(heads, -1, head_dim).index_copy_(1, slots.flatten(), values)
         table = where.block_table[:, : -(-where.kv_len // size)]  # (bsz, blocks read)
-        return self._gather(self.k, table, where.kv_len), self._gather(self.v, table, where.kv_len)
+        keys, values = self.gathered
+        return self._gather(self.k, table, where.kv_len, keys), self._gather(self.v, table, where.kv_len, values)
 
     @staticmethod
-    def _gather(pool: torch.Tensor, table: torch.Tensor, length: int) -> torch.Tensor:
+    def _gather(pool: torch.Tensor, table: torch.Tensor, length: int, out: torch.Tensor) -> torch.Tensor:
         heads, _, size, head_dim = pool.shape
         bsz, blocks = table.shape
-        rows = pool.index_select(1, table.flatten())  # (n_kv_heads, bsz * blocks, block_size, head_dim)
+        if torch.is_grad_enabled():  # out= records no gradient: a fresh tensor
+            rows = pool.index_select(1, table.flatten())  # (n_kv_heads, bsz * blocks, block_size, head_dim)
+        else:  # no elements, the storage kept: index_select grows it only past its largest size so far
+            rows = torch.index_select(pool, 1, table.flatten(), out=out.resize_(0))
         rows = rows.view(heads, bsz, blocks * size, head_dim)[:, :, :length]  # (n_kv_heads, bsz, length, head_dim)
         return rows.transpose(0, 1)  # (bsz, n_kv_heads, length, head_dim)
 
@@ -196,6 +204,7 @@ class PagedKVCache:
         self.zeroed = [False] * self.num_blocks  # blocks handed out at least once (zeroed then)
         for layer in layers:
             layer.zero_blocks([self.spare])
+            layer.gathered = layers[0].gathered
         self.row_blocks: list[list[int]] = [[] for _ in range(batch_size)]
         self.prefix_caching = prefix_caching
         self.refs = [0] * self.num_blocks  # rows holding each block
