@@ -10,6 +10,22 @@ import pytest
 BYTES_PER_POSITION = 2 * 2 * 2 * 16 * 4  # layers x (keys, values) x KV heads x head_dim x float32
 
 
+def alone(greedy_reference, tokenizer, prompt: str, max_tokens: int) -> str:
+    """The greedy answer to `prompt` from a full causal pass, as the server's text."""
+    tokens, _ = greedy_reference(tokenizer.encode(prompt, bos=True), max_tokens, tokenizer.stop_ids)
+    return tokenizer.decode([t for t in tokens if t not in tokenizer.stop_ids])
+
+
+def served_together(server, prompts: list[str], max_tokens: int) -> list[str]:
+    """The server's greedy answers to all `prompts` sent at once."""
+    async def run():
+        client = openai.AsyncOpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+        answers = [client.completions.create(model="tiny", prompt=p, max_tokens=max_tokens, temperature=0)
+                   for p in prompts]
+        return [r.choices[0].text for r in await asyncio.gather(*answers)]
+    return asyncio.run(run())
+
+
 @pytest.fixture(scope="module")
 def paged_server(launch):
     """16 rows but blocks for only 96 positions: 3 requests of up to 24 positions (two blocks of 16) at once."""
@@ -18,17 +34,8 @@ def paged_server(launch):
 
 def test_paged_server_answers_each_of_many_clients_as_alone(paged_server, greedy_reference, tokenizer, texts):
     prompts = texts(24, seed=11)
-    expected = []
-    for prompt in prompts:
-        tokens, _ = greedy_reference(tokenizer.encode(prompt, bos=True), 8, tokenizer.stop_ids)
-        expected.append(tokenizer.decode([t for t in tokens if t not in tokenizer.stop_ids]))
-
-    async def run():
-        client = openai.AsyncOpenAI(base_url=paged_server.url, api_key="unused", max_retries=0, timeout=120)
-        answers = [client.completions.create(model="tiny", prompt=p, max_tokens=8, temperature=0) for p in prompts]
-        return [r.choices[0].text for r in await asyncio.gather(*answers)]
-
-    assert asyncio.run(run()) == expected  # more requests than the blocks hold at once: the rest waited
+    expected = [alone(greedy_reference, tokenizer, prompt, 8) for prompt in prompts]
+    assert served_together(paged_server, prompts, 8) == expected  # more than the blocks hold at once: the rest waited
     health = httpx.get(paged_server.root + "/health").json()
     assert (health["kv_blocks"], health["kv_blocks_used"], health["running"]) == (6, 0, 0)
 
@@ -43,17 +50,8 @@ def test_prompts_prefilled_in_chunks_beside_decoding_give_the_same_answers(launc
                                                                           texts):
     server = launch(slots=8, prefill_chunk=4, kv_cache_bytes=24 * 16 * BYTES_PER_POSITION)
     prompts = texts(8, seed=5)  # 5 to 17 words: most take several chunks of 4 tokens
-    expected = []
-    for prompt in prompts:
-        tokens, _ = greedy_reference(tokenizer.encode(prompt, bos=True), 10, tokenizer.stop_ids)
-        expected.append(tokenizer.decode([t for t in tokens if t not in tokenizer.stop_ids]))
-
-    async def run():
-        client = openai.AsyncOpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
-        answers = [client.completions.create(model="tiny", prompt=p, max_tokens=10, temperature=0) for p in prompts]
-        return [r.choices[0].text for r in await asyncio.gather(*answers)]
-
-    assert asyncio.run(run()) == expected
+    expected = [alone(greedy_reference, tokenizer, prompt, 10) for prompt in prompts]
+    assert served_together(server, prompts, 10) == expected
 
 
 def test_preempted_requests_stream_each_token_once_and_as_alone(paged_server, greedy_reference, tokenizer, texts):
