@@ -50,6 +50,14 @@ class KVCacheLike(Protocol):
 
     def free_row(self, row: int) -> None: ...
 
+    prefix_caching: bool  # full prompt blocks shared by content (paged); the operations below do nothing without
+
+    def knows_block(self, prompt: list[int]) -> bool: ...
+
+    def attach_prefix(self, row: int, prompt: list[int]) -> int: ...
+
+    def register_prefix(self, row: int, prompt: list[int]) -> None: ...
+
     def move_row(self, src: int, dst: int, length: int) -> None: ...
 
 
@@ -215,7 +223,7 @@ class Engine:
         """Whether admitting `seq` had better wait for a row still prefilling the same first block of prompt: once
         that row's prompt is in, `seq` shares its blocks instead of computing them again (prefix caching only)."""
         cache = self.cache
-        if not getattr(cache, "prefix_caching", False) or seq.sampled or len(seq.prompt) <= cache.block_size:
+        if not cache.prefix_caching or seq.sampled or len(seq.prompt) <= cache.block_size:
             return False
         head = seq.prompt[: cache.block_size]
         computing = any(self._prefilling(i) and s.prompt[: cache.block_size] == head for i, s in enumerate(self.rows))
@@ -229,6 +237,12 @@ class Engine:
     def _context(seq: Sequence) -> list[int]:
         """What an admission prefills: the prompt, and the tokens sampled before a preemption."""
         return seq.prompt + seq.output
+
+    @staticmethod
+    def _context_token(seq: Sequence, position: int) -> int:
+        """_context(seq)[position], without building the list (a step asks it of every filling row)."""
+        n = len(seq.prompt)
+        return seq.prompt[position] if position < n else seq.output[position - n]
 
     # -- admitting ------------------------------------------------------------------------------------
     def admit(self, seqs: Seq[Sequence]) -> list[list[int]]:
@@ -247,7 +261,7 @@ class Engine:
                 raise ConfigError(
                     f"a prompt of {len(seq.prompt)} tokens leaves no room in {self.max_seq_len} positions")
             row = len(self.rows)
-            if alone and hasattr(self.cache, "attach_prefix"):
+            if alone:
                 start = self.cache.attach_prefix(row, context)
             if not self.cache.reserve(row, self._reserved(seq)):
                 self.cache.free_row(row)
@@ -284,8 +298,7 @@ class Engine:
         seq = self.rows[row]
         if not seq.sampled:
             seq.prefilled()
-        if hasattr(self.cache, "register_prefix"):
-            self.cache.register_prefix(row, self._context(seq))
+        self.cache.register_prefix(row, self._context(seq))
 
     def _prefill(self, first: int, seqs: list[Sequence], start: int = 0) -> torch.Tensor:
         """Run the right-padded prompts from position `start` (what cached prefix blocks already hold) through the
@@ -403,7 +416,7 @@ class Engine:
                 # one token per row (decoding, or filling without a chunk this step): runs of similar lengths, so
                 # that many waiting prompts do not each cost an attention part of their own
                 end = next((i for i in range(row, n) if i in chunks), n)
-                tokens = torch.tensor([self._context(s)[positions[i]] if i in filling else s.last_token
+                tokens = torch.tensor([self._context_token(s, positions[i]) if i in filling else s.last_token
                                        for i, s in enumerate(self.rows[row:end], row)], device=self.device)[:, None]
                 for a, b in self._length_runs(positions[row:end]):
                     start = torch.tensor(positions[row + a : row + b], device=self.device)
@@ -412,7 +425,7 @@ class Engine:
             return self.calls.packed(parts)
         for row, start in chunks.items():
             self.calls.prefill(self.history[row : row + 1, start : positions[row]], start, row, last_only=True)
-        tokens = torch.tensor([self._context(s)[positions[i]] if i in filling else s.last_token
+        tokens = torch.tensor([self._context_token(s, positions[i]) if i in filling else s.last_token
                                for i, s in enumerate(self.rows)], device=self.device)  # (n,)
         return self.calls.decode(tokens[:, None], torch.tensor(positions, device=self.device), max(positions) + 1)
 
@@ -495,8 +508,7 @@ class Engine:
     def _preempt(self, row: int) -> None:
         """Take a running row back: offer its written blocks to the prefix cache, free them, queue its sequence."""
         seq = self.rows[row]
-        if hasattr(self.cache, "register_prefix"):
-            self.cache.register_prefix(row, self._context(seq)[: self.cached[row]])
+        self.cache.register_prefix(row, self._context(seq)[: self.cached[row]])
         self._remove(row)
         self.preempted.append(seq)
         self.preempted.sort(key=lambda s: s.arrival)

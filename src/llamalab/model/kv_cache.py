@@ -180,6 +180,17 @@ class KVCache:
     def free_row(self, row: int) -> None:
         """Give back a row's room (static rows keep theirs)."""
 
+    prefix_caching = False  # static rows share nothing: the prefix operations below do nothing
+
+    def knows_block(self, prompt: list[int]) -> bool:
+        return False
+
+    def attach_prefix(self, row: int, prompt: list[int]) -> int:
+        return 0
+
+    def register_prefix(self, row: int, prompt: list[int]) -> None:
+        pass
+
 
 class PagedKVCache:
     """A paged KV cache: `num_blocks` blocks of `block_size` positions shared by `batch_size` rows, each row
