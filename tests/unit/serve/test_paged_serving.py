@@ -26,6 +26,15 @@ def served_together(server, prompts: list[str], max_tokens: int) -> list[str]:
     return asyncio.run(run())
 
 
+def settled_health(server) -> dict:
+    """/health once no request runs or waits (a finished request's row is freed just after its answer is sent)."""
+    deadline = time.monotonic() + 30
+    while (health := httpx.get(server.root + "/health").json())["running"] or health["waiting"]:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.01)
+    return health
+
+
 @pytest.fixture(scope="module")
 def paged_server(launch):
     """16 rows but blocks for only 96 positions: 3 requests of up to 24 positions (two blocks of 16) at once."""
@@ -36,7 +45,7 @@ def test_paged_server_answers_each_of_many_clients_as_alone(paged_server, greedy
     prompts = texts(24, seed=11)
     expected = [alone(greedy_reference, tokenizer, prompt, 8) for prompt in prompts]
     assert served_together(paged_server, prompts, 8) == expected  # more than the blocks hold at once: the rest waited
-    health = httpx.get(paged_server.root + "/health").json()
+    health = settled_health(paged_server)
     assert (health["kv_blocks"], health["kv_blocks_used"], health["running"]) == (6, 0, 0)
 
 
@@ -82,7 +91,7 @@ def test_preempted_requests_stream_each_token_once_and_as_alone(paged_server, gr
     for i in range(1, 12, 2):  # greedy: the reference of full causal passes without a cache
         expected, _ = greedy_reference(tokenizer.encode(prompts[i], bos=True), 40, ())
         assert alone[i] == tokenizer.decode(expected)
-    assert httpx.get(paged_server.root + "/health").json()["kv_blocks_used"] == 0
+    assert settled_health(paged_server)["kv_blocks_used"] == 0
 
 
 def test_no_block_is_lost_to_clients_that_leave_mid_stream(paged_server, texts):
@@ -106,10 +115,6 @@ def test_no_block_is_lost_to_clients_that_leave_mid_stream(paged_server, texts):
             return await asyncio.gather(*(client(http, i) for i in range(40)))
 
     assert asyncio.run(run()).count("left") == 20
-    deadline = time.monotonic() + 30
-    while (health := httpx.get(paged_server.root + "/health").json())["running"] or health["waiting"]:
-        assert time.monotonic() < deadline, health
-        time.sleep(0.05)
-    assert health["kv_blocks_used"] == 0
+    assert settled_health(paged_server)["kv_blocks_used"] == 0
     client_ = openai.OpenAI(base_url=paged_server.url, api_key="unused", max_retries=0)
     assert client_.completions.create(model="tiny", prompt="once", max_tokens=3).usage.completion_tokens >= 1
