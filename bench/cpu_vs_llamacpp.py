@@ -10,7 +10,9 @@ exactly (C kernels of quantize/cpu_kernels.c), greedy:
 - decode tokens/s at batch 1, and batched (4 and 16 rows: tokens of all rows per second);
 - prefill tokens/s of a 512-token prompt.
 Then the stories15M / stories110M shapes in float32 (random weights) against llama2.c `run.c`'s figures measured on
-this machine (-Ofast -fopenmp -march=native, 2 threads): 483 and 65 tokens/s (run.c is not installed here).
+this machine (-Ofast -fopenmp -march=native, 2 threads): 483 and 65 tokens/s (run.c is not installed here), and
+against the read ceiling of this moment: the tokens/s of a decoder that did nothing but read its float32 weights once
+per token at the memory bandwidth measured in the same rounds (a memory-bound model cannot pass it).
 
 Peers run interleaved, each round once, best round counted, so that load from other processes hits all alike; the
 load average is printed with the results. `llama-cpp-python` builds from source (~5 min on 2 cores); it is not a
@@ -189,9 +191,28 @@ def stories(args) -> None:
                 return (args.new_tokens - 1) / generation.timings["decode_s"]
 
             runs[name] = run
-        for name, tps in best_of(args.rounds, runs).items():
+        weight_bytes = sum(p.nbytes for p in loaded.model.parameters())  # the tied table once: the head reads it
+        runs["read ceiling"] = lambda n=weight_bytes: read_ceiling(n)
+        best = best_of(args.rounds, runs)
+        ceiling = best.pop("read ceiling")
+        for name, tps in best.items():
             print(f"{preset:<12} float32 llamalab {name:<9} {tps:8.1f} tokens/s  {tps / run_c:5.2f}x run.c "
-                  f"({run_c:.0f} tokens/s measured earlier)")
+                  f"({run_c:.0f} tokens/s measured earlier); {tps / ceiling:4.0%} of the read ceiling")
+        print(f"{preset:<12} read ceiling: reading its {weight_bytes / 1e6:.0f} MB of weights once takes "
+              f"{1e3 / ceiling:.1f} ms now ({weight_bytes * ceiling / 1e9:.1f} GB/s) = at most {ceiling:.1f} tokens/s "
+              f"for any float32 decoder ({ceiling / run_c:.2f}x run.c's {run_c:.0f})")
+
+
+def read_ceiling(nbytes: int) -> float:
+    """Tokens/s of a decoder that only reads `nbytes` of float32 weights per token: the best of 5 timed reads of
+    that many bytes (torch.amax over a fresh buffer, every thread), so the memory bandwidth of this moment."""
+    buffer = torch.rand(nbytes // 4)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        buffer.amax()
+        best = min(best, time.perf_counter() - start)
+    return 1 / best
 
 
 def main() -> None:
