@@ -1,6 +1,7 @@
-"""SmolLM2 served with the server's defaults (paged KV cache sized from memory, prefix caching; prefill chunks made
-small here so the prompts take several): each chat answer is transformers' greedy answer, and the requests after
-the first read the shared system prompt from the prefix cache."""
+"""SmolLM2 served with the server's defaults (paged KV cache sized from memory, prefix caching, the C decode step over
+the GGUF's int4 / Q8_0 codes as `llamalab serve` loads them; prefill chunks made small here so the prompts take
+several): each chat answer is transformers' greedy answer, and the requests after the first read the shared system
+prompt from the prefix cache."""
 import copy
 import time
 
@@ -9,6 +10,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from llamalab.inference import LoadedModel
+from llamalab.quantize.native import kernel_quantized_linears, kernels
+from llamalab.quantize.native_decode import NativeStep
 from llamalab.serve import create_server
 from llamalab.tokenizer import load_tokenizer
 
@@ -35,6 +38,7 @@ def expected(hf_smollm2):
 def test_smollm2_served_by_default_answers_as_transformers(smollm2_model, smollm2_gguf, expected):
     tokenizer = load_tokenizer(smollm2_gguf)
     model = copy.deepcopy(smollm2_model)  # the server sets up its own cache on the model it owns
+    kernel_quantized_linears(model)  # as load_model prepares a GGUF for CPU: the C step reads its codes
     server = create_server(LoadedModel(model, tokenizer, seed=None), "smollm2", slots=4, max_seq_len=256,
                            prefill_chunk=16)
     assert server.plan is not None and server.scheduler.engine.cache.prefix_caching  # the defaults: paged, shared
@@ -50,4 +54,6 @@ def test_smollm2_served_by_default_answers_as_transformers(smollm2_model, smollm
         while (health := client.get("/health").json())["kv_blocks_used"] and time.monotonic() < deadline:
             time.sleep(0.01)
     assert answers == expected and all(answer.strip() for answer in answers)
+    step = server.scheduler.engine.calls.step
+    assert kernels() is None or (isinstance(step, NativeStep) and step.cache is server.scheduler.engine.cache)
     assert health["prefix_cache_hit_rate"] > 0.5 and health["kv_blocks_used"] == 0

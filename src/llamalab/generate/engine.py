@@ -29,7 +29,8 @@ from llamalab.errors import ConfigError
 from llamalab.generate.sampling import SamplingParams, make_generator, sample
 
 # A decode step: (tokens (n, 1), start_pos int or (n,) tensor, kv_len) -> next-token logits (n, vocab).
-# kv_len (with per-row positions) is how many cache positions attention reads; a compiled step may ignore it.
+# kv_len (with per-row positions) is how many cache positions attention reads; a compiled step may ignore it, and a
+# step whose `ragged` attribute is True (the C step) reads each row's own positions only.
 Step = Callable[..., torch.Tensor]
 LogitsProcessor = Callable[["Sequence", torch.Tensor], torch.Tensor]  # (row, logits (vocab,)) -> logits (vocab,)
 
@@ -89,6 +90,7 @@ class ModelCalls:
     def __init__(self, model: CachedModel, step: Step | None = None):
         self.model, self.step = model, step or eager_step(model)
         self.device = model.device
+        self.ragged = getattr(self.step, "ragged", False)  # `decode` reads each row's own positions, not kv_len
 
     def prefill(self, tokens: torch.Tensor, start_pos: int, first_row: int, last_only: bool) -> torch.Tensor:
         """Write tokens (bsz, seqlen) at start_pos into cache rows first_row..; logits (bsz, seqlen or 1, vocab)."""
@@ -365,7 +367,8 @@ class Engine:
                 [s.last_token for s in self.rows], device=self.device)  # (n,)
             if all(p == positions[0] for p in positions):  # rows in step: one span, no mask
                 logits = self.calls.decode(tokens[:, None], positions[0], None)
-            elif self.calls.packs and len(runs := self._length_runs(positions)) > 1:  # a far longer row: own part
+            elif self.calls.packs and not self.calls.ragged and len(runs := self._length_runs(positions)) > 1:
+                # a far longer row: a part of its own
                 logits = self.calls.packed([(tokens[a:b, None], torch.tensor(positions[a:b], device=self.device), a,
                                              max(positions[a:b]) + 1) for a, b in runs])
             else:

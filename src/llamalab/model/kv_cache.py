@@ -129,6 +129,7 @@ class KVCache:
 
     block_table = None  # static rows: no blocks
     watermark = 0  # blocks an admission leaves free for the running rows (static rows need none)
+    _rows = None  # block_layout's tables: row r is block r
 
     def __init__(self, layers: list[LayerCache]):
         self.layers = layers
@@ -154,6 +155,16 @@ class KVCache:
         """Each layer's (keys, values) storage, (batch_size, n_kv_heads, max_seq_len, head_dim) each: for a kernel
         that reads and writes the cache in place."""
         return [layer.tensors() for layer in self.layers]
+
+    def block_layout(self) -> tuple[torch.Tensor, int, int, int]:
+        """Where a kernel finds a row's positions in `layer_tensors()`: (block tables (batch_size, blocks per row),
+        block_size, block_stride, head_stride), so that position t of row r keeps head h's vector (head_dim values)
+        at tables[r, t // block_size] * block_stride + h * head_stride + (t % block_size) * head_dim. A static row is
+        one block of max_seq_len positions: its table is [r]."""
+        k = self.layers[0].k  # (batch_size, n_kv_heads, max_seq_len, head_dim)
+        if self._rows is None or len(self._rows) != self.batch_size:
+            self._rows = torch.arange(self.batch_size, device=k.device)[:, None]  # (batch_size, 1)
+        return self._rows, self.max_seq_len, k.stride(0), k.stride(1)
 
     @torch.no_grad()
     def move_row(self, src: int, dst: int, length: int) -> None:
@@ -231,6 +242,15 @@ class PagedKVCache:
 
     def bytes_per_token(self) -> int:
         return self.nbytes // ((self.num_blocks + 1) * self.block_size)
+
+    def layer_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's (keys, values) block pools, (n_kv_heads, num_blocks + 1, block_size, head_dim) each."""
+        return [layer.tensors() for layer in self.layers]
+
+    def block_layout(self) -> tuple[torch.Tensor, int, int, int]:
+        """(block tables, block_size, block_stride, head_stride): see KVCache.block_layout."""
+        k = self.layers[0].k  # (n_kv_heads, num_blocks + 1, block_size, head_dim)
+        return self.block_table, self.block_size, k.stride(1), k.stride(0)
 
     @property
     def used_blocks(self) -> int:

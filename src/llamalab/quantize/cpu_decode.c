@@ -2,12 +2,12 @@
 
 Built with cpu_kernels.c by llamalab/quantize/native.py. The Python side (quantize/native_decode.py) passes pointers
 to the model's own tensors: weights (float32, or int4 / int8 codes with float32 scales), RMSNorm weights, the RoPE
-tables and the static KV cache, which this step writes in place. Every matrix product splits its output rows over the
-threads in chunks claimed as they go (a thread the OS preempts holds back one chunk only); the threads meet once after
-each product (q/k/v with RoPE and the cache write, attention, wo with the residual, w1/w3 with SiLU, w2 with the
-residual, the head), and each thread computes the RMSNorm of the input rows itself. What it computes is
-Transformer.forward(tokens, start_pos, last_only=True) of llamalab/model/model.py, up to the order of float32
-summation.
+tables and the KV cache, static or paged, which this step reads and writes in place through each row's block table
+(see Model). Every matrix product splits its output rows over the threads in chunks claimed as they go (a thread the
+OS preempts holds back one chunk only); the threads meet once after each product (q/k/v with RoPE and the cache
+write, attention, wo with the residual, w1/w3 with SiLU, w2 with the residual, the head), and each thread computes
+the RMSNorm of the input rows itself. What it computes is Transformer.forward(tokens, start_pos, last_only=True) of
+llamalab/model/model.py, up to the order of float32 summation.
 */
 #include <math.h>
 #include <stdlib.h>
@@ -27,12 +27,18 @@ typedef struct {
 
 typedef struct {
     const float *attention_norm, *ffn_norm; /* (dim,) */
-    float *k, *v;                            /* (cache_rows, n_kv_heads, max_seq, head_dim) */
+    float *k, *v;                            /* the keys' and values' storage, addressed as Model says */
     Linear wq, wk, wv, wo, w1, w2, w3;
 } Layer;
 
+/* The KV cache holds a row's positions in blocks of block_size: position t of a row whose block table is `table`
+   keeps head h's key at k + table[t / block_size] * block_stride + h * head_stride + (t % block_size) * head_dim.
+   A paged cache (n_kv_heads, blocks, block_size, head_dim) is read as it is; a static one (rows, n_kv_heads,
+   max_seq, head_dim) is the case of one block of max_seq positions per row, its table {row}. */
 typedef struct {
-    int64_t n_layers, dim, n_heads, n_kv_heads, head_dim, hidden, vocab, max_seq;
+    int64_t n_layers, dim, n_heads, n_kv_heads, head_dim, hidden, vocab;
+    int64_t max_seq;                               /* the most positions a row holds */
+    int64_t block_size, block_stride, head_stride; /* the cache's layout, in floats */
     double eps;
     const float *rope_cos, *rope_sin; /* (positions, head_dim / 2) */
     const float *norm;                /* (dim,) */
@@ -107,10 +113,17 @@ static int64_t int4_group_size(const Linear *a, const Linear *b, const Linear *c
     return 0;
 }
 
+/* where head h of position t of a row with block table `table` is kept in `cache` (a layer's k or v) */
+static inline float *cached(const Model *mo, float *cache, const int64_t *table, int64_t h, int64_t t)
+{
+    const int64_t bs = mo->block_size;
+    return cache + table[t / bs] * mo->block_stride + h * mo->head_stride + t % bs * mo->head_dim;
+}
+
 /* q, k, v of the m rows: the output rows are taken two at a time (a RoPE pair), rotated at each row's position;
-   k and v go straight into the cache */
+   k and v go straight into the cache. Row i's block table is tables + i * width. */
 static void qkv(const Model *mo, const Layer *l, const Input *in, int64_t m, const int64_t *positions,
-                const int64_t *cache_rows, float *q)
+                const int64_t *tables, int64_t width, float *q)
 {
     const int64_t qd = l->wq.out, kvd = l->wk.out, hd = mo->head_dim, half = hd / 2;
 #pragma omp for schedule(dynamic, chunk_of((qd + 2 * kvd) / 2))
@@ -131,8 +144,7 @@ static void qkv(const Model *mo, const Layer *l, const Input *in, int64_t m, con
                 q[i * qd + r] = a;
                 q[i * qd + r + 1] = b;
             } else {
-                float *cache = w == &l->wk ? l->k : l->v;
-                float *at = cache + ((cache_rows[i] * mo->n_kv_heads + head) * mo->max_seq + positions[i]) * hd + d;
+                float *at = cached(mo, w == &l->wk ? l->k : l->v, tables + i * width, head, positions[i]) + d;
                 at[0] = a;
                 at[1] = b;
             }
@@ -140,21 +152,24 @@ static void qkv(const Model *mo, const Layer *l, const Input *in, int64_t m, con
     }
 }
 
-/* softmax(q kᵀ / √d) v of each row and head over the row's cached positions 0..position */
+/* softmax(q kᵀ / √d) v of each row and head over the row's cached positions 0..position, read block by block */
 static void attend(const Model *mo, const Layer *l, const float *q, int64_t m, const int64_t *positions,
-                   const int64_t *cache_rows, float *scores, float *out)
+                   const int64_t *tables, int64_t width, float *scores, float *out)
 {
-    const int64_t hd = mo->head_dim, qd = mo->n_heads * hd, group = mo->n_heads / mo->n_kv_heads;
+    const int64_t hd = mo->head_dim, qd = mo->n_heads * hd, group = mo->n_heads / mo->n_kv_heads, bs = mo->block_size;
     const float scale = 1.f / sqrtf((float)hd);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t ih = 0; ih < m * mo->n_heads; ih++) {
-        const int64_t i = ih / mo->n_heads, h = ih % mo->n_heads, n = positions[i] + 1;
-        const int64_t base = (cache_rows[i] * mo->n_kv_heads + h / group) * mo->max_seq * hd;
-        const float *qi = q + i * qd + h * hd, *keys = l->k + base, *values = l->v + base;
+        const int64_t i = ih / mo->n_heads, h = ih % mo->n_heads, kv = h / group, n = positions[i] + 1;
+        const int64_t *table = tables + i * width;
+        const float *qi = q + i * qd + h * hd;
         float top = -INFINITY, total = 0.f;
-        for (int64_t t = 0; t < n; t++) {
-            scores[t] = f32_dot(qi, keys + t * hd, hd) * scale;
-            top = scores[t] > top ? scores[t] : top;
+        for (int64_t b = 0; b < n; b += bs) { /* positions b.. of one block lie one after the other */
+            const float *keys = cached(mo, l->k, table, kv, b);
+            for (int64_t t = b; t < n && t < b + bs; t++) {
+                scores[t] = f32_dot(qi, keys + (t - b) * hd, hd) * scale;
+                top = scores[t] > top ? scores[t] : top;
+            }
         }
         for (int64_t t = 0; t < n; t++) {
             scores[t] = expf(scores[t] - top);
@@ -163,10 +178,13 @@ static void attend(const Model *mo, const Layer *l, const float *q, int64_t m, c
         float *o = out + i * qd + h * hd;
         for (int64_t d = 0; d < hd; d++)
             o[d] = 0.f;
-        for (int64_t t = 0; t < n; t++) {
-            const float p = scores[t] / total, *vt = values + t * hd;
-            for (int64_t d = 0; d < hd; d++)
-                o[d] += p * vt[d];
+        for (int64_t b = 0; b < n; b += bs) {
+            const float *values = cached(mo, l->v, table, kv, b);
+            for (int64_t t = b; t < n && t < b + bs; t++) {
+                const float p = scores[t] / total, *vt = values + (t - b) * hd;
+                for (int64_t d = 0; d < hd; d++)
+                    o[d] += p * vt[d];
+            }
         }
     }
 }
@@ -206,10 +224,11 @@ static void embed(const Linear *e, int64_t t, float *x)
         x[c] = (float)codes[c] * scales[c / e->group];
 }
 
-/* logits (m, vocab) of m new tokens (ids `tokens`). Row i sits at positions[i] of cache row cache_rows[i]; `threads`
-   OpenMP threads share the work. Returns 1 when scratch memory could not be allocated. */
-int decode_step(const Model *mo, const int64_t *tokens, int64_t m, const int64_t *positions, const int64_t *cache_rows,
-                float *logits, int64_t threads)
+/* logits (m, vocab) of m new tokens (ids `tokens`). Row i sits at positions[i] of the cache row whose block table is
+   tables[i * width .. (i + 1) * width); `threads` OpenMP threads share the work. Returns 1 when scratch memory could
+   not be allocated. */
+int decode_step(const Model *mo, const int64_t *tokens, int64_t m, const int64_t *positions, const int64_t *tables,
+                int64_t width, float *logits, int64_t threads)
 {
     const int64_t dim = mo->dim, qd = mo->n_heads * mo->head_dim, hidden = mo->hidden;
     const int64_t widest = dim > hidden ? (dim > qd ? dim : qd) : (hidden > qd ? hidden : qd);
@@ -234,8 +253,8 @@ int decode_step(const Model *mo, const int64_t *tokens, int64_t m, const int64_t
                 const Layer *l = mo->layers + layer;
                 rms_norm(x, l->attention_norm, m, dim, mo->eps, xn);
                 prepare(xn, m, dim, int4_group_size(&l->wq, &l->wk, &l->wv), xp, xsum, in);
-                qkv(mo, l, in, m, positions, cache_rows, q);
-                attend(mo, l, q, m, positions, cache_rows, scores, att);
+                qkv(mo, l, in, m, positions, tables, width, q);
+                attend(mo, l, q, m, positions, tables, width, scores, att);
                 prepare(att, m, qd, int4_group_size(&l->wo, NULL, NULL), xp, xsum, in);
                 product(&l->wo, in, m, x, 1);
                 rms_norm(x, l->ffn_norm, m, dim, mo->eps, xn);

@@ -1,10 +1,11 @@
 """A CPU decode step that runs the whole model in one C call (cpu_decode.c): `native_step(model)`.
 
 At batch 1 a PyTorch decode step of a small model spends most of its time between ops (~20 per layer), not in them.
-The C step does every layer's work for up to MAX_ROWS rows in one OpenMP parallel region over the model's own
-tensors (float32 weights, or GGUF's int4 / Q8_0 codes as the kernel layers hold them), writing the static KV cache in
-place; the readable model stays the reference (tests compare the two). Prefill, a paged cache and anything the step
-does not cover (LoRA layers, other dtypes, training) go through the model as usual.
+The C step does every layer's work for up to MAX_ROWS rows (more go MAX_ROWS at a time) in one OpenMP parallel region
+over the model's own tensors (float32 weights, or GGUF's int4 / Q8_0 codes as the kernel layers hold them), reading
+and writing the KV cache in place, static or paged (through the rows' block tables: no gather), each row attending
+over its own positions only; the readable model stays the reference (tests compare the two). Prefill and anything
+the step does not cover (LoRA layers, other dtypes, training) go through the model as usual.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from llamalab.model import Transformer
-from llamalab.model.kv_cache import KVCache
+from llamalab.model.kv_cache import KVCache, PagedKVCache
 from llamalab.model.model import Attention, FeedForward, RMSNorm
 from llamalab.quantize.int8 import Int8Embedding
 from llamalab.quantize.native import BLOCK, MAX_ROWS, KernelInt4Linear, KernelInt8Linear, kernels
@@ -40,7 +41,7 @@ class CLayer(ctypes.Structure):
 
 class CModel(ctypes.Structure):
     _fields_ = [*((name, _I64) for name in ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "hidden", "vocab",
-                                            "max_seq")),
+                                            "max_seq", "block_size", "block_stride", "head_stride")),
                 ("eps", ctypes.c_double), ("rope_cos", _P), ("rope_sin", _P), ("norm", _P), ("embedding", CLinear),
                 ("output", CLinear), ("layers", ctypes.POINTER(CLayer))]
 
@@ -105,11 +106,13 @@ def supported(model: nn.Module) -> bool:
 class NativeStep:
     """The C decode step of one model; falls back to the model's forward for what it does not cover."""
 
+    ragged = True  # each row attends over its own positions (the model's forward reads every row up to kv_len)
+
     def __init__(self, model: Transformer):
         self.model, self.library = model, kernels()
         self.modules = list(model.modules())
         self.threads = ThreadChoice()  # up to torch.get_num_threads(); fewer while that is faster (a busy core)
-        self.library.decode_step.argtypes = [_P, _P, _I64, _P, _P, _P, _I64]
+        self.library.decode_step.argtypes = [_P, _P, _I64, _P, _P, _I64, _P, _I64]
         self.library.decode_step.restype = ctypes.c_int
         a = model.args
         first = model.layers[0].attention
@@ -119,17 +122,17 @@ class NativeStep:
             n_kv_heads=first.n_kv_heads, head_dim=first.head_dim, hidden=model.layers[0].feed_forward.w1.out_features,
             vocab=model.output.out_features, max_seq=0, eps=model.norm.eps, norm=model.norm.weight.data_ptr(),
             embedding=_embedding(model.tok_embeddings), output=_linear(model.output), layers=self.layers)
-        self.cache: KVCache | None = None
+        self.cache: KVCache | PagedKVCache | None = None
+        self.tables: torch.Tensor | None = None  # the cache's block tables (rows, blocks per row): row i of a step is i
         self.rope: torch.Tensor | None = None
         self.vocab, self.embeddings = model.output.out_features, _embedding(model.tok_embeddings).out
-        self.cache_rows = (_I64 * MAX_ROWS)(*range(MAX_ROWS))  # row i of a step is cache row i
 
     def __call__(self, tokens: torch.Tensor, start_pos: int | torch.Tensor, kv_len: int | None = None
                  ) -> torch.Tensor:
         model = self.model
         cache = model.kv_cache
         n = tokens.shape[0]
-        if (type(cache) is not KVCache or tokens.shape[1] != 1 or n > min(MAX_ROWS, cache.batch_size)
+        if (type(cache) not in (KVCache, PagedKVCache) or tokens.shape[1] != 1 or n > cache.batch_size
                 or model.training or torch.is_grad_enabled() or _hooked(self.modules)):
             return self._forward(tokens, start_pos, kv_len)
         starts = [start_pos] * n if isinstance(start_pos, int) else start_pos.tolist()
@@ -144,24 +147,32 @@ class NativeStep:
             self.shape.rope_cos, self.shape.rope_sin = model.rope_cos.data_ptr(), model.rope_sin.data_ptr()
             self.rope = model.rope_cos
         logits = torch.empty(n, self.vocab)
+        tables, width = self.tables.data_ptr(), self.tables.shape[1]
         threads, began = self.threads.count, time.perf_counter()  # the count is chosen by timing the steps
-        failed = self.library.decode_step(ctypes.byref(self.shape), (_I64 * n)(*ids), n, (_I64 * n)(*starts),
-                                          self.cache_rows, logits.data_ptr(), threads)
+        for a in range(0, n, MAX_ROWS):  # rows a..b-1 in one call, their tables from row a on
+            b = min(a + MAX_ROWS, n)
+            if self.library.decode_step(ctypes.byref(self.shape), (_I64 * (b - a))(*ids[a:b]), b - a,
+                                        (_I64 * (b - a))(*starts[a:b]), tables + 8 * a * width, width,
+                                        logits[a].data_ptr(), threads):
+                raise MemoryError("the C decode step could not allocate its scratch memory")
         self.threads.record(time.perf_counter() - began, n)
-        if failed:
-            raise MemoryError("the C decode step could not allocate its scratch memory")
         return logits
 
     def _forward(self, tokens: torch.Tensor, start_pos: int | torch.Tensor, kv_len: int | None) -> torch.Tensor:
         return self.model(tokens, start_pos, kv_len=kv_len, last_only=True)[:, -1]
 
-    def _point_at(self, cache: KVCache) -> None:
-        """Aim the C layers at the (new) cache's tensors."""
+    def _point_at(self, cache: KVCache | PagedKVCache) -> None:
+        """Aim the C layers at the (new) cache's tensors and layout."""
         for c_layer, (k, v) in zip(self.layers, cache.layer_tensors()):
-            if k.dtype != torch.float32 or not k.is_contiguous():
-                raise ValueError("the C decode step needs a contiguous float32 KV cache")
+            if k.dtype != torch.float32 or not (k.is_contiguous() and v.is_contiguous()) or k.device.type != "cpu":
+                raise ValueError("the C decode step needs a contiguous float32 KV cache on the CPU")
             c_layer.k, c_layer.v = k.data_ptr(), v.data_ptr()
-        self.shape.max_seq = cache.max_seq_len
+        self.tables, block_size, block_stride, head_stride = cache.block_layout()
+        if self.tables.dtype != torch.int64 or not self.tables.is_contiguous() or self.tables.device.type != "cpu":
+            raise ValueError("the C decode step needs the KV cache's block tables as contiguous int64 on the CPU")
+        shape = self.shape
+        shape.max_seq, shape.block_size, shape.block_stride, shape.head_stride = (
+            cache.max_seq_len, block_size, block_stride, head_stride)
         self.cache = cache
 
 

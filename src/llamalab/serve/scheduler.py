@@ -21,7 +21,7 @@ import traceback
 import torch
 
 from llamalab.errors import ConfigError, ContextLengthError, ServerBusyError
-from llamalab.generate.engine import Engine, ModelCalls
+from llamalab.generate.engine import Engine, ModelCalls, Step
 from llamalab.serve.metrics import ServerMetrics
 from llamalab.serve.request import Request
 
@@ -29,12 +29,15 @@ from llamalab.serve.request import Request
 class Scheduler:
     """Runs `model` over up to `slots` requests at once, in a background thread started by `start()`.
 
-    The scheduler owns the model from then on: it sets up the KV cache and runs every forward pass.
+    The scheduler owns the model from then on: it sets up the KV cache and runs every forward pass. `step`: the
+    decode step of steps without prompt tokens (e.g. `LoadedModel.decode_step()`, the C step on CPU; default the
+    model's forward); `calls`: the model calls of a model split over ranks (tensor parallelism).
     """
 
     def __init__(self, model, slots: int = 32, max_seq_len: int | None = None, max_waiting: int = 256,
                  vocab_size: int | None = None, calls: ModelCalls | None = None, kv_cache_bytes: int | None = None,
-                 block_size: int = 16, prefill_chunk: int | None = None, prefix_caching: bool = False):
+                 block_size: int = 16, prefill_chunk: int | None = None, prefix_caching: bool = False,
+                 step: Step | None = None):
         limits = (("slots", slots, 1), ("max_waiting", max_waiting, 0), ("max_seq_len", max_seq_len, 2))
         for name, value, least in limits:
             if value is not None and value < least:
@@ -55,7 +58,7 @@ class Scheduler:
             model.setup_paged_cache(num_blocks, block_size, batch_size=slots, max_seq_len=self.max_seq_len,
                                     prefix_caching=prefix_caching)
         # LockstepCalls when the model is split over ranks
-        self.engine = Engine(model, slots, self.max_seq_len, calls=calls, vocab_size=self.vocab_size,
+        self.engine = Engine(model, slots, self.max_seq_len, calls=calls, step=step, vocab_size=self.vocab_size,
                              prefill_chunk=prefill_chunk)  # long prompts a chunk per step beside the decoding
         self.calls = self.engine.calls
         self._waiting: collections.deque[Request] = collections.deque()

@@ -89,7 +89,8 @@ def create_server(loaded: LoadedModel, name: str, *, slots: int = 32, max_seq_le
                           calls=LockstepCalls(model) if loaded.tp > 1 else None,
                           kv_cache_bytes=None if plan is None else plan.blocks * plan.block_size *
                           model.kv_bytes_per_token(), block_size=16 if plan is None else plan.block_size,
-                          prefill_chunk=prefill_chunk, prefix_caching=prefix_caching is not False)
+                          prefill_chunk=prefill_chunk, prefix_caching=prefix_caching is not False,
+                          step=loaded.decode_step() if loaded.tp == 1 and not loaded.compiled else None)  # C on CPU
     app = create_app(scheduler, tokenizer, name, api_key=api_key, max_body_bytes=max_body_bytes)
     return Server(app, scheduler, plan)
 

@@ -11,6 +11,8 @@ from test_paged_cache import run_requests
 from llamalab.generate.decode import Completion, Generation, generate
 from llamalab.generate.engine import Engine
 from llamalab.generate.sampling import SamplingParams
+from llamalab.quantize.native import kernels
+from llamalab.quantize.native_decode import native_step
 
 SAMPLINGS = (SamplingParams(temperature=0),
              SamplingParams(temperature=0.9, top_p=0.9, seed=11),
@@ -47,9 +49,22 @@ def alone(model):
 @pytest.mark.parametrize("prefix_caching", [False, True])
 @pytest.mark.parametrize("prefill_chunk", [None, 8])
 def test_33_requests_on_a_tight_paged_cache_get_their_tokens_alone(model, alone, prefix_caching, prefill_chunk):
+    serve_33_requests(model, alone, prefix_caching, prefill_chunk)
+
+
+@pytest.mark.skipif(kernels() is None, reason="no C compiler on this machine")
+@pytest.mark.parametrize("prefill_chunk", [None, 8])
+def test_33_requests_decoded_by_the_c_step_on_a_paged_cache_get_their_tokens_alone(model, alone, prefill_chunk):
+    """The decode steps in C, reading and writing the paged cache in place (33 rows: 32 per C call, then 1)."""
+    step = native_step(model)
+    serve_33_requests(model, alone, True, prefill_chunk, step)
+    assert step.cache is model.kv_cache  # the C step ran on it
+
+
+def serve_33_requests(model, alone, prefix_caching: bool, prefill_chunk: int | None, step=None) -> None:
     cache = model.setup_paged_cache(num_blocks=24, block_size=8, batch_size=33, max_seq_len=96,
                                     prefix_caching=prefix_caching)
-    engine = Engine(model, 33, 96, prefill_chunk=prefill_chunk)
+    engine = Engine(model, 33, 96, prefill_chunk=prefill_chunk, step=step)
     rows = [Completion(p, n, s, stop_ids=[1]) for p, n, s in workload()]
     with torch.inference_mode():
         most = run_requests(engine, rows)

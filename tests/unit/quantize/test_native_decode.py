@@ -1,7 +1,8 @@
 """The C decode step (quantize/native_decode.py) against the readable model: the same greedy tokens over 40 steps and
-logits within float32 summation-order error (5e-5 of the largest logit), for float32 weights, int4 / Q8_0 codes and
-SmolLM2's GGUF."""
+logits within float32 summation-order error (5e-5 of the largest logit), for float32 weights, int4 / Q8_0 codes,
+SmolLM2's GGUF, and a paged KV cache read and written in place."""
 import copy
+import random
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from llamalab import ModelArgs
 from llamalab.generate.decode import Generation, eager_step
+from llamalab.generate.engine import Engine, Sequence
 from llamalab.generate.sampling import SamplingParams
 from llamalab.inference import load_model
 from llamalab.model import Transformer
@@ -106,19 +108,64 @@ def test_int4_and_q8_step_decodes_like_the_float_model_of_the_same_weights():
     assert_same_decoding(model, twin, PROMPTS)
 
 
+def test_more_rows_than_one_call_takes_decode_like_the_model():
+    model = tiny_model(3)
+    rows = [[1, 2, 3 + i % 5] for i in range(native.MAX_ROWS + 3)]  # two C calls per step: 32 rows, then 3
+    expected, expected_logits = decode(model, eager_step(model), rows, 4)
+    tokens, logits = decode(model, native_step(model), rows, 4)
+    assert tokens == expected
+    assert (logits - expected_logits).abs().max().item() <= 5e-5 * expected_logits.abs().max().item()
+
+
+def paged_decode(model: Transformer, step, prompts: list[list[int]], steps: int):
+    """Greedy tokens and per-step logits of the prompts decoded together on a paged cache of 4-position blocks handed
+    out in a shuffled order, each prompt admitted alone (so that a later one shares an earlier one's prefix blocks);
+    also the cache."""
+    cache = model.setup_paged_cache(num_blocks=96, block_size=4, batch_size=len(prompts), max_seq_len=64,
+                                    prefix_caching=True)
+    random.Random(0).shuffle(cache.free)  # blocks scattered over the pool, not in order
+    logits = []
+
+    def recording(tokens, start_pos, kv_len=None):
+        logits.append(step(tokens, start_pos, kv_len))
+        return logits[-1]
+
+    engine = Engine(model, len(prompts), 64, step=recording)
+    seqs = [Sequence(p, steps, GREEDY) for p in prompts]
+    with torch.inference_mode():
+        for seq in seqs:
+            engine.admit([seq])
+        while not all(s.done for s in seqs):
+            engine.step()
+    return [s.output for s in seqs], torch.stack(logits), cache
+
+
+def test_step_reads_and_writes_a_paged_cache_in_place():
+    """The C step over a paged cache (scattered blocks, a prompt's prefix blocks shared by two rows, rows at their own
+    positions, grouped-query heads): the greedy tokens of the readable model on a static cache, logits within 5e-5."""
+    model = tiny_model(10)  # its greedy choices are never near-ties (margin > 0.02): the same tokens either way
+    shared = [5, 17, 3, 40, 2, 9, 11, 8, 21]  # two full blocks of 4 shared, then each row its own
+    prompts = [shared + [1, 2], shared + [30], [7, 1], [30, 31, 32, 33, 34, 35]]
+    expected, expected_logits = decode(model, eager_step(model), prompts, 40)
+    step = native_step(model)
+    tokens, logits, cache = paged_decode(model, step, prompts, 40)
+    assert step.cache is cache  # the C step read this paged cache (not the model's forward)
+    assert cache.prefix_hits == 2 and cache.row_blocks[1][:2] == cache.row_blocks[0][:2]
+    assert any(b != a + 1 for a, b in zip(cache.row_blocks[0], cache.row_blocks[0][1:]))  # not one run of blocks
+    assert tokens == expected
+    assert (logits - expected_logits).abs().max().item() <= 5e-5 * expected_logits.abs().max().item()
+
+
 def test_what_the_step_does_not_cover_goes_through_the_model():
+    """More than one token a row (a prompt chunk) is the model's forward."""
     model = tiny_model(3)
     step = native_step(model)
-    rows = [[1, 2, 3]] * (native.MAX_ROWS + 1)  # more rows than the C step takes
-    assert decode(model, step, rows, 3)[0] == decode(model, eager_step(model), rows, 3)[0]
-    model.setup_paged_cache(num_blocks=8, block_size=16, batch_size=1, max_seq_len=64)
+    model.setup_cache(1, 16)
     with torch.inference_mode():
-        model(torch.tensor([[4, 5, 6]]), 0)
-        paged = step(torch.tensor([[7]]), 3)
-    model.setup_paged_cache(num_blocks=8, block_size=16, batch_size=1, max_seq_len=64)
-    with torch.inference_mode():
-        model(torch.tensor([[4, 5, 6]]), 0)
-        assert torch.equal(paged, model(torch.tensor([[7]]), 3, last_only=True)[:, -1])
+        logits = step(torch.tensor([[4, 5, 6]]), 0)
+        model.setup_cache(1, 16)
+        assert torch.equal(logits, model(torch.tensor([[4, 5, 6]]), 0, last_only=True)[:, -1])
+    assert step.cache is None  # the C step never ran
 
 
 def test_a_hooked_layer_goes_through_the_model():

@@ -10,6 +10,7 @@ import uvicorn
 
 from llamalab.config import ModelArgs
 from llamalab.model import Transformer
+from llamalab.quantize.native_decode import native_step
 from llamalab.serve import Scheduler, create_app
 from llamalab.tokenizer import load_tokenizer, train_sentencepiece
 
@@ -36,7 +37,8 @@ def tiny_model(vocab_size: int, max_seq_len: int = 128) -> Transformer:
 class LiveServer:
     """uvicorn serving `app` in a background thread on a free loopback port."""
 
-    def __init__(self, app):
+    def __init__(self, app, scheduler=None):
+        self.scheduler = scheduler
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -97,7 +99,8 @@ def texts():
 @pytest.fixture(scope="module")
 def launch(tokenizer):
     """launch(wrap=None, slots=, max_waiting=, api_key=, ...) -> a LiveServer of a fresh copy of the tiny model
-    (the scheduler owns the model it serves), its forward replaced by wrap(forward) when given."""
+    (the scheduler owns the model it serves) decoding through the C step as `llamalab serve` does on CPU, or, with
+    `wrap`, through its forward replaced by wrap(forward) (every call then goes through it)."""
     started = []
 
     def launch(wrap=None, **options) -> LiveServer:
@@ -106,7 +109,8 @@ def launch(tokenizer):
             model.forward = wrap(model.forward)
         limits = {k: options.pop(k) for k in ("slots", "max_waiting", "max_seq_len", "kv_cache_bytes",
                                                    "prefill_chunk", "prefix_caching") if k in options}
-        started.append(LiveServer(create_app(Scheduler(model, **limits), tokenizer, "tiny", **options)))
+        scheduler = Scheduler(model, **limits, step=native_step(model) if wrap is None else None)
+        started.append(LiveServer(create_app(scheduler, tokenizer, "tiny", **options), scheduler))
         return started[-1]
 
     yield launch

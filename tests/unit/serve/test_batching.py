@@ -6,6 +6,8 @@ import httpx
 import openai
 import pytest
 
+from llamalab.quantize.native_decode import NativeStep
+
 
 def test_32_concurrent_clients_each_get_what_they_get_alone(server, greedy_reference, tokenizer, texts):
     prompts = texts(32, seed=7)  # 5 to 17 words: different lengths, so rows sit at different positions
@@ -29,6 +31,8 @@ def test_32_concurrent_clients_each_get_what_they_get_alone(server, greedy_refer
     alone, together = asyncio.run(run())
     assert alone == expected
     assert together == expected
+    step = server.scheduler.engine.calls.step
+    assert isinstance(step, NativeStep) and step.cache is server.scheduler.engine.cache  # decoded in C
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ import httpx
 import openai
 import pytest
 
+from llamalab.quantize.native_decode import NativeStep
+
 BYTES_PER_POSITION = 2 * 2 * 2 * 16 * 4  # layers x (keys, values) x KV heads x head_dim x float32
 
 
@@ -45,6 +47,8 @@ def test_paged_server_answers_each_of_many_clients_as_alone(paged_server, greedy
     prompts = texts(24, seed=11)
     expected = [alone(greedy_reference, tokenizer, prompt, 8) for prompt in prompts]
     assert served_together(paged_server, prompts, 8) == expected  # more than the blocks hold at once: the rest waited
+    step = paged_server.scheduler.engine.calls.step
+    assert isinstance(step, NativeStep) and step.cache is paged_server.scheduler.engine.cache  # C read the blocks
     health = settled_health(paged_server)
     assert (health["kv_blocks"], health["kv_blocks_used"], health["running"]) == (6, 0, 0)
 
