@@ -12,6 +12,7 @@ from llamalab.errors import ConfigError
 from llamalab.generate.decode import Generation
 from llamalab.generate.sampling import SamplingParams
 from llamalab.model.model import reference_attention
+from llamalab.quantize.blocks import BlockLinear
 from llamalab.quantize.int4 import Int4Linear
 from llamalab.quantize.int8 import Int8Linear
 
@@ -39,7 +40,7 @@ def test_real_model_greedy_tokens_equal_transformers(smollm2_gguf, hf_smollm2):
 def test_keep_quantized_false_dequantizes_a_gguf_to_the_same_logits(smollm2_gguf, smollm2_model):
     loaded = llamalab.load_model(smollm2_gguf, device="cpu", dtype="float32", keep_quantized=False)
     assert all(type(p) is torch.nn.Parameter and p.dtype == torch.float32 for p in loaded.model.parameters())
-    assert not any(isinstance(m, (Int4Linear, Int8Linear)) for m in loaded.model.modules())
+    assert not any(isinstance(m, (Int4Linear, Int8Linear, BlockLinear)) for m in loaded.model.modules())
     tokens = torch.tensor([[1, 504, 3458, 282, 4649, 314]])
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(tokens), smollm2_model(tokens), atol=2e-3, rtol=1e-3)

@@ -1,6 +1,6 @@
-"""Memory of a kept-quantized GGUF model: loading SmolLM2's Q4_1 file and decoding a few tokens stays within a
-small multiple of the file's size above what the imports and PyTorch's own code take (no float32 copy of the
-weights anywhere)."""
+"""Memory of a kept-quantized GGUF model: loading SmolLM2's Q4_1 file and decoding a few tokens takes little more than
+the file's own pages above what the imports and PyTorch's own code take (the blocks are read where they lie in the
+mapped file: no copy of the weights anywhere)."""
 import os
 import subprocess
 import sys
@@ -27,8 +27,9 @@ print(peak - before)
 """
 
 
-def test_smollm2_q4_1_loads_and_decodes_within_2_5x_its_file_size(smollm2_gguf):
-    """A float32 copy of the 135M weights alone would be 540 MB, 5.5x the 98 MB file."""
+def test_smollm2_q4_1_loads_and_decodes_within_1_25x_its_file_size(smollm2_gguf):
+    """Measured 1.02x (the file's pages, read once, and ~2 MB); copies of the blocks in our own int4 / int8 layout made
+    it 1.9x, and a float32 copy of the 135M weights alone would be 540 MB, 5.5x the 98 MB file."""
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(smollm2_gguf)], check=True, capture_output=True, text=True)
     grown = int(out.stdout.split()[-1])
-    assert grown <= 2.5 * os.path.getsize(smollm2_gguf), f"peak RSS grew {grown / 2**20:.0f} MB"
+    assert grown <= 1.25 * os.path.getsize(smollm2_gguf), f"peak RSS grew {grown / 2**20:.0f} MB"

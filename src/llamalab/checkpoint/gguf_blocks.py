@@ -1,8 +1,9 @@
-"""GGUF's Q8_0, Q4_0 and Q4_1 blocks as the buffers of our int8 / int4 layers, with the same dequantized values.
+"""GGUF's Q8_0, Q4_0 and Q4_1 tensors kept quantized: as views of the mapped file (no copy), or, where PyTorch's int4
+kernels will compute (bfloat16 / float16 activations), re-laid out as an Int4Linear's buffers, with the same values.
 
-Each block covers 32 consecutive inputs of a row (ggml-common.h): Q8_0 = float16 d, 32 int8 q (value d·q);
-Q4_0 = float16 d, 16 bytes of nibbles (value d·(q-8)); Q4_1 = float16 d, float16 m, 16 bytes (value d·q + m).
-A nibble byte j holds input j in its low half and input j+16 in its high half. Our int4 stands for
+Each block covers 32 consecutive inputs of a row (ggml-common.h, quantize/blocks.py): Q8_0 = float16 d, 32 int8 q
+(value d·q); Q4_0 = float16 d, 16 bytes of nibbles (value d·(q-8)); Q4_1 = float16 d, float16 m, 16 bytes (value
+d·q + m). A nibble byte j holds input j in its low half and input j+16 in its high half. Our int4 stands for
 (q-8)·scale + zero: Q4_0 is scale d, zero 0; Q4_1 is scale d, zero m + 8d, exact in float32 when that sum is
 (checked; a tensor where it is not is dequantized instead).
 """
@@ -13,7 +14,7 @@ import torch
 from gguf import GGMLQuantizationType as GGML
 
 from llamalab.checkpoint.gguf_header import TensorInfo
-from llamalab.checkpoint.quantized import QuantizedWeight
+from llamalab.checkpoint.quantized import INT4_KERNEL_DTYPES, QuantizedWeight
 
 BLOCK = 32
 KEPT_TYPES = (GGML.Q8_0, GGML.Q4_0, GGML.Q4_1)
@@ -27,18 +28,24 @@ def read_raw(file, tensor: TensorInfo) -> np.ndarray:
     return raw
 
 
-def to_quantized(raw: np.ndarray, ggml_type: GGML, shape: tuple[int, int]) -> QuantizedWeight | None:
-    """The QuantizedWeight of an (out, in) matrix stored as `ggml_type` blocks; None if ours cannot hold it exactly."""
+def kept_quantized(file, mapped: np.memmap, tensor: TensorInfo, dtype: torch.dtype | None) -> QuantizedWeight | None:
+    """A KEPT_TYPES matrix as a QuantizedWeight: its blocks where they lie in `mapped`, or (Q4 computing in `dtype`
+    bfloat16 / float16) an Int4Linear's buffers; None if those cannot hold it exactly."""
+    if tensor.tensor_type == GGML.Q8_0 or dtype not in INT4_KERNEL_DTYPES:
+        blocks = mapped[tensor.offset:tensor.offset + tensor.n_bytes].reshape(tensor.row_bytes_shape)  # (out, bytes)
+        return QuantizedWeight("blocks", tensor.shape, BLOCK, {"blocks": torch.from_numpy(blocks)},
+                               tensor.tensor_type.name)
+    return to_int4(read_raw(file, tensor), tensor.tensor_type, tensor.shape)
+
+
+def to_int4(raw: np.ndarray, ggml_type: GGML, shape: tuple[int, int]) -> QuantizedWeight | None:
+    """The Int4Linear buffers of an (out, in) matrix of Q4_0 / Q4_1 blocks; None if ours cannot hold it exactly."""
     out_features, in_features = shape
     blocks = torch.from_numpy(raw).view(out_features, in_features // BLOCK, -1)  # (out, n_blocks, block bytes)
-    d = _float16(blocks[..., 0:2])  # (out, n_blocks)
-    if ggml_type == GGML.Q8_0:
-        codes = blocks[..., 2:].contiguous().view(torch.int8).reshape(out_features, in_features)
-        return QuantizedWeight("int8", shape, BLOCK, {"weight": codes, "scales": d}, ggml_type.name)
+    scales = _float16(blocks[..., 0:2]).float()  # (out, n_blocks)
     nibbles = blocks[..., 2:] if ggml_type == GGML.Q4_0 else blocks[..., 4:]  # (out, n_blocks, 16)
     codes = torch.cat((nibbles & 0xF, nibbles >> 4), dim=-1)  # (out, n_blocks, 32): inputs 0..15, then 16..31
     packed = (codes[..., 0::2] | (codes[..., 1::2] << 4)).reshape(out_features, in_features // 2)
-    scales = d.float()
     if ggml_type == GGML.Q4_0:
         zeros = torch.zeros_like(scales)
     else:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as GGML
 
-from llamalab.checkpoint.gguf_blocks import KEPT_TYPES, read_raw, to_quantized
+from llamalab.checkpoint.gguf_blocks import KEPT_TYPES, kept_quantized, read_raw
 from llamalab.checkpoint.gguf_header import TensorInfo, read_header
 from llamalab.checkpoint.keys import inverse, rename
 from llamalab.checkpoint.vocab import vocabulary
@@ -150,8 +150,8 @@ def read(path: Path, dtype: torch.dtype | None = None, keep_quantized: bool = Fa
     """ModelArgs and weights of a llama GGUF.
 
     F32/F16/BF16 tensors are memory-mapped. keep_quantized: Q8_0, Q4_0 and Q4_1 matrices become QuantizedWeight
-    (exactly the values gguf dequantizes them to). Every other quantized type is dequantized, one tensor at a time,
-    to `dtype` (None: float32).
+    (exactly the values gguf dequantizes them to; the mapped blocks themselves unless Q4 computes in bfloat16 /
+    float16). Every other quantized type is dequantized, one tensor at a time, to `dtype` (None: float32).
     """
     metadata, tensors = read_header(path)
     arch = _field(metadata, path, "general.architecture")
@@ -179,11 +179,11 @@ def _tensor(file, mapped: np.memmap, t: TensorInfo, path: Path, dtype: torch.dty
     if t.tensor_type in (GGML.F32, GGML.F16, GGML.BF16):
         values = torch.from_numpy(_mapped(mapped, t))
         return values.view(torch.bfloat16) if t.tensor_type == GGML.BF16 else values
-    raw = read_raw(file, t)  # a transient copy: the mapped pages of the file are never touched
     if keep_quantized and t.tensor_type in KEPT_TYPES and len(t.shape) == 2:
-        quantized = to_quantized(raw, t.tensor_type, t.shape)
+        quantized = kept_quantized(file, mapped, t, dtype)
         if quantized is not None:
             return quantized
+    raw = read_raw(file, t)  # a transient copy: the mapped pages of the file are never touched
     try:
         values = gguf.quants.dequantize(raw, t.tensor_type)
     except NotImplementedError:

@@ -1,8 +1,9 @@
 """Weights kept quantized from a file (GGUF's Q8_0, Q4_0, Q4_1) and their installation into a built model.
 
-A `QuantizedWeight` holds the buffers of the int8 / int4 layer that stores exactly the file's dequantized
-values; `install_quantized` swaps those layers (and, for a Q8_0 embedding, an Int8Embedding sharing a tied
-head's table) into a meta-built Transformer before the float weights are assigned.
+A `QuantizedWeight` holds the buffers of the layer that stores exactly the file's dequantized values: a BlockLinear
+over the file's own blocks, or an Int4Linear (for PyTorch's int4 kernels); `install_quantized` swaps those layers
+(and, for a kept embedding, a BlockEmbedding sharing a tied head's blocks) into a meta-built Transformer before the
+float weights are assigned.
 """
 from __future__ import annotations
 
@@ -13,28 +14,30 @@ import torch
 from torch import nn
 
 from llamalab.model import Transformer
-from llamalab.quantize import Int4Linear, Int8Embedding, Int8Linear
+from llamalab.quantize import Int4Linear
+from llamalab.quantize.blocks import BlockEmbedding, BlockLinear
 
 INT4_KERNEL_DTYPES = (torch.bfloat16, torch.float16)  # activations PyTorch's int4 kernels take; float32: exact path
 
 
 @dataclass
 class QuantizedWeight:
-    """A (out, in) weight as the buffers of an Int8Linear (scheme "int8", per block) or Int4Linear ("int4")."""
+    """A (out, in) weight as the buffers of a BlockLinear (scheme "blocks": the file's blocks) or an Int4Linear
+    ("int4")."""
 
     scheme: str
     shape: tuple[int, int]
     group_size: int
-    tensors: dict[str, torch.Tensor]  # weight, scales (and zeros for int4), as the module names its buffers
+    tensors: dict[str, torch.Tensor]  # blocks, or int4's weight, scales and zeros, as the module names its buffers
     source_type: str  # the file's type, e.g. "Q4_1"
     dtype: ClassVar[torch.dtype] = torch.float32  # what it dequantizes to
 
     def module(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
-        """The int8 / int4 layer holding these buffers on `device`, computing with `dtype` activations."""
+        """The layer holding these buffers on `device` (no copy where they are), computing with `dtype` activations."""
         out_features, in_features = self.shape
         with torch.device("meta"):
-            if self.scheme == "int8":
-                module = Int8Linear(in_features, out_features, group_size=self.group_size)
+            if self.scheme == "blocks":
+                module = BlockLinear(in_features, out_features, self.source_type)
             else:
                 kernel = dtype if dtype in INT4_KERNEL_DTYPES else None
                 module = Int4Linear(in_features, out_features, self.group_size, kernel_dtype=kernel)
@@ -53,8 +56,8 @@ def install_quantized(model: Transformer, quantized: dict[str, QuantizedWeight],
                       dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Swap in the quantized layers of `quantized` (Meta names); return the float weights still to assign.
 
-    A Q8_0 embedding becomes an Int8Embedding (sharing its table with a tied head); an embedding of another
-    quantized type is dequantized to `dtype` (a tied head keeps the quantized layer).
+    An embedding kept as blocks becomes a BlockEmbedding (sharing them with a tied head); one re-laid out as int4 is
+    dequantized to `dtype` (a tied head keeps the int4 layer).
     """
     floats = {}
     for name, weight in quantized.items():
@@ -65,8 +68,8 @@ def install_quantized(model: Transformer, quantized: dict[str, QuantizedWeight],
         layer = weight.module(device, dtype)
         if model.args.tie_embeddings:
             model.output = layer
-        if isinstance(layer, Int8Linear):
-            model.tok_embeddings = Int8Embedding.from_int8_linear(layer, dtype)
+        if isinstance(layer, BlockLinear):
+            model.tok_embeddings = BlockEmbedding(layer, dtype)
         else:
             floats[name] = layer.dequantize().to(dtype)
     return floats

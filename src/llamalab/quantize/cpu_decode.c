@@ -1,13 +1,13 @@
 /* One decode step of the whole LLaMA decoder for a few rows (one new token each), in one OpenMP parallel region.
 
 Built with cpu_kernels.c by llamalab/quantize/native.py. The Python side (quantize/native_decode.py) passes pointers
-to the model's own tensors: weights (float32, or int4 / int8 codes with float32 scales), RMSNorm weights, the RoPE
-tables and the KV cache, static or paged, which this step reads and writes in place through each row's block table
-(see Model). Every matrix product splits its output rows over the threads in chunks claimed as they go (a thread the
-OS preempts holds back one chunk only); the threads meet once after each product (q/k/v with RoPE and the cache
-write, attention, wo with the residual, w1/w3 with SiLU, w2 with the residual, the head), and each thread computes
-the RMSNorm of the input rows itself. What it computes is Transformer.forward(tokens, start_pos, last_only=True) of
-llamalab/model/model.py, up to the order of float32 summation.
+to the model's own tensors: weights (float32, or GGUF's Q4_0 / Q4_1 / Q8_0 blocks where the file is mapped), RMSNorm
+weights, the RoPE tables and the KV cache, static or paged, which this step reads and writes in place through each
+row's block table (see Model). Every matrix product splits its output rows over the threads in chunks claimed as they
+go (a thread the OS preempts holds back one chunk only); the threads meet once after each product (q/k/v with RoPE and
+the cache write, attention, wo with the residual, w1/w3 with SiLU, w2 with the residual, the head), and each thread
+computes the RMSNorm of the input rows itself. What it computes is Transformer.forward(tokens, start_pos,
+last_only=True) of llamalab/model/model.py, up to the order of float32 summation.
 */
 #include <math.h>
 #include <stdlib.h>
@@ -16,13 +16,9 @@ llamalab/model/model.py, up to the order of float32 summation.
 
 #include "cpu_rows.h"
 
-enum { F32 = 0, INT4 = 1, INT8 = 2 };
-
 typedef struct {
-    int64_t kind, out, in, group;
-    const void *weight;   /* float (out, in), or uint8 packed int4 codes (out, in / 2), or int8 codes (out, in) */
-    const float *scales;  /* (out, in / group) for int4 / int8 */
-    const float *zeros;   /* (out, in / group) for int4 */
+    int64_t kind, out, in; /* kind: F32, Q4_0, Q4_1 or Q8_0 (cpu_rows.h) */
+    const void *weight;    /* float (out, in), or rows of blocks (out, in / BLOCK · block bytes) */
 } Linear;
 
 typedef struct {
@@ -42,14 +38,14 @@ typedef struct {
     double eps;
     const float *rope_cos, *rope_sin; /* (positions, head_dim / 2) */
     const float *norm;                /* (dim,) */
-    Linear embedding;                 /* (vocab, dim) rows: float32, or int8 codes with scales */
+    Linear embedding;                 /* (vocab, dim) rows: float32 or blocks */
     Linear output;
     const Layer *layers;
 } Model;
 
-/* an input row as a product with `l` reads it: x itself, or its int4 arrangement */
+/* an input row as the products read it: x itself and its sum over each block (for Q4 blocks) */
 typedef struct {
-    const float *x, *xp, *xsum;
+    const float *x, *xsum;
 } Input;
 
 /* rows handed out at a time: small enough that a thread the OS preempts holds back little of a product, large
@@ -60,30 +56,18 @@ static inline int64_t chunk_of(int64_t rows)
     return chunk > 4 ? chunk : 4;
 }
 
-static inline float row_dot(const Linear *l, int64_t r, Input in)
+static inline float dot(const Linear *l, int64_t r, Input in)
 {
-    const int64_t n_groups = l->kind == F32 ? 0 : l->in / l->group, per_group = l->group / BLOCK;
-    switch (l->kind) {
-    case INT4:
-        return int4_dot((const uint8_t *)l->weight + r * (l->in / 2), l->scales + r * n_groups,
-                        l->zeros + r * n_groups, in.xp, in.xsum, n_groups, per_group);
-    case INT8:
-        return int8_dot((const int8_t *)l->weight + r * l->in, l->scales + r * n_groups, in.x, n_groups, per_group);
-    default:
-        return f32_dot((const float *)l->weight + r * l->in, in.x, l->in);
-    }
+    return row_dot(l->kind, l->weight, l->in, r, in.x, in.xsum);
 }
 
-/* this thread's copy of m input rows (m, n) for products with weights of int4 group `group` (0: none): x as it is,
-   plus its int4 arrangement in xp / xsum */
-static void prepare(const float *x, int64_t m, int64_t n, int64_t group, float *xp, float *xsum, Input *inputs)
+/* this thread's view of m input rows (m, n): x as it is, and its block sums in xsum */
+static void prepare(const float *x, int64_t m, int64_t n, float *xsum, Input *inputs)
 {
     for (int64_t i = 0; i < m; i++) {
         inputs[i].x = x + i * n;
-        inputs[i].xp = xp + i * n;
         inputs[i].xsum = xsum + i * (n / BLOCK);
-        if (group)
-            int4_prepare(x + i * n, n, group, xp + i * n, xsum + i * (n / BLOCK));
+        block_sums(x + i * n, n, xsum + i * (n / BLOCK));
     }
 }
 
@@ -99,18 +83,6 @@ static void rms_norm(const float *x, const float *weight, int64_t m, int64_t dim
         for (int64_t c = 0; c < dim; c++)
             out[i * dim + c] = xi[c] * inv * weight[c];
     }
-}
-
-/* the int4 group of the products of a stage (0 when none of them is int4) */
-static int64_t int4_group_size(const Linear *a, const Linear *b, const Linear *c)
-{
-    if (a->kind == INT4)
-        return a->group;
-    if (b && b->kind == INT4)
-        return b->group;
-    if (c && c->kind == INT4)
-        return c->group;
-    return 0;
 }
 
 /* where head h of position t of a row with block table `table` is kept in `cache` (a layer's k or v) */
@@ -133,7 +105,7 @@ static void qkv(const Model *mo, const Layer *l, const Input *in, int64_t m, con
         r -= r < qd ? 0 : r < qd + kvd ? qd : qd + kvd;
         const int64_t head = r / hd, d = r % hd;
         for (int64_t i = 0; i < m; i++) {
-            float a = row_dot(w, r, in[i]), b = row_dot(w, r + 1, in[i]);
+            float a = dot(w, r, in[i]), b = dot(w, r + 1, in[i]);
             if (w != &l->wv) {
                 const float c = mo->rope_cos[positions[i] * half + d / 2], s = mo->rope_sin[positions[i] * half + d / 2];
                 const float ra = a * c - b * s, rb = a * s + b * c;
@@ -196,7 +168,7 @@ static void product(const Linear *l, const Input *in, int64_t m, float *y, int a
 #pragma omp for schedule(dynamic, chunk_of(out))
     for (int64_t r = 0; r < out; r++)
         for (int64_t i = 0; i < m; i++)
-            y[i * out + r] = (add ? y[i * out + r] : 0.f) + row_dot(l, r, in[i]);
+            y[i * out + r] = (add ? y[i * out + r] : 0.f) + dot(l, r, in[i]);
 }
 
 /* h (m, hidden) = silu(w1 · in) * (w3 · in) */
@@ -206,22 +178,9 @@ static void gate_up(const Layer *l, const Input *in, int64_t m, float *h)
 #pragma omp for schedule(dynamic, chunk_of(hidden))
     for (int64_t r = 0; r < hidden; r++)
         for (int64_t i = 0; i < m; i++) {
-            const float g = row_dot(&l->w1, r, in[i]), u = row_dot(&l->w3, r, in[i]);
+            const float g = dot(&l->w1, r, in[i]), u = dot(&l->w3, r, in[i]);
             h[i * hidden + r] = g / (1.f + expf(-g)) * u;
         }
-}
-
-/* x (dim) = the embedding of token t (an int8 row dequantized as Int8Embedding does: code * scale) */
-static void embed(const Linear *e, int64_t t, float *x)
-{
-    if (e->kind == F32) {
-        memcpy(x, (const float *)e->weight + t * e->in, sizeof(float) * e->in);
-        return;
-    }
-    const int8_t *codes = (const int8_t *)e->weight + t * e->in;
-    const float *scales = e->scales + t * (e->in / e->group);
-    for (int64_t c = 0; c < e->in; c++)
-        x[c] = (float)codes[c] * scales[c / e->group];
 }
 
 /* logits (m, vocab) of m new tokens (ids `tokens`). Row i sits at positions[i] of the cache row whose block table is
@@ -237,34 +196,34 @@ int decode_step(const Model *mo, const int64_t *tokens, int64_t m, const int64_t
         return 1;
     float *x = shared, *q = x + m * dim, *att = q + m * qd, *h = att + m * qd; /* x: the residual stream */
     for (int64_t i = 0; i < m; i++)
-        embed(&mo->embedding, tokens[i], x + i * dim);
+        row_values(mo->embedding.kind, mo->embedding.weight, dim, tokens[i], x + i * dim); /* as the model's */
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        /* this thread's normalized rows, their int4 arrangement, and attention scores */
-        float *own = malloc(sizeof(float) * (2 * m * widest + m * (widest / BLOCK) + mo->max_seq));
+        /* this thread's normalized rows, their block sums, and attention scores */
+        float *own = malloc(sizeof(float) * (m * widest + m * (widest / BLOCK) + mo->max_seq));
         Input *in = malloc(sizeof(Input) * m);
 #pragma omp atomic
         failed += !own || !in;
 #pragma omp barrier
         if (!failed) {
-            float *xn = own, *xp = xn + m * widest, *xsum = xp + m * widest, *scores = xsum + m * (widest / BLOCK);
+            float *xn = own, *xsum = xn + m * widest, *scores = xsum + m * (widest / BLOCK);
             for (int64_t layer = 0; layer < mo->n_layers; layer++) {
                 const Layer *l = mo->layers + layer;
                 rms_norm(x, l->attention_norm, m, dim, mo->eps, xn);
-                prepare(xn, m, dim, int4_group_size(&l->wq, &l->wk, &l->wv), xp, xsum, in);
+                prepare(xn, m, dim, xsum, in);
                 qkv(mo, l, in, m, positions, tables, width, q);
                 attend(mo, l, q, m, positions, tables, width, scores, att);
-                prepare(att, m, qd, int4_group_size(&l->wo, NULL, NULL), xp, xsum, in);
+                prepare(att, m, qd, xsum, in);
                 product(&l->wo, in, m, x, 1);
                 rms_norm(x, l->ffn_norm, m, dim, mo->eps, xn);
-                prepare(xn, m, dim, int4_group_size(&l->w1, &l->w3, NULL), xp, xsum, in);
+                prepare(xn, m, dim, xsum, in);
                 gate_up(l, in, m, h);
-                prepare(h, m, hidden, int4_group_size(&l->w2, NULL, NULL), xp, xsum, in);
+                prepare(h, m, hidden, xsum, in);
                 product(&l->w2, in, m, x, 1);
             }
             rms_norm(x, mo->norm, m, dim, mo->eps, xn);
-            prepare(xn, m, dim, int4_group_size(&mo->output, NULL, NULL), xp, xsum, in);
+            prepare(xn, m, dim, xsum, in);
             product(&mo->output, in, m, logits, 0);
         }
         free(own);

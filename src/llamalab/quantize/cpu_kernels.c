@@ -1,9 +1,10 @@
-/* Products of float32 activations with weights kept as int4 / int8 codes, for a few rows of activations (decoding).
+/* Products of float32 activations with weights kept as GGUF's Q4_0 / Q4_1 / Q8_0 blocks, for a few rows of
+activations (decoding), reading the blocks where they lie (a map of the file).
 
 Built by llamalab/quantize/native.py with `cc -O3 -march=native -fopenmp -shared`. The output rows of the weight are
 split over the OpenMP threads (the runtime PyTorch loaded, so torch.set_num_threads applies); each weight row is read
-once from memory and stays in cache for every activation row. The row products (cpu_rows.h) sum each group in 16
-float32 lanes and scale it by its scale: the exactly dequantized weight's product up to the order of summation.
+once from memory and stays in cache for every activation row. The row products (cpu_rows.h) sum each block in 16
+float32 lanes and scale it by its d: the exactly dequantized weight's product up to the order of summation.
 */
 #include <stdlib.h>
 
@@ -11,40 +12,27 @@ float32 lanes and scale it by its scale: the exactly dequantized weight's produc
 
 #define PARALLEL_WORK 262144 /* multiply-adds below which one thread is quicker than waking the others */
 
-/* y (m, out) = x (m, in) @ Wᵀ where W[r, c] = (code - 8) * scales[r, c / group] + zeros[r, c / group] and the codes
-   are packed two a byte (out, in / 2): the low nibble holds the even column. group and in: multiples of BLOCK. */
-int int4_linear(const float *x, int64_t m, const uint8_t *packed, const float *scales, const float *zeros, float *y,
-                int64_t out, int64_t in, int64_t group)
+/* y (m, out) = x (m, in) @ Wᵀ where W's rows are `kind` blocks (out, in / BLOCK · block bytes); in: a multiple of
+   BLOCK. Returns 1 when the block sums of x could not be allocated. */
+int block_linear(const float *x, int64_t m, const uint8_t *blocks, int64_t kind, float *y, int64_t out, int64_t in)
 {
-    const int64_t n_groups = in / group, per_group = group / BLOCK;
-    float *xp = malloc(sizeof(float) * m * in);       /* x with each block's even columns first, then its odd ones */
-    float *xsum = malloc(sizeof(float) * m * n_groups); /* the sum of x over each group */
-    if (!xp || !xsum) {
-        free(xp);
-        free(xsum);
+    float *xsum = malloc(sizeof(float) * m * (in / BLOCK)); /* the sum of x over each block */
+    if (!xsum)
         return 1;
-    }
     for (int64_t i = 0; i < m; i++)
-        int4_prepare(x + i * in, in, group, xp + i * in, xsum + i * n_groups);
+        block_sums(x + i * in, in, xsum + i * (in / BLOCK));
 #pragma omp parallel for schedule(static) if (m * out * in >= PARALLEL_WORK)
     for (int64_t r = 0; r < out; r++)
         for (int64_t i = 0; i < m; i++)
-            y[i * out + r] = int4_dot(packed + r * (in / 2), scales + r * n_groups, zeros + r * n_groups, xp + i * in,
-                                      xsum + i * n_groups, n_groups, per_group);
-    free(xp);
+            y[i * out + r] = row_dot(kind, blocks, in, r, x + i * in, xsum + i * (in / BLOCK));
     free(xsum);
     return 0;
 }
 
-/* y (m, out) = x (m, in) @ Wᵀ where W[r, c] = codes[r, c] * scales[r, c / group] (int8 codes (out, in)); group and
-   in: multiples of BLOCK. */
-int int8_linear(const float *x, int64_t m, const int8_t *codes, const float *scales, float *y, int64_t out,
-                int64_t in, int64_t group)
+/* out (rows, in) = the values of the first `rows` rows of W (`kind` blocks), dequantized as gguf does */
+void block_values(const uint8_t *blocks, int64_t kind, int64_t rows, int64_t in, float *out)
 {
-    const int64_t n_groups = in / group, per_group = group / BLOCK;
-#pragma omp parallel for schedule(static) if (m * out * in >= PARALLEL_WORK)
-    for (int64_t r = 0; r < out; r++)
-        for (int64_t i = 0; i < m; i++)
-            y[i * out + r] = int8_dot(codes + r * in, scales + r * n_groups, x + i * in, n_groups, per_group);
-    return 0;
+#pragma omp parallel for schedule(static) if (rows * in >= PARALLEL_WORK)
+    for (int64_t r = 0; r < rows; r++)
+        row_values(kind, blocks, in, r, out + r * in);
 }

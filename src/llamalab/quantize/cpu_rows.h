@@ -1,11 +1,14 @@
-/* One output row of a product with a weight held as float32, int4 or int8 codes: the dot products the kernels of
-   cpu_kernels.c and cpu_decode.c share. Each group is summed in 16 float32 lanes (one AVX-512 register, or two
-   AVX2 ones: GCC's vector extensions are lowered by -march=native) and scaled by its scale. */
+/* One output row of a product with a weight held as float32 or as GGUF's Q4_0 / Q4_1 / Q8_0 blocks (read in place):
+   the dot products the kernels of cpu_kernels.c and cpu_decode.c share. Each block is summed in 16 float32 lanes (one
+   AVX-512 register, or two AVX2 ones: GCC's vector extensions are lowered by -march=native) and scaled by its d. */
 #ifndef LLAMALAB_CPU_ROWS_H
 #define LLAMALAB_CPU_ROWS_H
 
 #include <stdint.h>
 #include <string.h>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 
 typedef float f32x16 __attribute__((vector_size(64)));
 typedef uint8_t u8x16 __attribute__((vector_size(16)));
@@ -14,7 +17,10 @@ typedef int32_t i32x16 __attribute__((vector_size(64)));
 /* unsigned bytes to float lanes through int32 (a direct conversion is not vectorised by GCC 12) */
 #define TO_F32(v) __builtin_convertvector(__builtin_convertvector((v), i32x16), f32x16)
 
-#define BLOCK 32 /* inputs per block: group sizes are multiples of it */
+#define BLOCK 32 /* inputs per block */
+
+/* GGUF's block types (ggml's type numbers), and float32 */
+enum { F32 = 0, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8 };
 
 static inline f32x16 load_f32(const float *p)
 {
@@ -57,86 +63,134 @@ static inline float f32_dot(const float *w, const float *x, int64_t n)
     return total;
 }
 
-/* x (in) rearranged for int4 rows: each block's even columns first, then its odd ones (xp), and its sum over each
-   group (xsum, in / group values) */
-static inline void int4_prepare(const float *x, int64_t in, int64_t group, float *xp, float *xsum)
+/* the float16 stored at p (little-endian) as a float: one F16C instruction where the CPU has it */
+static inline float f16_at(const uint8_t *p)
 {
-    const int64_t per_group = group / BLOCK;
-    for (int64_t g = 0; g < in / group; g++)
-        xsum[g] = 0.f;
+#ifdef __F16C__
+    uint16_t h;
+    memcpy(&h, p, sizeof h);
+    return _cvtsh_ss(h);
+#else
+    _Float16 h;
+    memcpy(&h, p, sizeof h);
+    return (float)h;
+#endif
+}
+
+/* the bytes of one block of BLOCK inputs: float16 d [float16 m], then 16 bytes of nibbles or 32 int8 codes */
+static inline int64_t block_bytes(int64_t kind)
+{
+    return kind == Q4_0 ? 18 : kind == Q4_1 ? 20 : 34;
+}
+
+/* the sum of x over each block of BLOCK inputs (in / BLOCK values): what a Q4 block's offset multiplies */
+static inline void block_sums(const float *x, int64_t in, float *xsum)
+{
     for (int64_t k = 0; k < in / BLOCK; k++) {
-        const float *src = x + k * BLOCK;
-        float *dst = xp + k * BLOCK, total = 0.f;
-        for (int j = 0; j < BLOCK / 2; j++) {
-            dst[j] = src[2 * j];
-            dst[BLOCK / 2 + j] = src[2 * j + 1];
-            total += src[2 * j] + src[2 * j + 1];
-        }
-        xsum[k / per_group] += total;
+        float total = 0.f;
+        for (int j = 0; j < BLOCK; j++)
+            total += x[k * BLOCK + j];
+        xsum[k] = total;
     }
 }
 
-/* the codes of group g times xp, unscaled (the int4 products' inner loop) */
-static inline f32x16 int4_group(const uint8_t *row, const float *xp, int64_t g, int64_t per_group)
+/* one Q4 block's codes times its BLOCK inputs, unscaled: byte j holds input j (low nibble) and j + 16 (high) */
+static inline f32x16 q4_codes(const uint8_t *nibbles, const float *x)
 {
-    f32x16 acc = {0};
-    for (int64_t c = g * per_group; c < (g + 1) * per_group; c++) {
-        u8x16 b;
-        memcpy(&b, row + c * (BLOCK / 2), sizeof b);
-        acc += TO_F32(b & 15) * load_f32(xp + c * BLOCK) + TO_F32(b >> 4) * load_f32(xp + c * BLOCK + BLOCK / 2);
-    }
-    return acc;
+    u8x16 b;
+    memcpy(&b, nibbles, sizeof b);
+    return TO_F32(b & 15) * load_f32(x) + TO_F32(b >> 4) * load_f32(x + BLOCK / 2);
 }
 
-/* one row of W · x where W[c] = (code - 8) * scales[c / group] + zeros[c / group], codes packed two a byte (the low
-   nibble holds the even column), x prepared by int4_prepare: each group adds scale · Σ code·x plus its lowest value
-   (zero - 8 · scale, the value of code 0) times Σ x. Two groups at a time in independent sums. */
-static inline float int4_dot(const uint8_t *row, const float *scales, const float *zeros, const float *xp,
-                             const float *xsum, int64_t n_groups, int64_t per_group)
+/* one row of W · x for a row of Q4_0 (has_min 0: value d·(q - 8)) or Q4_1 (has_min 1: d·q + m) blocks: each block adds
+   d · Σ q·x plus its offset (m, or -8d) times Σ x (xsum from block_sums). Two blocks at a time in independent sums. */
+static inline float q4_dot(const uint8_t *row, int has_min, const float *x, const float *xsum, int64_t n_blocks)
 {
+    const int64_t size = has_min ? 20 : 18, codes = has_min ? 4 : 2;
     f32x16 lanes0 = {0}, lanes1 = {0};
     float total0 = 0.f, total1 = 0.f;
-    int64_t g = 0;
-    for (; g + 2 <= n_groups; g += 2) {
-        lanes0 += scales[g] * int4_group(row, xp, g, per_group);
-        lanes1 += scales[g + 1] * int4_group(row, xp, g + 1, per_group);
-        total0 += (zeros[g] - 8.f * scales[g]) * xsum[g];
-        total1 += (zeros[g + 1] - 8.f * scales[g + 1]) * xsum[g + 1];
+    int64_t k = 0;
+    for (; k + 2 <= n_blocks; k += 2) {
+        const uint8_t *b0 = row + k * size, *b1 = b0 + size;
+        const float d0 = f16_at(b0), d1 = f16_at(b1);
+        lanes0 += d0 * q4_codes(b0 + codes, x + k * BLOCK);
+        lanes1 += d1 * q4_codes(b1 + codes, x + (k + 1) * BLOCK);
+        total0 += (has_min ? f16_at(b0 + 2) : -8.f * d0) * xsum[k];
+        total1 += (has_min ? f16_at(b1 + 2) : -8.f * d1) * xsum[k + 1];
     }
-    if (g < n_groups) {
-        lanes0 += scales[g] * int4_group(row, xp, g, per_group);
-        total0 += (zeros[g] - 8.f * scales[g]) * xsum[g];
+    if (k < n_blocks) {
+        const uint8_t *b0 = row + k * size;
+        const float d0 = f16_at(b0);
+        lanes0 += d0 * q4_codes(b0 + codes, x + k * BLOCK);
+        total0 += (has_min ? f16_at(b0 + 2) : -8.f * d0) * xsum[k];
     }
     return (total0 + total1) + sum_lanes(lanes0 + lanes1);
 }
 
-/* the codes of group g times x, unscaled (the int8 products' inner loop) */
-static inline f32x16 int8_group(const int8_t *row, const float *x, int64_t g, int64_t per_group)
+/* one Q8_0 block's 32 int8 codes times its inputs, unscaled (code + 128 = byte ^ 0x80: GCC 12 vectorises unsigned
+   bytes) */
+static inline f32x16 q8_codes(const uint8_t *codes, const float *x)
 {
-    f32x16 acc = {0};
-    for (int64_t c = g * per_group; c < (g + 1) * per_group; c++) {
-        u8x16 q0, q1; /* the int8 codes' bytes: code + 128 = byte ^ 0x80 (GCC 12 vectorises unsigned bytes) */
-        memcpy(&q0, row + c * BLOCK, sizeof q0);
-        memcpy(&q1, row + c * BLOCK + 16, sizeof q1);
-        acc += (TO_F32(q0 ^ 0x80) - 128.f) * load_f32(x + c * BLOCK) +
-               (TO_F32(q1 ^ 0x80) - 128.f) * load_f32(x + c * BLOCK + 16);
-    }
-    return acc;
+    u8x16 q0, q1;
+    memcpy(&q0, codes, sizeof q0);
+    memcpy(&q1, codes + 16, sizeof q1);
+    return (TO_F32(q0 ^ 0x80) - 128.f) * load_f32(x) + (TO_F32(q1 ^ 0x80) - 128.f) * load_f32(x + 16);
 }
 
-/* one row of W · x where W[c] = codes[c] * scales[c / group] (int8 codes); two groups at a time */
-static inline float int8_dot(const int8_t *row, const float *scales, const float *x, int64_t n_groups,
-                             int64_t per_group)
+/* one row of W · x for a row of Q8_0 blocks (value d·q); two blocks at a time */
+static inline float q8_dot(const uint8_t *row, const float *x, int64_t n_blocks)
 {
     f32x16 lanes0 = {0}, lanes1 = {0};
-    int64_t g = 0;
-    for (; g + 2 <= n_groups; g += 2) {
-        lanes0 += scales[g] * int8_group(row, x, g, per_group);
-        lanes1 += scales[g + 1] * int8_group(row, x, g + 1, per_group);
+    int64_t k = 0;
+    for (; k + 2 <= n_blocks; k += 2) {
+        lanes0 += f16_at(row + k * 34) * q8_codes(row + k * 34 + 2, x + k * BLOCK);
+        lanes1 += f16_at(row + (k + 1) * 34) * q8_codes(row + (k + 1) * 34 + 2, x + (k + 1) * BLOCK);
     }
-    if (g < n_groups)
-        lanes0 += scales[g] * int8_group(row, x, g, per_group);
+    if (k < n_blocks)
+        lanes0 += f16_at(row + k * 34) * q8_codes(row + k * 34 + 2, x + k * BLOCK);
     return sum_lanes(lanes0 + lanes1);
+}
+
+/* row r of W · x for W held as float32 (out, in) or as rows of `kind` blocks (xsum: block_sums of x, for Q4) */
+static inline float row_dot(int64_t kind, const void *weight, int64_t in, int64_t r, const float *x, const float *xsum)
+{
+    const uint8_t *row = (const uint8_t *)weight + r * (in / BLOCK) * block_bytes(kind);
+    switch (kind) {
+    case Q4_0:
+        return q4_dot(row, 0, x, xsum, in / BLOCK);
+    case Q4_1:
+        return q4_dot(row, 1, x, xsum, in / BLOCK);
+    case Q8_0:
+        return q8_dot(row, x, in / BLOCK);
+    default:
+        return f32_dot((const float *)weight + r * in, x, in);
+    }
+}
+
+/* the in values of row r of W into out: a float32 row copied, blocks dequantized as gguf does: d·q (Q8_0), d·q + m
+   (Q4_1), d·(q-8) = d·q - 8d (Q4_0); d·q is exact, so each value is rounded once */
+static inline void row_values(int64_t kind, const void *weight, int64_t in, int64_t r, float *out)
+{
+    if (kind == F32) {
+        memcpy(out, (const float *)weight + r * in, sizeof(float) * in);
+        return;
+    }
+    for (int64_t k = 0; k < in / BLOCK; k++) {
+        const uint8_t *b = (const uint8_t *)weight + (r * (in / BLOCK) + k) * block_bytes(kind);
+        const float d = f16_at(b);
+        float *v = out + k * BLOCK;
+        if (kind == Q8_0) {
+            for (int j = 0; j < BLOCK; j++)
+                v[j] = d * (float)(int8_t)b[2 + j];
+            continue;
+        }
+        const float m = kind == Q4_1 ? f16_at(b + 2) : -8.f * d;
+        const uint8_t *nibbles = b + (kind == Q4_1 ? 4 : 2);
+        for (int j = 0; j < BLOCK / 2; j++) {
+            v[j] = d * (float)(nibbles[j] & 15) + m;
+            v[j + BLOCK / 2] = d * (float)(nibbles[j] >> 4) + m;
+        }
+    }
 }
 
 #endif

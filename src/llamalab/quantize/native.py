@@ -1,11 +1,12 @@
-"""The C kernels of cpu_kernels.c (float32 activations times int4 / int8 codes), built once per machine and cached.
+"""The C kernels of cpu_kernels.c (float32 activations times GGUF's Q4_0 / Q4_1 / Q8_0 blocks), built once per machine
+and cached.
 
 The shared library is compiled with the system's C compiler on first use (about a second) into
 `$LLAMALAB_KERNEL_DIR` (default `~/.cache/llamalab/kernels`), named by a hash of the source, the flags and
 the CPU's features, and loaded through ctypes. Without a compiler `kernels()` is None and the layers keep
-their PyTorch path. `kernel_quantized_linears(model)` gives the layers that have no PyTorch kernel for float32
-activations (GGUF's Q4_0 / Q4_1 / Q8_0 kept exactly) the kernels' forward for few-row products (decoding), so
-that a step reads the codes once instead of dequantizing every weight.
+their PyTorch path. `kernel_quantized_linears(model)` gives the layers holding GGUF's blocks (blocks.BlockLinear,
+which has no PyTorch kernel) the kernels' forward for few-row float32 products (decoding), so that a step reads the
+blocks once, where they lie, instead of dequantizing every weight.
 """
 from __future__ import annotations
 
@@ -23,13 +24,11 @@ import torch
 from torch import nn
 
 from llamalab.files import atomic_output
-from llamalab.quantize.int4 import Int4Linear
-from llamalab.quantize.int8 import Int8Linear
+from llamalab.quantize.blocks import GGML_TYPE_IDS, BlockLinear
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("cpu_kernels.c", "cpu_decode.c"))  # + cpu_rows.h
 HEADER = Path(__file__).with_name("cpu_rows.h")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-lm")
-BLOCK = 32  # inputs the kernels read at a time (BLOCK in cpu_kernels.c): group sizes must be multiples of it
 MAX_ROWS = 32  # activation rows up to which the kernels beat dequantizing blocks of the weight for a float32 GEMM
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 
@@ -49,74 +48,56 @@ def kernels() -> ctypes.CDLL | None:
     except (OSError, subprocess.CalledProcessError) as e:
         warnings.warn(f"llamalab's CPU kernels could not be built ({e}); quantized layers use PyTorch", stacklevel=2)
         return None
-    library.int4_linear.argtypes = [_P, _I64, _P, _P, _P, _P, _I64, _I64, _I64]
-    library.int8_linear.argtypes = [_P, _I64, _P, _P, _P, _I64, _I64, _I64]
+    library.block_linear.argtypes = [_P, _I64, _P, _I64, _P, _I64, _I64]
+    library.block_values.argtypes = [_P, _I64, _I64, _I64, _P]
     return library
 
 
-def int4_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                group_size: int) -> torch.Tensor:
-    """x (..., in) float32 @ the int4 weight (packed uint8 (out, in/2), float32 scales/zeros (out, in/group))ᵀ."""
+def block_linear(x: torch.Tensor, layer: BlockLinear) -> torch.Tensor:
+    """x (..., in) float32 @ the weight of `layer`'s blocks (read where they lie)ᵀ."""
     x2d = x.reshape(-1, x.shape[-1]).contiguous()  # (rows, in)
-    out = torch.empty(x2d.shape[0], packed.shape[0])  # (rows, out)
-    failed = kernels().int4_linear(x2d.data_ptr(), x2d.shape[0], packed.data_ptr(), scales.data_ptr(),
-                                   zeros.data_ptr(), out.data_ptr(), packed.shape[0], x2d.shape[1], group_size)
+    out = torch.empty(x2d.shape[0], layer.out_features)  # (rows, out)
+    failed = kernels().block_linear(x2d.data_ptr(), x2d.shape[0], layer.blocks.data_ptr(), GGML_TYPE_IDS[layer.kind],
+                                    out.data_ptr(), layer.out_features, layer.in_features)
     if failed:
-        raise MemoryError("int4_linear could not allocate its activation buffers")
-    return out.view(*x.shape[:-1], packed.shape[0])
+        raise MemoryError("block_linear could not allocate its block sums")
+    return out.view(*x.shape[:-1], layer.out_features)
 
 
-def int8_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
-    """x (..., in) float32 @ the int8 weight (codes int8 (out, in), float32 scales (out, in/group))ᵀ."""
-    x2d = x.reshape(-1, x.shape[-1]).contiguous()  # (rows, in)
-    out = torch.empty(x2d.shape[0], codes.shape[0])  # (rows, out)
-    kernels().int8_linear(x2d.data_ptr(), x2d.shape[0], codes.data_ptr(), scales.data_ptr(), out.data_ptr(),
-                          codes.shape[0], x2d.shape[1], group_size)
-    return out.view(*x.shape[:-1], codes.shape[0])
+def block_values(layer: BlockLinear, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """The float32 weight rows start:stop (out, in) of `layer`'s blocks, dequantized in C (the values gguf gives)."""
+    blocks = layer.blocks[start:stop]  # (rows, bytes per row)
+    out = torch.empty(blocks.shape[0], layer.in_features)
+    kernels().block_values(blocks.data_ptr(), GGML_TYPE_IDS[layer.kind], blocks.shape[0], layer.in_features,
+                           out.data_ptr())
+    return out
 
 
-class KernelInt4Linear(Int4Linear):
-    """An Int4Linear whose float32 products of up to MAX_ROWS rows run in the C kernel (exact weights)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _kernel_applies(self, x):
-            return int4_linear(x, self.weight, self.scales, self.zeros, self.group_size)
-        return super().forward(x)
-
-
-class KernelInt8Linear(Int8Linear):
-    """A group-wise Int8Linear (Q8_0) whose float32 products of up to MAX_ROWS rows run in the C kernel."""
+class KernelBlockLinear(BlockLinear):
+    """A BlockLinear whose float32 products of up to MAX_ROWS rows run in the C kernel, and whose weight is
+    dequantized in C for the others (exact weights either way)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _kernel_applies(self, x):
-            if self.kernel_scales.dtype != torch.float32 or self.kernel_scales.shape != self.scales.shape:
-                self.kernel_scales = self.scales.float()  # (out, in/group): float16 → float32 is exact
-            return int8_linear(x, self.weight, self.kernel_scales, self.group_size)
+            return block_linear(x, self)
         return super().forward(x)
+
+    def dequantize(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return super().dequantize(start, stop)
+        return block_values(self, start, stop)
 
 
 @torch.no_grad()
 def kernel_quantized_linears(model: nn.Module) -> int:
-    """Give every CPU Int4Linear without a PyTorch kernel, and every group-wise Int8Linear, the C kernels' forward
-    (in place: the same module objects, so a head tied to an Int8Embedding stays tied); return how many changed.
-    Nothing changes where the kernels cannot be built."""
-    candidates = [module for module in model.modules() if _has_no_pytorch_kernel(module)]
+    """Give every CPU BlockLinear the C kernels' forward (in place: the same module objects, so a head tied to a
+    BlockEmbedding stays tied); return how many changed. Nothing changes where the kernels cannot be built."""
+    candidates = [m for m in model.modules() if type(m) is BlockLinear and m.blocks.device.type == "cpu"]
     if not candidates or kernels() is None:  # the library is built only for a model that needs it
         return 0
     for module in candidates:
-        if isinstance(module, Int8Linear):
-            module.kernel_scales = module.scales.float()  # (out, in/group): float16 → float32 is exact
-        module.__class__ = KernelInt8Linear if isinstance(module, Int8Linear) else KernelInt4Linear
+        module.__class__ = KernelBlockLinear
     return len(candidates)
-
-
-def _has_no_pytorch_kernel(module: nn.Module) -> bool:
-    """A CPU group-wise Int8Linear, or an Int4Linear without PyTorch's kernel, whose groups the C kernels read."""
-    if type(module) not in (Int4Linear, Int8Linear) or module.weight.device.type != "cpu":
-        return False
-    if module.group_size is None or module.group_size % BLOCK or module.in_features % BLOCK:
-        return False  # per-channel int8 has PyTorch's kernel; the C kernels read whole blocks of BLOCK inputs
-    return type(module) is Int8Linear or module.kernel_weight.numel() == 0
 
 
 def _kernel_applies(module: nn.Module, x: torch.Tensor) -> bool:

@@ -2,7 +2,7 @@
 
 At batch 1 a PyTorch decode step of a small model spends most of its time between ops (~20 per layer), not in them.
 The C step does every layer's work for up to MAX_ROWS rows (more go MAX_ROWS at a time) in one OpenMP parallel region
-over the model's own tensors (float32 weights, or GGUF's int4 / Q8_0 codes as the kernel layers hold them), reading
+over the model's own tensors (float32 weights, or GGUF's Q4_0 / Q4_1 / Q8_0 blocks where the file is mapped), reading
 and writing the KV cache in place, static or paged (through the rows' block tables: no gather), each row attending
 over its own positions only; the readable model stays the reference (tests compare the two). Prefill and anything
 the step does not cover (LoRA layers, other dtypes, training) go through the model as usual.
@@ -19,19 +19,18 @@ from torch import nn
 from llamalab.model import Transformer
 from llamalab.model.kv_cache import KVCache, PagedKVCache
 from llamalab.model.model import Attention, FeedForward, RMSNorm
-from llamalab.quantize.int8 import Int8Embedding
-from llamalab.quantize.native import BLOCK, MAX_ROWS, KernelInt4Linear, KernelInt8Linear, kernels
+from llamalab.quantize.blocks import GGML_TYPE_IDS, BlockEmbedding, BlockLinear
+from llamalab.quantize.native import MAX_ROWS, kernels
 from llamalab.quantize.threads import ThreadChoice
 
-F32, INT4, INT8 = 0, 1, 2  # the weight kinds of cpu_decode.c
+F32 = 0  # the kind of a float32 weight in cpu_decode.c (blocks: GGML_TYPE_IDS)
 HUGE_PAGE = 2 << 20
 MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25  # Linux madvise advice (MADV_COLLAPSE: kernel 6.1 on)
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 
 
 class CLinear(ctypes.Structure):
-    _fields_ = [("kind", _I64), ("out", _I64), ("inputs", _I64), ("group", _I64), ("weight", _P), ("scales", _P),
-                ("zeros", _P)]
+    _fields_ = [("kind", _I64), ("out", _I64), ("inputs", _I64), ("weight", _P)]
 
 
 class CLayer(ctypes.Structure):
@@ -79,7 +78,7 @@ def huge_pages(model: nn.Module) -> int:
 
 def supported(model: nn.Module) -> bool:
     """Whether the C step computes this model's forward: a CPU float32 Transformer in eval mode whose layers are the
-    model's own modules holding plain float32 weights or kernel int4 / Q8_0 codes."""
+    model's own modules holding plain float32 weights or GGUF's Q4_0 / Q4_1 / Q8_0 blocks."""
     if not isinstance(model, Transformer) or model.training or model.device.type != "cpu":
         return False
     if model.args.dropout or _hooked(list(model.modules())):  # hooks: e.g. LoRA adapters kept beside the weights
@@ -193,51 +192,34 @@ def _layer(block: nn.Module) -> CLayer:
 
 def _embedding(module: nn.Module) -> CLinear:
     """The C description of the token embedding table (vocab, dim)."""
-    if type(module) is Int8Embedding:
-        table = module.table
-        return CLinear(INT8, table.out_features, table.in_features, table.group_size, table.weight.data_ptr(),
-                       table.kernel_scales.data_ptr(), None)
-    return CLinear(F32, module.num_embeddings, module.embedding_dim, 0, module.weight.data_ptr(), None, None)
+    if type(module) is BlockEmbedding:
+        return _linear(module.table)
+    return CLinear(F32, module.num_embeddings, module.embedding_dim, module.weight.data_ptr())
 
 
 def _embedding_supported(module: nn.Module) -> bool:
-    """A float32 nn.Embedding, or an Int8Embedding whose table is a kernel Q8_0 layer (GGUF's token_embd) whose
-    vectors are float32."""
+    """A float32 nn.Embedding, or a BlockEmbedding (GGUF's token_embd) whose vectors are float32."""
     if type(module) is nn.Embedding:
         return _plain_float(module.weight)
-    return type(module) is Int8Embedding and module.dtype == torch.float32 and _linear_supported(module.table)
+    return type(module) is BlockEmbedding and module.dtype == torch.float32 and _linear_supported(module.table)
 
 
 def _linear(module: nn.Module) -> CLinear:
-    """The C description of a supported linear layer (pointers into its own tensors)."""
-    if type(module) is KernelInt4Linear:
-        return CLinear(INT4, module.out_features, module.in_features, module.group_size, module.weight.data_ptr(),
-                       module.scales.data_ptr(), module.zeros.data_ptr())
-    if type(module) is KernelInt8Linear:
-        return CLinear(INT8, module.out_features, module.in_features, module.group_size, module.weight.data_ptr(),
-                       module.kernel_scales.data_ptr(), None)
-    return CLinear(F32, module.out_features, module.in_features, 0, module.weight.data_ptr(), None, None)
+    """The C description of a supported linear layer (a pointer into its own tensor: float32, or blocks)."""
+    if isinstance(module, BlockLinear):
+        return CLinear(GGML_TYPE_IDS[module.kind], module.out_features, module.in_features, module.blocks.data_ptr())
+    return CLinear(F32, module.out_features, module.in_features, module.weight.data_ptr())
 
 
 def _stage_supported(linears: tuple[nn.Module, ...]) -> bool:
-    """Linear layers the C step reads that share one input: every one supported, their int4 groups alike."""
-    groups = {m.group_size for m in linears if type(m) is KernelInt4Linear}
-    return len(groups) <= 1 and all(_linear_supported(m) for m in linears)
+    """Linear layers the C step reads that share one input: every one supported."""
+    return all(_linear_supported(m) for m in linears)
 
 
 def _linear_supported(module: nn.Module) -> bool:
     if type(module) is nn.Linear:
         return module.bias is None and _plain_float(module.weight)
-    if type(module) is KernelInt4Linear:
-        tensors = (module.weight, module.scales, module.zeros)
-        scales_ok = module.scales.dtype == module.zeros.dtype == torch.float32
-    elif type(module) is KernelInt8Linear:
-        tensors = (module.weight, module.kernel_scales)
-        scales_ok = module.kernel_scales.dtype == torch.float32 and module.kernel_scales.shape == module.scales.shape
-    else:
-        return False
-    return (scales_ok and module.group_size % BLOCK == 0 and module.in_features % BLOCK == 0
-            and all(t.is_contiguous() and t.device.type == "cpu" for t in tensors))
+    return isinstance(module, BlockLinear) and module.blocks.is_contiguous() and module.blocks.device.type == "cpu"
 
 
 def _plain_float(weight: torch.Tensor) -> bool:

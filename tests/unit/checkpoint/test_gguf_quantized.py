@@ -13,7 +13,8 @@ from llamalab.checkpoint.gguf_header import read_header
 from llamalab.cli.main import main
 from llamalab.errors import CheckpointError
 from llamalab.inference import load_model
-from llamalab.quantize import Int4Linear, Int8Embedding, Int8Linear
+from llamalab.quantize import Int4Linear
+from llamalab.quantize.blocks import BlockEmbedding, BlockLinear
 
 PROMPT = torch.tensor([[1, 5, 9, 200, 3, 77, 150, 2, 31, 64]])
 # Largest logit error of the quantized file against the float model, relative to the largest logit. Measured on this
@@ -63,20 +64,20 @@ def test_transformers_reads_our_quantized_gguf_as_gguf_quants_would_quantize_it(
         assert relative_error(load(path)(PROMPT), theirs) < 1e-5  # kept quantized (q4/q8) or dequantized (q5)
 
 
-@pytest.mark.parametrize("dtype, layer", [("q4_0", Int4Linear), ("q4_1", Int4Linear), ("q8_0", Int8Linear)])
-def test_q4_and_q8_0_load_into_our_layers_holding_gguf_s_values(tmp_path, dtype, layer):
+@pytest.mark.parametrize("dtype", ["q4_0", "q4_1", "q8_0"])
+def test_q4_and_q8_0_load_into_layers_reading_the_file_s_blocks(tmp_path, dtype):
     model = random_model(CONFIGS["llama3.1-scaled-tied-mqa"])
     path = save(model, tmp_path / "m.gguf", format="gguf", dtype=dtype)
     loaded = load(path)
     expected = gguf_round_trip(model, GGML[dtype.upper()])
     for name, module in loaded.named_modules():
-        if isinstance(module, (Int4Linear, Int8Linear)) and name != "tok_embeddings.table":
-            assert isinstance(module, layer) and module.group_size == 32
+        if isinstance(module, BlockLinear) and name != "tok_embeddings.table":
+            assert module.kind == (dtype.upper() if name != "output" else "Q8_0"), name
             assert torch.equal(module.dequantize(), expected.get_submodule(name).weight), name
-    assert isinstance(loaded.layers[0].attention.wq, layer)
-    # the tied embedding and head: one Q8_0 table (written so under 4-bit types too), kept as int8
-    assert isinstance(loaded.output, Int8Linear)
-    assert isinstance(loaded.tok_embeddings, Int8Embedding) and loaded.tok_embeddings.table is loaded.output
+    assert isinstance(loaded.layers[0].attention.wq, BlockLinear)
+    # the tied embedding and head: one Q8_0 table (written so under 4-bit types too), kept as blocks
+    assert isinstance(loaded.output, BlockLinear) and loaded.output.kind == "Q8_0"
+    assert isinstance(loaded.tok_embeddings, BlockEmbedding) and loaded.tok_embeddings.table is loaded.output
     with torch.no_grad():
         assert relative_error(loaded(PROMPT), expected(PROMPT)) < 1e-5
 
@@ -87,7 +88,7 @@ def test_other_types_load_at_the_requested_dtype_not_float32(tmp_path):
     loaded = load(path, dtype=torch.bfloat16)
     expected = gguf_round_trip(model, GGML.Q5_1)
     params = dict(loaded.named_parameters())  # the Q5_1 matrices and the norms; the Q8_0 head stays int8 buffers
-    assert len(params) == 2 * 7 + 2 * 2 + 1 and isinstance(loaded.output, Int8Linear)
+    assert len(params) == 2 * 7 + 2 * 2 + 1 and isinstance(loaded.output, BlockLinear)
     for name, tensor in params.items():
         assert tensor.dtype == torch.bfloat16, name
         assert torch.equal(tensor, expected.state_dict()[name].to(torch.bfloat16)), name

@@ -1,11 +1,13 @@
 """The C decode step (quantize/native_decode.py) against the readable model: the same greedy tokens over 40 steps and
-logits within float32 summation-order error (5e-5 of the largest logit), for float32 weights, int4 / Q8_0 codes,
-SmolLM2's GGUF, and a paged KV cache read and written in place."""
+logits within float32 summation-order error (5e-5 of the largest logit), for float32 weights, GGUF's Q4_0 / Q4_1 / Q8_0
+blocks, SmolLM2's GGUF, and a paged KV cache read and written in place."""
 import copy
 import random
 
+import gguf
 import pytest
 import torch
+from gguf import GGMLQuantizationType as GGML
 from torch import nn
 
 from llamalab import ModelArgs
@@ -14,7 +16,8 @@ from llamalab.generate.engine import Engine, Sequence
 from llamalab.generate.sampling import SamplingParams
 from llamalab.inference import load_model
 from llamalab.model import Transformer
-from llamalab.quantize import Int4Linear, Int8Linear, native, quantize_int4
+from llamalab.quantize import native
+from llamalab.quantize.blocks import BlockEmbedding, BlockLinear
 from llamalab.quantize.native import kernel_quantized_linears
 from llamalab.quantize.native_decode import NativeStep, huge_pages, native_step, supported
 
@@ -78,29 +81,31 @@ def test_threads_do_not_change_the_result():
     assert one == two and torch.equal(one_logits, two_logits)  # each output row is summed by one thread
 
 
+def blocks_of(weight: torch.Tensor, kind: str) -> BlockLinear:
+    """A BlockLinear of gguf.quants' `kind` blocks of `weight` (out, in), which then holds gguf's dequantized values."""
+    blocks = gguf.quants.quantize(weight.numpy(), GGML[kind])
+    layer = BlockLinear(weight.shape[1], weight.shape[0], kind)
+    layer.blocks = torch.from_numpy(blocks)
+    weight.copy_(torch.from_numpy(gguf.quants.dequantize(blocks, GGML[kind])))
+    return layer
+
+
 def quantized_twin(model: Transformer) -> Transformer:
-    """A copy of `model` holding int4 codes (group 32, GGUF's Q4_1 layout) for every block's weights and group-wise
-    int8 codes (Q8_0's layout) for the head, with `model`'s weights set to exactly what those codes stand for."""
+    """A copy of `model` reading GGUF blocks for every weight matrix (Q4_0 and Q4_1 in turn for the blocks' layers, Q8_0
+    for the head, Q4_1 for the embedding), with `model`'s weights set to exactly what those blocks stand for."""
     twin = copy.deepcopy(model)
-    for name, linear in [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]:
-        if name == "output":
-            layer = Int8Linear(linear.in_features, linear.out_features, group_size=32)
-            scales = (linear.weight.abs().view(linear.out_features, -1, 32).amax(-1) / 127).half()
-            layer.weight = torch.round(linear.weight / scales.float().repeat_interleave(32, 1)).to(torch.int8)
-            layer.scales = scales
-        else:
-            layer = Int4Linear(linear.in_features, linear.out_features, 32, kernel_dtype=None)
-            layer.weight, layer.scales, layer.zeros = quantize_int4(linear.weight, 32)
-            layer.pack_for_kernel()
-        linear.weight.copy_(layer.dequantize())
+    linears = [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
+    for i, (name, linear) in enumerate(linears):
+        layer = blocks_of(linear.weight, "Q8_0" if name == "output" else ("Q4_0", "Q4_1")[i % 2])
         parent, _, child = name.rpartition(".")
         setattr(twin.get_submodule(parent), child, layer)
-    assert kernel_quantized_linears(twin) == 3 * 7 + 1
+    twin.tok_embeddings = BlockEmbedding(blocks_of(model.tok_embeddings.weight, "Q4_1"))
+    assert kernel_quantized_linears(twin) == 3 * 7 + 2
     return twin
 
 
-def test_int4_and_q8_step_decodes_like_the_float_model_of_the_same_weights():
-    model = tiny_model(2, dim=64)  # the C step reads int4 / int8 inputs in blocks of 32
+def test_gguf_blocks_step_decodes_like_the_float_model_of_the_same_weights():
+    model = tiny_model(2, dim=64)  # the C step reads blocks of 32 inputs
     model.args.tie_embeddings = False
     model.output.weight = nn.Parameter(model.output.weight.detach().clone(), requires_grad=False)  # its own head
     twin = quantized_twin(model)
@@ -232,7 +237,7 @@ def test_smollm2_gguf_decodes_the_same_through_the_c_step(smollm2_model):
     model = smollm2_model
     prompts = [[504, 3458, 282, 4649, 314], [1, 2, 3]]  # "The capital of France is", a short one
     expected, expected_logits = decode(model, eager_step(model), prompts, 32)
-    swapped = [m for m in model.modules() if type(m) in (Int4Linear, Int8Linear) and m.weight.device.type == "cpu"]
+    swapped = [m for m in model.modules() if type(m) is BlockLinear]
     try:
         kernel_quantized_linears(model)
         step = native_step(model)
@@ -240,6 +245,6 @@ def test_smollm2_gguf_decodes_the_same_through_the_c_step(smollm2_model):
         tokens, logits = decode(model, step, prompts, 32)
     finally:
         for module in swapped:  # the session fixture goes back to the plain layers
-            module.__class__ = Int4Linear if isinstance(module, Int4Linear) else Int8Linear
+            module.__class__ = BlockLinear
     assert tokens == expected
     assert (logits - expected_logits).abs().max().item() <= 2e-3  # logits span about ±30

@@ -1,42 +1,52 @@
-"""The C kernels of kept-quantized layers (quantize/native.kernel_quantized_linears) against float64 products of the
-dequantized weights and against the layers' PyTorch path on SmolLM2's GGUF (same greedy tokens, close logits)."""
+"""The C kernels of layers reading GGUF's blocks (quantize/native.kernel_quantized_linears) against float64 products of
+gguf's own dequantization of the same blocks, and against the layers' PyTorch path on SmolLM2's GGUF (same greedy
+tokens, close logits)."""
+import gguf
 import pytest
 import torch
+from gguf import GGMLQuantizationType as GGML
 from torch import nn
 
+from llamalab.errors import ConfigError
 from llamalab.generate.decode import generate
 from llamalab.generate.sampling import SamplingParams
-from llamalab.quantize import Int4Linear, Int8Linear, native, quantize_int4
-from llamalab.quantize.native import KernelInt4Linear, KernelInt8Linear, kernel_quantized_linears
+from llamalab.quantize import native
+from llamalab.quantize.blocks import BlockLinear
+from llamalab.quantize.native import KernelBlockLinear, kernel_quantized_linears
 
 pytestmark = pytest.mark.skipif(native.kernels() is None, reason="no C compiler on this machine")
+KINDS = ["Q4_0", "Q4_1", "Q8_0"]
 
 
-def int4_layer(out_features: int, in_features: int, group_size: int) -> Int4Linear:
-    layer = Int4Linear(in_features, out_features, group_size, kernel_dtype=None)
-    layer.weight, layer.scales, layer.zeros = quantize_int4(torch.randn(out_features, in_features), group_size)
-    layer.pack_for_kernel()
-    return layer
+def block_layer(out_features: int, in_features: int, kind: str, seed: int = 0) -> tuple[BlockLinear, torch.Tensor]:
+    """A BlockLinear holding gguf.quants' `kind` blocks of a random weight, and gguf's dequantization of them."""
+    weight = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(seed)).numpy()
+    blocks = gguf.quants.quantize(weight, GGML[kind])  # (out, bytes per row) uint8
+    layer = BlockLinear(in_features, out_features, kind)
+    layer.blocks = torch.from_numpy(blocks)
+    return layer, torch.from_numpy(gguf.quants.dequantize(blocks, GGML[kind]))
 
 
-def int8_layer(out_features: int, in_features: int, group_size: int) -> Int8Linear:
-    layer = Int8Linear(in_features, out_features, group_size=group_size)
-    layer.weight = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8)
-    layer.scales = (torch.rand(out_features, in_features // group_size) / 100).half()
-    return layer
+@pytest.mark.parametrize("kind", KINDS)
+def test_blocks_dequantize_to_gguf_s_values_in_pytorch_and_in_c(kind):
+    layer, expected = block_layer(40, 96, kind)
+    assert torch.equal(layer.dequantize(), expected)
+    assert torch.equal(layer.dequantize(10, 17), expected[10:17])
+    kernel_quantized_linears(nn.Sequential(layer))
+    assert type(layer) is KernelBlockLinear
+    assert torch.equal(layer.dequantize(), expected)  # C's block_values (what prefill multiplies)
+    assert torch.equal(layer.dequantize(10, 17), expected[10:17])
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16])
-@pytest.mark.parametrize(("make", "group_size"), [(int4_layer, 32), (int4_layer, 64), (int8_layer, 32),
-                                                  (int8_layer, 128)])
-def test_kernel_products_match_float64_of_the_dequantized_weight(make, group_size, rows):
-    torch.manual_seed(0)
-    layer = make(48, 256, group_size)
-    x = torch.randn(2, rows, 256)
-    exact = x.double() @ layer.dequantize().double().t()  # (2, rows, 48)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("in_features", [256, 96])  # an even and an odd number of blocks per row
+def test_kernel_products_match_float64_of_gguf_s_dequantized_weight(kind, in_features, rows):
+    layer, weight = block_layer(48, in_features, kind)
+    x = torch.randn(2, rows, in_features)
+    exact = x.double() @ weight.double().t()  # (2, rows, 48)
     reference = layer(x)
-    assert kernel_quantized_linears(nn.Sequential(layer)) == 1
-    assert type(layer) in (KernelInt4Linear, KernelInt8Linear)
+    assert kernel_quantized_linears(nn.Sequential(layer)) == 1 and type(layer) is KernelBlockLinear
     with torch.no_grad():
         fast = layer(x)
     assert fast.shape == (2, rows, 48) and fast.dtype == torch.float32
@@ -45,36 +55,35 @@ def test_kernel_products_match_float64_of_the_dequantized_weight(make, group_siz
     assert (fast - reference).abs().max().item() <= 4e-6 * scale
 
 
-def test_group_sizes_the_kernels_cannot_read_keep_the_pytorch_path():
-    layers = nn.Sequential(int4_layer(16, 64, 16), int8_layer(16, 48, 16))
-    assert kernel_quantized_linears(layers) == 0 and [type(m) for m in layers] == [Int4Linear, Int8Linear]
+def test_rows_that_do_not_fill_blocks_are_refused():
+    with pytest.raises(ConfigError, match="blocks of 32"):
+        BlockLinear(48, 16, "Q4_0")
 
 
 def test_kernels_leave_training_and_many_rows_to_pytorch():
-    layer = int4_layer(16, 64, 32)
+    layer, weight = block_layer(16, 64, "Q4_1")
     kernel_quantized_linears(nn.Sequential(layer))
     x = torch.randn(native.MAX_ROWS + 1, 64)
     with torch.no_grad():
         many = layer(x)
-    assert torch.allclose(many, x @ layer.dequantize().t(), atol=1e-5)
+    assert torch.allclose(many, x @ weight.t(), atol=1e-5)
     x.requires_grad_(True)
     layer(x).sum().backward()  # the frozen-weight autograd path, not the kernel
-    assert x.grad is not None and torch.allclose(x.grad, layer.dequantize().sum(0).expand_as(x), atol=1e-5)
+    assert x.grad is not None and torch.allclose(x.grad, weight.sum(0).expand_as(x), atol=1e-5)
 
 
 def test_smollm2_gguf_decodes_the_same_through_the_kernels(smollm2_model):
     """SmolLM2's Q4_1 / Q8_0 layers: the kernels against the layers' own dequantizing path."""
     model = smollm2_model
-    assert any(type(m) is Int4Linear and m.kernel_weight.numel() == 0 for m in model.modules())
     prompts = [[504, 3458, 282, 4649, 314], [1, 2, 3]]  # "The capital of France is", a short one
     tokens = torch.tensor([prompts[0]])
     greedy = SamplingParams(temperature=0)
     with torch.no_grad():
         expected_logits = model(tokens)
     expected = [c.tokens for c in generate(model, prompts, 12, sampling=greedy)]
-    swapped = [m for m in model.modules() if type(m) in (Int4Linear, Int8Linear) and m.weight.device.type == "cpu"]
+    swapped = [m for m in model.modules() if type(m) is BlockLinear]
     try:
-        assert kernel_quantized_linears(model) == len(swapped)  # every GGUF layer (Q4_1 blocks, the Q8_0 head)
+        assert kernel_quantized_linears(model) == len(swapped) == 30 * 7 + 1  # every Q4_1 layer and the Q8_0 head
         assert model.tok_embeddings.table is model.output  # the tied head is still the embedding's table
         with torch.no_grad():
             logits = model(tokens)
@@ -82,4 +91,4 @@ def test_smollm2_gguf_decodes_the_same_through_the_kernels(smollm2_model):
         assert [c.tokens for c in generate(model, prompts, 12, sampling=greedy)] == expected
     finally:
         for module in swapped:  # the session fixture goes back to the plain layers
-            module.__class__ = Int4Linear if isinstance(module, Int4Linear) else Int8Linear
+            module.__class__ = BlockLinear
