@@ -5,7 +5,10 @@
 Random weights, float32 (bfloat16 on a GPU). For each (rows, length): the rows are prefilled to `length` positions,
 then `--steps` decode steps run with per-row positions, on the fixed cache (attention slices each row's positions)
 and on the paged cache (blocks of 16 interleaved over the pool, so each layer gathers every row's blocks into a
-contiguous tensor before SDPA). The best of `--rounds` interleaved rounds counts; the ratio is paged / fixed time.
+contiguous tensor before SDPA). On CPU the C decode step (quantize/cpu_decode.c, what `llamalab serve` decodes with)
+runs on both caches too: it reads each row's blocks in place, no gather. The best of `--rounds` interleaved rounds
+counts; the ratios are paged / fixed time of each step, and the C step on the paged cache / the model's forward on the
+fixed one.
 """
 from __future__ import annotations
 
@@ -17,12 +20,13 @@ import torch
 from llamalab.config import ModelArgs
 from llamalab.inference import load_model
 from llamalab.model import Transformer
+from llamalab.quantize.native_decode import NativeStep
 
 BLOCK = 16
 
 
-def decode_ms(model: Transformer, rows: int, length: int, steps: int, paged: bool) -> float:
-    """ms per decode step of `rows` rows at `length` positions (prefill excluded)."""
+def decode_ms(model: Transformer, rows: int, length: int, steps: int, paged: bool, step=None) -> float:
+    """ms per decode step of `rows` rows at `length` positions (prefill excluded), by the model's forward or `step`."""
     total = length + steps + 1
     if paged:
         per_row = -(-total // BLOCK)
@@ -40,11 +44,18 @@ def decode_ms(model: Transformer, rows: int, length: int, steps: int, paged: boo
         model(prompt, 0)
         _sync(device)
         start = time.perf_counter()
-        for step in range(steps):
-            positions = torch.full((rows,), length + step, device=device)
-            model(tokens, positions, kv_len=length + step + 1, last_only=True)
+        for i in range(steps):
+            positions = torch.full((rows,), length + i, device=device)
+            if step is None:
+                model(tokens, positions, kv_len=length + i + 1, last_only=True)
+            else:
+                step(tokens, positions, length + i + 1)
         _sync(device)
     return (time.perf_counter() - start) / steps * 1000
+
+
+def device_type(device: str) -> str:
+    return torch.device(device).type
 
 
 def _sync(device: torch.device) -> None:
@@ -63,18 +74,27 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     model_args = ModelArgs.from_preset(args.preset, max_seq_len=max(args.lengths) + args.steps + 1)
-    model = load_model(model_args, random_init=True, seed=0, device=args.device, threads=args.threads).model
+    loaded = load_model(model_args, random_init=True, seed=0, device=args.device, threads=args.threads)
+    model = loaded.model
+    native = loaded.decode_step() if device_type(args.device) == "cpu" else None
+    native = native if isinstance(native, NativeStep) else None  # the C step where it covers the model
     device, dtype = model.device, model.dtype
     print(f"{args.preset} on {device} ({dtype}), {torch.get_num_threads()} threads, {args.steps} decode steps, "
           f"best of {args.rounds}")
-    print(f"{'rows':>5} {'length':>7} {'fixed ms/step':>14} {'paged ms/step':>14} {'paged/fixed':>12}")
+    header = f"{'rows':>5} {'length':>7} {'fixed ms/step':>14} {'paged ms/step':>14} {'paged/fixed':>12}"
+    print(header + (f" {'C fixed ms':>11} {'C paged ms':>11} {'C paged/fixed':>14} {'C paged/fixed fwd':>18}"
+                    if native else ""))
+    variants = [(False, None), (True, None)] + ([(False, native), (True, native)] if native else [])
     for rows in args.rows:
         for length in args.lengths:
-            best = {False: float("inf"), True: float("inf")}
+            best = [float("inf")] * len(variants)
             for _ in range(args.rounds):
-                for paged in (False, True):
-                    best[paged] = min(best[paged], decode_ms(model, rows, length, args.steps, paged))
-            print(f"{rows:>5} {length:>7} {best[False]:>14.2f} {best[True]:>14.2f} {best[True] / best[False]:>11.2f}x")
+                for i, (paged, step) in enumerate(variants):
+                    best[i] = min(best[i], decode_ms(model, rows, length, args.steps, paged, step))
+            line = f"{rows:>5} {length:>7} {best[0]:>14.2f} {best[1]:>14.2f} {best[1] / best[0]:>11.2f}x"
+            if native:
+                line += f" {best[2]:>11.2f} {best[3]:>11.2f} {best[3] / best[2]:>13.2f}x {best[3] / best[0]:>17.2f}x"
+            print(line)
 
 
 if __name__ == "__main__":
