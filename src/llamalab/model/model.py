@@ -320,7 +320,9 @@ class Transformer(nn.Module):
         h = self.hidden(tokens, where)  # (bsz, seqlen, dim)
         if targets is not None:
             return self._cross_entropy(h, targets)
-        return self.output(h[:, -1:] if last_only else h).float()
+        if last_only and h.shape[1] > 1:  # plain strides: a (bsz, 1, dim) view strided (seqlen * dim, dim, 1) takes
+            h = h[:, -1:].clone(memory_format=torch.contiguous_format)  # CPU bf16 linear to a bmm copying the weight
+        return self.output(h).float()
 
     def forward_packed(self, parts: list[tuple[torch.Tensor, int | torch.Tensor, int, int | None]]) -> torch.Tensor:
         """Several cache writes in one forward pass: parts (tokens (b, s), start_pos, first_row, kv_len), each placed
