@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from llamalab.checkpoint import find_tokenizer, load, resolve_model
-from llamalab.checkpoint.mapped import release_pages
+from llamalab.checkpoint.mapped import release_pages, trim_heap
 from llamalab.checkpoint.parts import read_args, read_parts
 from llamalab.checkpoint.peft import apply_adapters
 from llamalab.config import PRESETS, ModelArgs
@@ -119,8 +119,10 @@ def load_model(
         if lora:
             apply_adapters(model, lora)
         prepare_for_inference(model, quantize, compile, group_size)
-    return LoadedModel(model, _tokenizer(tokenizer, None if random_init else source), seed, compile, tp,
-                       compile_backend, compile_mode, compile_cache if compile else None)
+    loaded = LoadedModel(model, _tokenizer(tokenizer, None if random_init else source), seed, compile, tp,
+                         compile_backend, compile_mode, compile_cache if compile else None)
+    trim_heap()  # what reading the checkpoint and the tokenizer freed leaves the process's RSS
+    return loaded
 
 
 def prepare_for_inference(model: Transformer, quantize: str | None = None, compile: bool = False,
