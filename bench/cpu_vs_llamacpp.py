@@ -45,23 +45,28 @@ start = float(sys.argv[1])
 from llamalab import load_model
 from llamalab.generate.decode import Generation
 from llamalab.generate.sampling import SamplingParams
+imported = RSS()
 loaded = load_model(sys.argv[2], threads=int(sys.argv[3]))
 ids = loaded.tokenizer.encode("The capital of France is")
 next(iter(Generation(loaded.model, [ids], 8, SamplingParams(temperature=0))))
-print(time.time() - start, PEAK())
+print(time.time() - start, PEAK(), imported)
 """
 START_LLAMACPP = """
 import sys, time
 start = float(sys.argv[1])
 from llama_cpp import Llama
+imported = RSS()
 llm = Llama(sys.argv[2], n_threads=int(sys.argv[3]), n_ctx=512, verbose=False)
 llm.eval(llm.tokenize(b"The capital of France is"))
-print(time.time() - start, PEAK())
+print(time.time() - start, PEAK(), imported)
 """
-# the child's own peak RSS (ru_maxrss would also count the pages of this parent held between fork and exec)
+# the child's own peak RSS (ru_maxrss would also count the pages of this parent held between fork and exec), and its
+# RSS now (after the imports)
 PEAK = """
-def PEAK():
-    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+def PEAK(field="VmHWM:"):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field))
+def RSS():
+    return PEAK("VmRSS:")
 """
 CLI = ["generate", "{path}", "--prompt", "The capital of France is", "--max-new-tokens", "8", "--temperature", "0"]
 
@@ -73,11 +78,12 @@ def smollm2_path() -> str:
     return str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def start_up(script: str, path: str, threads: int) -> tuple[float, float]:
-    """(seconds from process start to the first generated token, peak RSS bytes) of a fresh process."""
+def start_up(script: str, path: str, threads: int) -> tuple[float, float, float]:
+    """(seconds from process start to the first generated token, peak RSS bytes, RSS bytes after the imports) of a
+    fresh process."""
     out = subprocess.run([sys.executable, "-c", PEAK + script, repr(time.time()), path, str(threads)], check=True,
                          capture_output=True, text=True).stdout.split()
-    return float(out[-2]), float(out[-1])
+    return float(out[-3]), float(out[-2]), float(out[-1])
 
 
 def cli_start(path: str, threads: int) -> float:
@@ -142,9 +148,11 @@ def smollm2(args) -> None:
     have_llamacpp = importlib.util.find_spec("llama_cpp") is not None
     starts = {"llamalab": [START_LLAMALAB]} | ({"llama.cpp": [START_LLAMACPP]} if have_llamacpp else {})
     for name, (script,) in starts.items():
-        seconds, rss = min(start_up(script, path, args.threads) for _ in range(args.rounds))
+        seconds, rss, imported = min(start_up(script, path, args.threads) for _ in range(args.rounds))
         print(f"SmolLM2 Q4_1 start  {name:<9} process start -> first token {seconds:5.2f} s, peak RSS "
-              f"{rss / 2**20:5.0f} MB ({rss / size:.2f}x the {size / 2**20:.0f} MB file)")
+              f"{rss / 2**20:5.0f} MB ({rss / size:.2f}x the {size / 2**20:.0f} MB file; "
+              f"{(rss - imported) / 2**20:.0f} MB = {(rss - imported) / size:.2f}x above the imports' "
+              f"{imported / 2**20:.0f} MB)")
     first = min(cli_start(path, args.threads) for _ in range(args.rounds))
     help_s = min(command_time("--help") for _ in range(args.rounds))
     info_s = min(command_time("info", "--preset", "stories15M") for _ in range(args.rounds))
