@@ -21,7 +21,9 @@ from llamalab.checkpoint.gguf_blocks import read_raw
 from llamalab.checkpoint.gguf_format import FROM_GGUF_KEYS
 from llamalab.checkpoint.gguf_header import read_header
 from llamalab.checkpoint.keys import rename
+from llamalab.inference import load_model
 from llamalab.quantize.blocks import BlockEmbedding, BlockLinear
+from llamalab.quantize.native import MAX_ROWS, KernelBlockLinear
 
 PROMPTS = ["<|im_start|>user\nWhat is 12 times 7?<|im_end|>\n<|im_start|>assistant\n", "def fibonacci(n):\n    ",
            "The capital of France is", "Once upon a time, in a small village,"]
@@ -120,6 +122,20 @@ def test_kept_quantized_float32_logits_match_transformers(kept, reference):
     with torch.no_grad():
         for ids, logits, _, _ in reference:
             assert relative_error(kept(ids), logits) < REL
+
+
+def test_load_model_s_c_kernels_on_the_mapped_blocks_give_transformers_logits(smollm2_gguf, reference):
+    """load_model's layers compute in C on the blocks where they lie: up to 32 rows in block_linear (each prompt
+    here), more in a float32 product with the weight dequantized by block_values (the 64-token greedy path)."""
+    model = load_model(smollm2_gguf).model
+    assert type(model.layers[0].attention.wq) is KernelBlockLinear and type(model.output) is KernelBlockLinear
+    with torch.no_grad():
+        for ids, logits, _, _ in reference:
+            assert ids.shape[1] <= MAX_ROWS
+            assert relative_error(model(ids), logits) < REL
+        _, _, greedy, full_logits = reference[0]
+        assert greedy.shape[1] - 1 > MAX_ROWS
+        assert relative_error(model(greedy[:, :-1]), full_logits[:, :-1]) < REL
 
 
 @pytest.mark.parametrize("which", ["dequantized", "kept"])
