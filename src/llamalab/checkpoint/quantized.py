@@ -17,7 +17,7 @@ from llamalab.model import Transformer
 from llamalab.quantize import Int4Linear
 from llamalab.quantize.blocks import BlockEmbedding, BlockLinear
 
-INT4_KERNEL_DTYPES = (torch.bfloat16, torch.float16)  # activations PyTorch's int4 kernels take; float32: exact path
+INT4_KERNEL_DTYPES = (torch.bfloat16, torch.float16)  # activations PyTorch's int4 kernels take (Q4 re-laid out)
 
 
 @dataclass
