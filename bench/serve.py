@@ -10,8 +10,9 @@ written here, beside a SentencePiece tokenizer trained here (400 pieces). Both s
 only waits). Prompts are token ids, every request streams exactly its max_tokens (`ignore_eos`; `logprobs: 0` so
 that every token is one server-sent event) and the times are taken here, on the client side, per event: TTFT from
 sending the request to its first token, ITL between two tokens of one stream. The throughput scenario runs
-`--rounds` times per engine, alternating the engines, and each engine's best round counts (on a shared machine
-other processes only ever slow a round down); the median of the rounds' paired ratios is reported beside it.
+`--rounds` times per engine, alternating the engines: the target reads the median of the rounds' ratios (each
+round's two runs follow each other, so a busy spell on a shared machine slows both alike); the figures printed are
+each engine's best round (other processes only ever slow a round down).
 Targets (issue 16): with the shared system prompt TTFT >= 3x better than the peer's; p99 ITL of streaming clients
 while the long prompt arrives <= 2x their idle p99; throughput at 32 clients no lower than the peer's.
 """
@@ -287,11 +288,11 @@ def targets(results: dict) -> dict:
         most = max(r["clients"] for r in paged["throughput"])
         rate = {name: next(r for r in results[name]["throughput"] if r["clients"] == most)
                 for name in ("paged", "fixed-slot")}
-        ratio = rate["paged"]["tokens_per_s"] / rate["fixed-slot"]["tokens_per_s"]
-        paired = statistics.median(a / b for a, b in zip(rate["paged"]["rounds_tokens_per_s"],
-                                                           rate["fixed-slot"]["rounds_tokens_per_s"]))
-        out[f"throughput at {most} clients, paged / peer (best round)"] = {
-            "value": ratio, "median_of_rounds": paired, "target": ">= 1", "met": ratio >= 1}
+        best = rate["paged"]["tokens_per_s"] / rate["fixed-slot"]["tokens_per_s"]
+        ratio = statistics.median(a / b for a, b in zip(rate["paged"]["rounds_tokens_per_s"],
+                                                          rate["fixed-slot"]["rounds_tokens_per_s"]))
+        out[f"throughput at {most} clients, paged / peer (median of the rounds)"] = {
+            "value": ratio, "best_rounds": best, "target": ">= 1", "met": ratio >= 1}
     return out
 
 
@@ -320,7 +321,7 @@ def print_report(report: dict) -> None:
     print()
     for name, t in report["targets"].items():
         p99 = f" (p99 {t['p99']:.2f}x)" if "p99" in t else ""
-        p99 += f" (median of the rounds' ratios {t['median_of_rounds']:.2f}x)" if "median_of_rounds" in t else ""
+        p99 += f" (best round of each: {t['best_rounds']:.2f}x)" if "best_rounds" in t else ""
         print(f"target {name}: {t['value']:.2f}x{p99} (target {t['target']}x): {'met' if t['met'] else 'MISSED'}")
 
 
@@ -351,7 +352,7 @@ def parse_args(argv=None):
     p.add_argument("--paged-args", default="", help="more serve flags of the paged engine")
     p.add_argument("--fixed-args", default="", help="more serve flags of the fixed-slot engine")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="throughput: concurrency levels")
-    p.add_argument("--rounds", type=int, default=3, help="throughput: rounds per engine, alternating (best counts)")
+    p.add_argument("--rounds", type=int, default=5, help="throughput: rounds per engine, alternating")
     p.add_argument("--requests-per-client", type=int, default=2)
     p.add_argument("--min-requests", type=int, default=8, help="requests at least, per level")
     p.add_argument("--max-tokens", type=int, default=64, help="throughput: tokens per answer")

@@ -40,9 +40,9 @@ def add_parser(subparsers):
                    help="share the KV blocks of identical prompt prefixes (a system prompt) across requests "
                         "(default: on with the paged cache)")
     p.add_argument("--prefill-chunk", type=arguments.non_negative_int,
-                   help="prompt tokens each step prefills beside the decoding requests, in the same forward pass "
-                        "(default 512 on a GPU, 32 on CPU; 0: each prompt whole when admitted, which stalls "
-                        "streaming clients while a long one is read)")
+                   help="prompt tokens each step prefills beside the decoding requests, in the same forward pass, "
+                        "or 2 per decoding request when that is more (default 512 on a GPU, 32 on CPU; 0: each "
+                        "prompt whole when admitted, which stalls streaming clients while a long one is read)")
     p.add_argument("--max-waiting", type=arguments.non_negative_int, default=256,
                    help="requests allowed to wait for a slot; more get 429")
     p.add_argument("--max-body-mb", type=arguments.positive_float, default=4.0,

@@ -53,7 +53,8 @@ def create_server(loaded: LoadedModel, name: str, *, slots: int = 32, max_seq_le
     of `kv_cache_memory` bytes (below 1: that fraction of the device's free memory; None: `serving_plan`'s
     default), with prefix caching unless `prefix_caching` is False. "fixed": every slot preallocated to
     max_seq_len positions (the engine before paging; the only one with tensor parallelism).
-    `prefill_chunk`: prompt tokens each step prefills beside the decoding requests, in their forward pass ("auto":
+    `prefill_chunk`: prompt tokens each step prefills beside the decoding requests, in their forward pass (or
+    generate.engine.PROMPT_TOKENS_PER_ROW per decoding request when that is more; "auto":
     DEFAULT_PREFILL_CHUNK of the device; None: each prompt whole when admitted).
 
     For a model split over tp > 1 ranks: rank 0 gets the server, and every other rank repeats rank 0's model

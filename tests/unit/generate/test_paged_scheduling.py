@@ -9,7 +9,7 @@ from generate_models import peaked_model
 from test_paged_cache import run_requests
 
 from llamalab.generate.decode import Completion, Generation, generate
-from llamalab.generate.engine import Engine
+from llamalab.generate.engine import PROMPT_TOKENS_PER_ROW, Engine
 from llamalab.generate.sampling import SamplingParams
 from llamalab.quantize.native import kernels
 from llamalab.quantize.native_decode import native_step
@@ -141,3 +141,28 @@ def test_a_prompt_opening_like_one_being_prefilled_waits_to_share_its_blocks(mod
         run_requests(engine, rows[2:])
     assert [r.tokens for r in rows] == expected
     assert cache.prefix_hits == 3 * 3  # the three later requests attached all 3 system blocks
+
+
+def test_beside_many_decoding_rows_a_step_prefills_more_prompt_tokens(model):
+    """A step's prompt tokens: prefill_chunk beside a few decoding rows, PROMPT_TOKENS_PER_ROW per decoding row beside
+    many (a burst of new requests is read in fewer steps); the tokens are still those of the request alone."""
+    long = [(7 * i) % 90 + 3 for i in range(80)]
+    greedy = SamplingParams(temperature=0)
+    expected = generate(model, [long], 6, sampling=greedy)[0].tokens
+    model.setup_paged_cache(num_blocks=200, block_size=8, batch_size=21, max_seq_len=96)
+    engine = Engine(model, 21, 96, prefill_chunk=8)
+    rows = [Completion([2 + i, 40 + i], 40, greedy) for i in range(20)]
+    with torch.inference_mode():
+        for row in rows:
+            engine.admit([row])
+        engine.step()  # every short prompt is in: 20 rows decode
+        late = Completion(long, 6, greedy)
+        engine.admit([late])
+        parts = []
+        packed = engine.calls.packed
+        engine.calls.packed = lambda p: parts.append([tuple(t.shape) for t, *_ in p]) or packed(p)
+        while not late.done:
+            engine.step()
+    assert PROMPT_TOKENS_PER_ROW * 20 > 8
+    assert parts[0][-1] == (1, PROMPT_TOKENS_PER_ROW * 20 + 1)  # its chunk and its next token, after the 20 rows
+    assert late.tokens == expected
