@@ -97,14 +97,18 @@ def write_model(args, folder: Path) -> Path:
     return checkpoint.save(model, folder / "model")
 
 
-def start_server(args, engine_args: list[str], model: Path, tokenizer: Path, port: int) -> subprocess.Popen:
+def start_server(args, engine_args: list[str], model: Path, tokenizer: Path, port: int, eager: bool = False
+                 ) -> subprocess.Popen:
+    """A server process; `eager`: without llamalab's C kernels (LLAMALAB_NO_KERNELS), so that it decodes through the
+    model's forward as every engine did before the C decode step."""
     command = [sys.executable, "-m", "llamalab", "serve", str(model),
                "--tokenizer", str(tokenizer), "--port", str(port), "--slots", str(args.slots),
                "--max-seq-len", str(args.max_seq_len), "--served-model-name", "bench", "--seed", "0", *engine_args]
     for flag in ("device", "dtype", "threads"):
         if getattr(args, flag):
             command += [f"--{flag}", str(getattr(args, flag))]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "LLAMALAB_NO_KERNELS": "1"} if eager else None
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300
     while True:
         try:
@@ -366,6 +370,9 @@ def parse_args(argv=None):
     p.add_argument("--long-prompt", type=int, default=4000, help="tokens of the long prompt")
     p.add_argument("--long-tokens", type=int, default=16, help="tokens the long prompt's answer generates")
     p.add_argument("--vocab", type=int, default=400, help="the trained tokenizer's vocabulary")
+    p.add_argument("--eager", action="store_true", help="both engines decode through the model's forward (no C step)")
+    p.add_argument("--eager-peer", action="store_true",
+                   help="the peer decodes through the model's forward: the fixed-slot engine before the C step")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     return p.parse_args(argv)
 
@@ -381,7 +388,8 @@ def main(argv=None) -> None:
         try:
             for name in args.engines:  # all started at once: an idle server only waits
                 port = free_port()
-                servers[name] = start_server(args, engines(args)[name], model, tokenizer, port)
+                eager = args.eager or (args.eager_peer and name == "fixed-slot")
+                servers[name] = start_server(args, engines(args)[name], model, tokenizer, port, eager)
                 urls[name] = f"http://127.0.0.1:{port}"
             for name in args.engines:
                 results[name] = asyncio.run(run_scenarios(urls[name], args))
@@ -395,7 +403,9 @@ def main(argv=None) -> None:
         finally:
             logs = {name: stop_server(server) for name, server in servers.items()}
         for name in results:
-            results[name]["command"] = "llamalab serve " + shlex.join(engines(args)[name])
+            eager = args.eager or (args.eager_peer and name == "fixed-slot")
+            results[name]["command"] = ("LLAMALAB_NO_KERNELS=1 " if eager else "") + "llamalab serve " + shlex.join(
+                engines(args)[name])
             results[name]["startup"] = next((line for line in logs[name].splitlines() if "llamalab serve:" in line),
                                             "")
     report = {"preset": args.preset, "max_seq_len": args.max_seq_len, "slots": args.slots, "cpus": os.cpu_count(),
