@@ -94,6 +94,12 @@ def test_draws_follow_the_distribution():
     assert torch.all((freq - probs).abs() < 4 * (probs * (1 - probs) / n).sqrt())
 
 
+def test_tokens_of_probability_zero_are_never_drawn():
+    probs = torch.tensor([[0.0, 0.6, 0.0, 0.4, 0.0, 0.0]]).expand(20000, 6)  # zeros first, between and last
+    tokens = draw(probs, make_generator(1))
+    assert set(tokens.tolist()) == {1, 3}
+
+
 def test_temperature_sharpens_the_distribution():
     logits = torch.tensor([[2.0, 1.0, 0.0]]).expand(8000, 3)
     cold = sample(logits, SamplingParams(temperature=0.5), make_generator(0))
