@@ -6,7 +6,7 @@
 
 #include <stdint.h>
 #include <string.h>
-#ifdef __F16C__
+#if defined(__F16C__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -35,6 +35,9 @@ typedef float f32x4 __attribute__((vector_size(16)));
 /* the sum of the 16 lanes, halving the vector each time (4 dependent adds, not 15) */
 static inline float sum_lanes(f32x16 v)
 {
+#ifdef __AVX512F__
+    return _mm512_reduce_add_ps((__m512)v); /* the same halving, kept in registers */
+#else
     f32x8 lo8, hi8;
     memcpy(&lo8, &v, sizeof lo8);
     memcpy(&hi8, (const char *)&v + sizeof lo8, sizeof hi8);
@@ -44,6 +47,7 @@ static inline float sum_lanes(f32x16 v)
     memcpy(&hi4, (const char *)&s8 + sizeof lo4, sizeof hi4);
     f32x4 s4 = lo4 + hi4;
     return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+#endif
 }
 
 /* w · x over n float32 values (two accumulators in flight) */
@@ -97,10 +101,25 @@ static inline void block_sums(const float *x, int64_t in, float *xsum)
 /* one Q4 block's codes times its BLOCK inputs, unscaled: byte j holds input j (low nibble) and j + 16 (high) */
 static inline f32x16 q4_codes(const uint8_t *nibbles, const float *x)
 {
+#ifdef __AVX512F__
+    /* each byte widened once to a 32-bit lane; vpermps picks lane values from a table of the 16 codes as floats by
+       the low 4 bits of each index only, so the byte itself looks up its low nibble and the byte >> 4 its high one
+       (no masking, no int -> float conversion) */
+    const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)nibbles));
+    const __m512 low = _mm512_permutexvar_ps(bytes, codes);
+    const __m512 high = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), codes);
+    return (f32x16)_mm512_fmadd_ps(high, _mm512_loadu_ps(x + BLOCK / 2), _mm512_mul_ps(low, _mm512_loadu_ps(x)));
+#else
     u8x16 b;
     memcpy(&b, nibbles, sizeof b);
     return TO_F32(b & 15) * load_f32(x) + TO_F32(b >> 4) * load_f32(x + BLOCK / 2);
+#endif
 }
+
+/* bytes ahead of the blocks being read that q4_dot asks the cache for: the hardware prefetcher stops at each 4 KiB
+   page, and the layers of a mapped GGUF file lie on 4 KiB pages (SmolLM2 Q4_1, 2 threads: ~5% faster per token) */
+#define Q4_PREFETCH 1024
 
 /* one row of W · x for a row of Q4_0 (has_min 0: value d·(q - 8)) or Q4_1 (has_min 1: d·q + m) blocks: each block adds
    d · Σ q·x plus its offset (m, or -8d) times Σ x (xsum from block_sums). Two blocks at a time in independent sums. */
@@ -112,6 +131,7 @@ static inline float q4_dot(const uint8_t *row, int has_min, const float *x, cons
     int64_t k = 0;
     for (; k + 2 <= n_blocks; k += 2) {
         const uint8_t *b0 = row + k * size, *b1 = b0 + size;
+        __builtin_prefetch(b0 + Q4_PREFETCH);
         const float d0 = f16_at(b0), d1 = f16_at(b1);
         lanes0 += d0 * q4_codes(b0 + codes, x + k * BLOCK);
         lanes1 += d1 * q4_codes(b1 + codes, x + (k + 1) * BLOCK);
@@ -127,14 +147,20 @@ static inline float q4_dot(const uint8_t *row, int has_min, const float *x, cons
     return (total0 + total1) + sum_lanes(lanes0 + lanes1);
 }
 
-/* one Q8_0 block's 32 int8 codes times its inputs, unscaled (code + 128 = byte ^ 0x80: GCC 12 vectorises unsigned
-   bytes) */
+/* one Q8_0 block's 32 int8 codes times its inputs, unscaled (AVX-512: sign-extended to 32-bit lanes; else
+   code + 128 = byte ^ 0x80: GCC 12 vectorises unsigned bytes) */
 static inline f32x16 q8_codes(const uint8_t *codes, const float *x)
 {
+#ifdef __AVX512F__
+    const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)codes)));
+    const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(codes + 16))));
+    return (f32x16)_mm512_fmadd_ps(q1, _mm512_loadu_ps(x + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(x)));
+#else
     u8x16 q0, q1;
     memcpy(&q0, codes, sizeof q0);
     memcpy(&q1, codes + 16, sizeof q1);
     return (TO_F32(q0 ^ 0x80) - 128.f) * load_f32(x) + (TO_F32(q1 ^ 0x80) - 128.f) * load_f32(x + 16);
+#endif
 }
 
 /* one row of W · x for a row of Q8_0 blocks (value d·q); two blocks at a time */
