@@ -10,7 +10,8 @@ one, so that no code outside `model/` touches the cache tensors. Two layouts sit
   memory follows the positions reserved (vLLM's PagedAttention layout). Attention gathers the rows' blocks
   (one `index_select` per layer into (n_kv_heads, bsz, kv_len, head_dim), whose (kv_len, head_dim) planes SDPA
   reads without another copy) and runs the same SDPA on them: one extra copy of the positions read per layer and
-  step, the price of not writing an attention kernel of our own (bench/paged_attention.py measures it).
+  step (bench/paged_attention.py measures it). The C decode step (quantize/cpu_decode.c) reads the blocks in place
+  instead, through `block_layout()`.
 """
 from __future__ import annotations
 
