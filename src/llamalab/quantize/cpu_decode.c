@@ -43,11 +43,6 @@ typedef struct {
     const Layer *layers;
 } Model;
 
-/* an input row as the products read it: x itself and its sum over each block (for Q4 blocks) */
-typedef struct {
-    const float *x, *xsum;
-} Input;
-
 /* rows handed out at a time: two chunks a thread, so that a thread the OS preempts holds back half its share of a
    product at most, while claims stay few (each claim moves a shared counter between the cores: 8 chunks a thread
    cost SmolLM2 Q4_1 ~5% of a token at 2 threads) */
@@ -57,10 +52,15 @@ static inline int64_t chunk_of(int64_t rows)
     return chunk > 4 ? chunk : 4;
 }
 
-static inline float dot(const Linear *l, int64_t r, Input in)
+/* out[j] = row r of l · in[j].x for j < n <= MANY (Input: cpu_rows.h) */
+static inline void dots(const Linear *l, int64_t r, const Input *in, int n, float *out)
 {
-    return row_dot(l->kind, l->weight, l->in, r, in.x, in.xsum);
+    row_dots(l->kind, l->weight, l->in, r, in, n, out);
 }
+
+/* the inputs of a product taken MANY at a time: i0 the first, n how many */
+#define EACH_FEW(i0, n, m) \
+    for (int64_t i0 = 0, n = (m) < MANY ? (m) : MANY; i0 < (m); i0 += MANY, n = (m) - i0 < MANY ? (m) - i0 : MANY)
 
 /* this thread's view of m input rows (m, n): x as it is, and its block sums in xsum */
 static void prepare(const float *x, int64_t m, int64_t n, float *xsum, Input *inputs)
@@ -105,21 +105,28 @@ static void qkv(const Model *mo, const Layer *l, const Input *in, int64_t m, con
         const Linear *w = r < qd ? &l->wq : r < qd + kvd ? &l->wk : &l->wv;
         r -= r < qd ? 0 : r < qd + kvd ? qd : qd + kvd;
         const int64_t head = r / hd, d = r % hd;
-        for (int64_t i = 0; i < m; i++) {
-            float a = dot(w, r, in[i]), b = dot(w, r + 1, in[i]);
-            if (w != &l->wv) {
-                const float c = mo->rope_cos[positions[i] * half + d / 2], s = mo->rope_sin[positions[i] * half + d / 2];
-                const float ra = a * c - b * s, rb = a * s + b * c;
-                a = ra;
-                b = rb;
-            }
-            if (w == &l->wq) {
-                q[i * qd + r] = a;
-                q[i * qd + r + 1] = b;
-            } else {
-                float *at = cached(mo, w == &l->wk ? l->k : l->v, tables + i * width, head, positions[i]) + d;
-                at[0] = a;
-                at[1] = b;
+        EACH_FEW(i0, n, m) {
+            float as[MANY], bs[MANY];
+            dots(w, r, in + i0, n, as);
+            dots(w, r + 1, in + i0, n, bs);
+            for (int64_t j = 0; j < n; j++) {
+                const int64_t i = i0 + j;
+                float a = as[j], b = bs[j];
+                if (w != &l->wv) {
+                    const int64_t angle = positions[i] * half + d / 2;
+                    const float c = mo->rope_cos[angle], s = mo->rope_sin[angle];
+                    const float ra = a * c - b * s, rb = a * s + b * c;
+                    a = ra;
+                    b = rb;
+                }
+                if (w == &l->wq) {
+                    q[i * qd + r] = a;
+                    q[i * qd + r + 1] = b;
+                } else {
+                    float *at = cached(mo, w == &l->wk ? l->k : l->v, tables + i * width, head, positions[i]) + d;
+                    at[0] = a;
+                    at[1] = b;
+                }
             }
         }
     }
@@ -168,8 +175,12 @@ static void product(const Linear *l, const Input *in, int64_t m, float *y, int a
     const int64_t out = l->out;
 #pragma omp for schedule(dynamic, chunk_of(out))
     for (int64_t r = 0; r < out; r++)
-        for (int64_t i = 0; i < m; i++)
-            y[i * out + r] = (add ? y[i * out + r] : 0.f) + dot(l, r, in[i]);
+        EACH_FEW(i0, n, m) {
+            float v[MANY];
+            dots(l, r, in + i0, n, v);
+            for (int64_t j = 0; j < n; j++)
+                y[(i0 + j) * out + r] = (add ? y[(i0 + j) * out + r] : 0.f) + v[j];
+        }
 }
 
 /* h (m, hidden) = silu(w1 · in) * (w3 · in) */
@@ -178,9 +189,12 @@ static void gate_up(const Layer *l, const Input *in, int64_t m, float *h)
     const int64_t hidden = l->w1.out;
 #pragma omp for schedule(dynamic, chunk_of(hidden))
     for (int64_t r = 0; r < hidden; r++)
-        for (int64_t i = 0; i < m; i++) {
-            const float g = dot(&l->w1, r, in[i]), u = dot(&l->w3, r, in[i]);
-            h[i * hidden + r] = g / (1.f + expf(-g)) * u;
+        EACH_FEW(i0, n, m) {
+            float g[MANY], u[MANY];
+            dots(&l->w1, r, in + i0, n, g);
+            dots(&l->w3, r, in + i0, n, u);
+            for (int64_t j = 0; j < n; j++)
+                h[(i0 + j) * hidden + r] = g[j] / (1.f + expf(-g[j])) * u[j];
         }
 }
 

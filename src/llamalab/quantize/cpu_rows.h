@@ -98,8 +98,8 @@ static inline void block_sums(const float *x, int64_t in, float *xsum)
     }
 }
 
-/* one Q4 block's codes times its BLOCK inputs, unscaled: byte j holds input j (low nibble) and j + 16 (high) */
-static inline f32x16 q4_codes(const uint8_t *nibbles, const float *x)
+/* one Q4 block's 32 codes as floats: low = inputs 0..15 (byte j's low nibble), high = inputs 16..31 (its high one) */
+static inline void q4_unpack(const uint8_t *nibbles, f32x16 *low, f32x16 *high)
 {
 #ifdef __AVX512F__
     /* each byte widened once to a 32-bit lane; vpermps picks lane values from a table of the 16 codes as floats by
@@ -107,14 +107,22 @@ static inline f32x16 q4_codes(const uint8_t *nibbles, const float *x)
        (no masking, no int -> float conversion) */
     const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)nibbles));
-    const __m512 low = _mm512_permutexvar_ps(bytes, codes);
-    const __m512 high = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), codes);
-    return (f32x16)_mm512_fmadd_ps(high, _mm512_loadu_ps(x + BLOCK / 2), _mm512_mul_ps(low, _mm512_loadu_ps(x)));
+    *low = (f32x16)_mm512_permutexvar_ps(bytes, codes);
+    *high = (f32x16)_mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), codes);
 #else
     u8x16 b;
     memcpy(&b, nibbles, sizeof b);
-    return TO_F32(b & 15) * load_f32(x) + TO_F32(b >> 4) * load_f32(x + BLOCK / 2);
+    *low = TO_F32(b & 15);
+    *high = TO_F32(b >> 4);
 #endif
+}
+
+/* one Q4 block's codes times its BLOCK inputs, unscaled */
+static inline f32x16 q4_codes(const uint8_t *nibbles, const float *x)
+{
+    f32x16 low, high;
+    q4_unpack(nibbles, &low, &high);
+    return low * load_f32(x) + high * load_f32(x + BLOCK / 2);
 }
 
 /* bytes ahead of the blocks being read that q4_dot asks the cache for: the hardware prefetcher stops at each 4 KiB
@@ -164,20 +172,28 @@ static inline float q4_dot(const uint8_t *row, int has_min, const float *x, cons
     return (has_min ? sums[1] : -8.f * sums[0]) + sum_lanes(lanes0 + lanes1);
 }
 
-/* one Q8_0 block's 32 int8 codes times its inputs, unscaled (AVX-512: sign-extended to 32-bit lanes; else
-   code + 128 = byte ^ 0x80: GCC 12 vectorises unsigned bytes) */
-static inline f32x16 q8_codes(const uint8_t *codes, const float *x)
+/* one Q8_0 block's 32 int8 codes as floats (AVX-512: sign-extended to 32-bit lanes; else code + 128 = byte ^ 0x80:
+   GCC 12 vectorises unsigned bytes) */
+static inline void q8_unpack(const uint8_t *codes, f32x16 *low, f32x16 *high)
 {
 #ifdef __AVX512F__
-    const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)codes)));
-    const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(codes + 16))));
-    return (f32x16)_mm512_fmadd_ps(q1, _mm512_loadu_ps(x + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(x)));
+    *low = (f32x16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)codes)));
+    *high = (f32x16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(codes + 16))));
 #else
     u8x16 q0, q1;
     memcpy(&q0, codes, sizeof q0);
     memcpy(&q1, codes + 16, sizeof q1);
-    return (TO_F32(q0 ^ 0x80) - 128.f) * load_f32(x) + (TO_F32(q1 ^ 0x80) - 128.f) * load_f32(x + 16);
+    *low = TO_F32(q0 ^ 0x80) - 128.f;
+    *high = TO_F32(q1 ^ 0x80) - 128.f;
 #endif
+}
+
+/* one Q8_0 block's codes times its inputs, unscaled */
+static inline f32x16 q8_codes(const uint8_t *codes, const float *x)
+{
+    f32x16 low, high;
+    q8_unpack(codes, &low, &high);
+    return low * load_f32(x) + high * load_f32(x + 16);
 }
 
 /* one row of W · x for a row of Q8_0 blocks (value d·q); two blocks at a time */
@@ -194,6 +210,44 @@ static inline float q8_dot(const uint8_t *row, const float *x, int64_t n_blocks)
     return sum_lanes(lanes0 + lanes1);
 }
 
+/* an input row as the products read it: x itself and its sum over each block (block_sums, for Q4 blocks) */
+typedef struct {
+    const float *x, *xsum;
+} Input;
+
+#define MANY 4 /* inputs one pass over a row of blocks serves */
+
+/* row `row` of Q4 / Q8_0 blocks times n <= MANY inputs: each block's codes are unpacked once for all of them, each
+   input summed in its own lanes as q4_dot / q8_dot do (n a constant where it is inlined: the lanes stay in registers) */
+static inline void blocks_many(const uint8_t *row, int64_t kind, const Input *in, int n, int64_t n_blocks, float *out)
+{
+    const int has_min = kind == Q4_1, size = (int)block_bytes(kind), codes = kind == Q8_0 ? 2 : has_min ? 4 : 2;
+    f32x16 lanes[MANY] = {{0}};
+    f32x4 sums[MANY] = {{0}};
+    for (int64_t k = 0; k < n_blocks; k++) {
+        const uint8_t *b = row + k * size;
+        if (kind != Q8_0)
+            __builtin_prefetch(b + Q4_PREFETCH);
+        f32x16 low, high;
+        f32x4 dm;
+        if (kind == Q8_0) {
+            dm = (f32x4){f16_at(b), 0.f, 0.f, 0.f};
+            q8_unpack(b + codes, &low, &high);
+        } else {
+            dm = scale_offset(b, has_min);
+            q4_unpack(b + codes, &low, &high);
+        }
+        for (int i = 0; i < n; i++) {
+            const float *x = in[i].x + k * BLOCK;
+            lanes[i] += dm[0] * (low * load_f32(x) + high * load_f32(x + BLOCK / 2));
+            if (kind != Q8_0)
+                sums[i] += dm * in[i].xsum[k];
+        }
+    }
+    for (int i = 0; i < n; i++)
+        out[i] = (kind == Q8_0 ? 0.f : has_min ? sums[i][1] : -8.f * sums[i][0]) + sum_lanes(lanes[i]);
+}
+
 /* row r of W · x for W held as float32 (out, in) or as rows of `kind` blocks (xsum: block_sums of x, for Q4) */
 static inline float row_dot(int64_t kind, const void *weight, int64_t in, int64_t r, const float *x, const float *xsum)
 {
@@ -207,6 +261,24 @@ static inline float row_dot(int64_t kind, const void *weight, int64_t in, int64_
         return q8_dot(row, x, in / BLOCK);
     default:
         return f32_dot((const float *)weight + r * in, x, in);
+    }
+}
+
+/* row r of W times each of n <= MANY inputs (out[i] = row · in[i].x): one input alone, or float32 rows, one at a
+   time; blocks for several inputs in one pass (the codes unpacked once for all of them) */
+static inline void row_dots(int64_t kind, const void *weight, int64_t in, int64_t r, const Input *inputs, int n,
+                            float *out)
+{
+    const uint8_t *row = (const uint8_t *)weight + r * (in / BLOCK) * block_bytes(kind);
+    if (kind == F32 || n == 1) {
+        for (int i = 0; i < n; i++)
+            out[i] = row_dot(kind, weight, in, r, inputs[i].x, inputs[i].xsum);
+    } else if (n == 2) { /* a constant count each, so that the lanes stay in registers */
+        blocks_many(row, kind, inputs, 2, in / BLOCK, out);
+    } else if (n == 3) {
+        blocks_many(row, kind, inputs, 3, in / BLOCK, out);
+    } else {
+        blocks_many(row, kind, inputs, MANY, in / BLOCK, out);
     }
 }
 

@@ -113,6 +113,18 @@ def test_gguf_blocks_step_decodes_like_the_float_model_of_the_same_weights():
     assert_same_decoding(model, twin, PROMPTS)
 
 
+def test_gguf_blocks_step_of_many_rows_decodes_like_the_float_model():
+    """Rows 4 at a time through one pass over each row of blocks (cpu_rows.h blocks_many), then 1, 2 or 3: 4 + 2
+    and 4 + 4 + 1 rows at their own positions."""
+    model = tiny_model(4, dim=64)
+    model.args.tie_embeddings = False
+    model.output.weight = nn.Parameter(model.output.weight.detach().clone(), requires_grad=False)
+    twin = quantized_twin(model)
+    prompts = [[3 + i, 1 + 2 * i][: 1 + i % 2] + [7] * (i % 3) for i in range(9)]
+    assert_same_decoding(model, twin, prompts[:6], steps=12)
+    assert_same_decoding(model, twin, prompts, steps=12)
+
+
 def test_more_rows_than_one_call_takes_decode_like_the_model():
     model = tiny_model(3)
     rows = [[1, 2, 3 + i % 5] for i in range(native.MAX_ROWS + 3)]  # two C calls per step: 32 rows, then 3
