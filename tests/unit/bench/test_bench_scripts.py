@@ -1,6 +1,7 @@
 """The GPU benchmarks of issue 10 run end to end on a CPU (the tiny debug shape) and report what the issue asks
 for, with MFU and bandwidth figures that follow from the model's own parameter shapes."""
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -146,9 +147,12 @@ def test_serve_bench_runs_every_scenario_on_both_engines_and_checks_the_targets(
     assert itl["value"] == pytest.approx(paged["long-prompt"]["loaded"]["itl_p99_ms"] /
                                          paged["long-prompt"]["idle"]["itl_p99_ms"])
     assert itl["met"] == (itl["value"] <= 2)
-    rate = targets["throughput at 3 clients, paged / peer"]
+    rate = targets["throughput at 3 clients, paged / peer (median of the rounds)"]
+    rounds = [result["throughput"][1]["rounds_tokens_per_s"] for result in (paged, fixed)]
+    assert rate["value"] == pytest.approx(statistics.median(a / b for a, b in zip(*rounds)))
+    assert rate["met"] == (rate["value"] >= 1)
     rates = [result["throughput"][1]["tokens_per_s"] for result in (paged, fixed)]
-    assert rate["value"] == pytest.approx(rates[0] / rates[1])
+    assert rate["best_rounds"] == pytest.approx(rates[0] / rates[1])
 
 
 def test_gpu_all_runs_every_stage_and_a_stage_out_of_time_loses_only_itself(tmp_path):
