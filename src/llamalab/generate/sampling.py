@@ -196,8 +196,10 @@ def draw(probs: torch.Tensor, generators: Generators = None) -> torch.Tensor:
     else:
         u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generators])[:, None]  # (batch, 1)
     cdf = probs.float().cumsum(dim=-1)  # (batch, vocab)
-    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # (batch, 1): first cdf above the target
-    return token.clamp_(max=probs.shape[-1] - 1)[:, 0]
+    total = cdf[:, -1:].contiguous()  # (batch, 1)
+    token = torch.searchsorted(cdf, u * total, right=True)  # (batch, 1): first cdf above the target
+    last = torch.searchsorted(cdf, total)  # the last token of positive probability (where u * total rounds up to it)
+    return torch.minimum(token, last)[:, 0]
 
 
 def probabilities(

@@ -100,6 +100,16 @@ def test_tokens_of_probability_zero_are_never_drawn():
     assert set(tokens.tolist()) == {1, 3}
 
 
+def test_the_largest_uniform_draw_still_lands_on_a_token_of_positive_probability(monkeypatch):
+    """u * total can round up to the total itself (u = 1 - 2^-24, the largest torch.rand gives): the draw is then
+    the last token of positive probability, not the vocabulary's last entry."""
+    probs = torch.tensor([[0.0, 0.3, 0.7, 0.0, 0.0], [0.2, 0.0, 0.0, 0.0, 0.8]])
+    monkeypatch.setattr(torch, "rand", lambda n, *args, **kwargs: torch.full((n, 1), 1 - 2**-24))
+    assert draw(probs).tolist() == [2, 4]
+    monkeypatch.setattr(torch, "rand", lambda n, *args, **kwargs: torch.ones(n, 1))  # past every cdf: the same
+    assert draw(probs).tolist() == [2, 4]
+
+
 def test_temperature_sharpens_the_distribution():
     logits = torch.tensor([[2.0, 1.0, 0.0]]).expand(8000, 3)
     cold = sample(logits, SamplingParams(temperature=0.5), make_generator(0))
