@@ -17,15 +17,27 @@ float32 lanes and scale it by its d: the exactly dequantized weight's product up
 int block_linear(const float *x, int64_t m, const uint8_t *blocks, int64_t kind, float *y, int64_t out, int64_t in)
 {
     float *xsum = malloc(sizeof(float) * m * (in / BLOCK)); /* the sum of x over each block */
-    if (!xsum)
+    Input *inputs = malloc(sizeof(Input) * m);
+    if (!xsum || !inputs) {
+        free(xsum);
+        free(inputs);
         return 1;
-    for (int64_t i = 0; i < m; i++)
+    }
+    for (int64_t i = 0; i < m; i++) {
         block_sums(x + i * in, in, xsum + i * (in / BLOCK));
+        inputs[i] = (Input){x + i * in, xsum + i * (in / BLOCK)};
+    }
 #pragma omp parallel for schedule(static) if (m * out * in >= PARALLEL_WORK)
     for (int64_t r = 0; r < out; r++)
-        for (int64_t i = 0; i < m; i++)
-            y[i * out + r] = row_dot(kind, blocks, in, r, x + i * in, xsum + i * (in / BLOCK));
+        for (int64_t i = 0; i < m; i += MANY) { /* MANY inputs a pass over the row (one unpacking of its codes) */
+            float v[MANY];
+            const int n = m - i < MANY ? (int)(m - i) : MANY;
+            row_dots(kind, blocks, in, r, inputs + i, n, v);
+            for (int j = 0; j < n; j++)
+                y[(i + j) * out + r] = v[j];
+        }
     free(xsum);
+    free(inputs);
     return 0;
 }
 
