@@ -97,13 +97,7 @@ class _Reader:
         return value
 
     def string(self) -> str:
-        length = self.scalar("<Q")
-        end = self.offset + length
-        if end > len(self.buf):
-            raise struct.error("a string runs past the bytes read")
-        text = self.buf[self.offset:end].decode("utf-8", errors="replace")
-        self.offset = end
-        return text
+        return self.strings(1)[0]
 
     def strings(self, count: int) -> list[str]:
         """`count` length-prefixed strings (a vocabulary's 50k-250k pieces: the loop kept tight)."""
