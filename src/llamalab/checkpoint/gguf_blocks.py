@@ -15,8 +15,8 @@ from gguf import GGMLQuantizationType as GGML
 
 from llamalab.checkpoint.gguf_header import TensorInfo
 from llamalab.checkpoint.quantized import INT4_KERNEL_DTYPES, QuantizedWeight
+from llamalab.quantize.blocks import BLOCK, float16_values
 
-BLOCK = 32
 KEPT_TYPES = (GGML.Q8_0, GGML.Q4_0, GGML.Q4_1)
 
 
@@ -42,20 +42,16 @@ def to_int4(raw: np.ndarray, ggml_type: GGML, shape: tuple[int, int]) -> Quantiz
     """The Int4Linear buffers of an (out, in) matrix of Q4_0 / Q4_1 blocks; None if ours cannot hold it exactly."""
     out_features, in_features = shape
     blocks = torch.from_numpy(raw).view(out_features, in_features // BLOCK, -1)  # (out, n_blocks, block bytes)
-    scales = _float16(blocks[..., 0:2]).float()  # (out, n_blocks)
+    scales = float16_values(blocks[..., 0:2])  # (out, n_blocks)
     nibbles = blocks[..., 2:] if ggml_type == GGML.Q4_0 else blocks[..., 4:]  # (out, n_blocks, 16)
     codes = torch.cat((nibbles & 0xF, nibbles >> 4), dim=-1)  # (out, n_blocks, 32): inputs 0..15, then 16..31
     packed = (codes[..., 0::2] | (codes[..., 1::2] << 4)).reshape(out_features, in_features // 2)
     if ggml_type == GGML.Q4_0:
         zeros = torch.zeros_like(scales)
     else:
-        mins = _float16(blocks[..., 2:4]).float()
+        mins = float16_values(blocks[..., 2:4])
         zeros = mins + 8 * scales
         if not torch.equal(zeros.double(), mins.double() + 8 * scales.double()):
             return None  # m + 8d rounds in float32: our int4 would not give gguf's values
     return QuantizedWeight("int4", shape, BLOCK, {"weight": packed, "scales": scales, "zeros": zeros}, ggml_type.name)
 
-
-def _float16(pairs: torch.Tensor) -> torch.Tensor:
-    """(..., 2) little-endian bytes → (...) float16."""
-    return pairs.contiguous().view(torch.float16).squeeze(-1)

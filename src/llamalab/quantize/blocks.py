@@ -22,7 +22,7 @@ GGML_TYPE_IDS = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8}  # ggml's type numbers (the ki
 def dequantize_blocks(rows: torch.Tensor, kind: str) -> torch.Tensor:
     """uint8 (..., bytes per row) of `kind` blocks → the float32 values (..., inputs)."""
     blocks = rows.view(*rows.shape[:-1], -1, BLOCK_BYTES[kind])  # (..., n_blocks, block bytes)
-    d = _float16(blocks[..., 0:2])[..., None]  # (..., n_blocks, 1)
+    d = float16_values(blocks[..., 0:2])[..., None]  # (..., n_blocks, 1)
     if kind == "Q8_0":
         codes = blocks[..., 2:].contiguous().view(torch.int8).float()  # (..., n_blocks, 32)
         return (codes * d).flatten(-2)
@@ -30,10 +30,10 @@ def dequantize_blocks(rows: torch.Tensor, kind: str) -> torch.Tensor:
     codes = torch.cat((nibbles & 0xF, nibbles >> 4), dim=-1).float()  # (..., n_blocks, 32): inputs 0..15, 16..31
     if kind == "Q4_0":
         return ((codes - 8) * d).flatten(-2)
-    return torch.addcmul(_float16(blocks[..., 2:4])[..., None], codes, d).flatten(-2)  # d·q exact: one rounding
+    return torch.addcmul(float16_values(blocks[..., 2:4])[..., None], codes, d).flatten(-2)  # d·q exact: one rounding
 
 
-def _float16(pairs: torch.Tensor) -> torch.Tensor:
+def float16_values(pairs: torch.Tensor) -> torch.Tensor:
     """(..., 2) little-endian bytes → (...) float32 of the float16 they hold."""
     return pairs.contiguous().view(torch.float16).squeeze(-1).float()
 
