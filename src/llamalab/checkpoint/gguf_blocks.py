@@ -33,8 +33,7 @@ def kept_quantized(file, mapped: np.memmap, tensor: TensorInfo, dtype: torch.dty
     bfloat16 / float16) an Int4Linear's buffers; None if those cannot hold it exactly."""
     if tensor.tensor_type == GGML.Q8_0 or dtype not in INT4_KERNEL_DTYPES:
         blocks = mapped[tensor.offset:tensor.offset + tensor.n_bytes].reshape(tensor.row_bytes_shape)  # (out, bytes)
-        return QuantizedWeight("blocks", tensor.shape, BLOCK, {"blocks": torch.from_numpy(blocks)},
-                               tensor.tensor_type.name)
+        return QuantizedWeight("blocks", tensor.shape, {"blocks": torch.from_numpy(blocks)}, tensor.tensor_type.name)
     return to_int4(read_raw(file, tensor), tensor.tensor_type, tensor.shape)
 
 
@@ -53,5 +52,5 @@ def to_int4(raw: np.ndarray, ggml_type: GGML, shape: tuple[int, int]) -> Quantiz
         zeros = mins + 8 * scales
         if not torch.equal(zeros.double(), mins.double() + 8 * scales.double()):
             return None  # m + 8d rounds in float32: our int4 would not give gguf's values
-    return QuantizedWeight("int4", shape, BLOCK, {"weight": packed, "scales": scales, "zeros": zeros}, ggml_type.name)
+    return QuantizedWeight("int4", shape, {"weight": packed, "scales": scales, "zeros": zeros}, ggml_type.name)
 

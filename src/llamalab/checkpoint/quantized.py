@@ -15,7 +15,7 @@ from torch import nn
 
 from llamalab.model import Transformer
 from llamalab.quantize import Int4Linear
-from llamalab.quantize.blocks import BlockEmbedding, BlockLinear
+from llamalab.quantize.blocks import BLOCK, BlockEmbedding, BlockLinear
 
 INT4_KERNEL_DTYPES = (torch.bfloat16, torch.float16)  # activations PyTorch's int4 kernels take (Q4 re-laid out)
 
@@ -23,11 +23,10 @@ INT4_KERNEL_DTYPES = (torch.bfloat16, torch.float16)  # activations PyTorch's in
 @dataclass
 class QuantizedWeight:
     """A (out, in) weight as the buffers of a BlockLinear (scheme "blocks": the file's blocks) or an Int4Linear
-    ("int4")."""
+    ("int4", one scale and zero per block of BLOCK inputs)."""
 
     scheme: str
     shape: tuple[int, int]
-    group_size: int
     tensors: dict[str, torch.Tensor]  # blocks, or int4's weight, scales and zeros, as the module names its buffers
     source_type: str  # the file's type, e.g. "Q4_1"
     dtype: ClassVar[torch.dtype] = torch.float32  # what it dequantizes to
@@ -40,7 +39,7 @@ class QuantizedWeight:
                 module = BlockLinear(in_features, out_features, self.source_type)
             else:
                 kernel = dtype if dtype in INT4_KERNEL_DTYPES else None
-                module = Int4Linear(in_features, out_features, self.group_size, kernel_dtype=kernel)
+                module = Int4Linear(in_features, out_features, BLOCK, kernel_dtype=kernel)
         for name, tensor in self.tensors.items():
             setattr(module, name, tensor.to(device))
         if isinstance(module, Int4Linear):
