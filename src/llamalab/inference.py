@@ -99,7 +99,7 @@ def load_model(
                           f"with quantize={quantize!r}")
     if compile:
         check_compile_options(compile_backend, compile_mode)
-        compile_cache = use_compile_cache(compile_cache) if compile_cache is not None else None
+    compile_cache = use_compile_cache(compile_cache) if compile and compile_cache is not None else None
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(device)
@@ -120,7 +120,7 @@ def load_model(
             apply_adapters(model, lora)
         prepare_for_inference(model, quantize, compile, group_size)
     loaded = LoadedModel(model, _tokenizer(tokenizer, None if random_init else source), seed, compile, tp,
-                         compile_backend, compile_mode, compile_cache if compile else None)
+                         compile_backend, compile_mode, compile_cache)
     trim_heap()  # what reading the checkpoint and the tokenizer freed leaves the process's RSS
     return loaded
 

@@ -98,7 +98,7 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
             raise ConfigError("use either MODEL (a checkpoint) or --preset NAME --random-init, not both")
     elif not args.model:
         raise ConfigError("give MODEL (a checkpoint folder or file), or --preset NAME --random-init")
-    compile_cache = (getattr(args, "compile_cache", None) or default_compile_cache()) if args.compile else None
+    compile_cache = (args.compile_cache or default_compile_cache()) if args.compile else None
     return load_model(args.model or args.preset, device=args.device, dtype=args.dtype, tp=getattr(args, "tp", 1),
                       quantize=args.quantize, compile=args.compile, tokenizer=args.tokenizer, seed=args.seed,
                       threads=args.threads, random_init=args.random_init, lora=args.lora, compile_cache=compile_cache)
