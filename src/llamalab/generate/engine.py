@@ -245,9 +245,12 @@ class Engine:
         """What an admission prefills: the prompt, and the tokens sampled before a preemption."""
         return seq.prompt + seq.output
 
-    @staticmethod
-    def _context_token(seq: Sequence, position: int) -> int:
-        """_context(seq)[position], without building the list (a step asks it of every filling row)."""
+    def _next_token(self, row: int) -> int:
+        """The token a row feeds this step: while prefilling, its context's token at its next position (read without
+        building the context: a step asks it of every filling row), else its last sampled token."""
+        seq, position = self.rows[row], self.cached[row]
+        if not self._prefilling(row):
+            return seq.last_token
         n = len(seq.prompt)
         return seq.prompt[position] if position < n else seq.output[position - n]
 
@@ -426,8 +429,7 @@ class Engine:
                 # one token per row (decoding, or filling without a chunk this step): runs of similar lengths, so
                 # that many waiting prompts do not each cost an attention part of their own
                 end = next((i for i in range(row, n) if i in chunks), n)
-                tokens = torch.tensor([self._context_token(s, positions[i]) if i in filling else s.last_token
-                                       for i, s in enumerate(self.rows[row:end], row)], device=self.device)[:, None]
+                tokens = torch.tensor([self._next_token(i) for i in range(row, end)], device=self.device)[:, None]
                 for a, b in self._length_runs(positions[row:end]):
                     start = torch.tensor(positions[row + a : row + b], device=self.device)
                     parts.append((tokens[a:b], start, row + a, max(positions[row + a : row + b]) + 1))
@@ -435,8 +437,7 @@ class Engine:
             return self.calls.packed(parts)
         for row, start in chunks.items():
             self.calls.prefill(self.history[row : row + 1, start : positions[row]], start, row, last_only=True)
-        tokens = torch.tensor([self._context_token(s, positions[i]) if i in filling else s.last_token
-                               for i, s in enumerate(self.rows)], device=self.device)  # (n,)
+        tokens = torch.tensor([self._next_token(i) for i in range(n)], device=self.device)  # (n,)
         return self.calls.decode(tokens[:, None], torch.tensor(positions, device=self.device), max(positions) + 1)
 
     def _sample(self, rows: list[int], logits: torch.Tensor) -> list[list[int]]:

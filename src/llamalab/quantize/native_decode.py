@@ -95,10 +95,10 @@ def supported(model: nn.Module) -> bool:
         if any(type(norm) is not RMSNorm or not _plain_float(norm.weight) for norm in (layer.attention_norm,
                                                                                         layer.ffn_norm)):
             return False
-        stages = [(attention.wq, attention.wk, attention.wv), (attention.wo,), (ffn.w1, ffn.w3), (ffn.w2,)]
-        if not all(_stage_supported(stage) for stage in stages):
+        linears = (attention.wq, attention.wk, attention.wv, attention.wo, ffn.w1, ffn.w2, ffn.w3)
+        if not all(_linear_supported(m) for m in linears):
             return False
-    return (type(model.norm) is RMSNorm and _plain_float(model.norm.weight) and _stage_supported((model.output,))
+    return (type(model.norm) is RMSNorm and _plain_float(model.norm.weight) and _linear_supported(model.output)
             and _embedding_supported(model.tok_embeddings))
 
 
@@ -109,10 +109,9 @@ class NativeStep:
 
     def __init__(self, model: Transformer):
         self.model, self.library = model, kernels()
-        self.modules = list(model.modules())
         # the modules' hook dicts, read at every step (registering or removing a hook changes these dicts in place):
         # a scan of ~300 modules' attributes took ~40 us a token, ~0.7% of SmolLM2's step
-        self.hook_dicts = [d for m in self.modules for d in (m._forward_hooks, m._forward_pre_hooks)]
+        self.hook_dicts = [d for m in model.modules() for d in (m._forward_hooks, m._forward_pre_hooks)]
         self.threads = ThreadChoice()  # up to torch.get_num_threads(); fewer while that is faster (a busy core)
         self.library.decode_step.argtypes = [_P, _P, _I64, _P, _P, _I64, _P, _I64]
         self.library.decode_step.restype = ctypes.c_int
@@ -215,11 +214,6 @@ def _linear(module: nn.Module) -> CLinear:
     if isinstance(module, BlockLinear):
         return CLinear(GGML_TYPE_IDS[module.kind], module.out_features, module.in_features, module.blocks.data_ptr())
     return CLinear(F32, module.out_features, module.in_features, module.weight.data_ptr())
-
-
-def _stage_supported(linears: tuple[nn.Module, ...]) -> bool:
-    """Linear layers the C step reads that share one input: every one supported."""
-    return all(_linear_supported(m) for m in linears)
 
 
 def _linear_supported(module: nn.Module) -> bool:
