@@ -73,7 +73,7 @@ def build_model(args: ModelArgs, state: StateDict, device="cpu", dtype: torch.dt
                 source: str | Path = "the weights") -> Transformer:
     """A Transformer built on the meta device whose parameters ARE the given tensors (moved/cast only if asked).
 
-    QuantizedWeight values (GGUF kept quantized) become int8 / int4 layers computing in `dtype`.
+    QuantizedWeight values (GGUF kept quantized) become layers holding the file's blocks, computing in `dtype`.
     """
     check_layers_present(args, state, source)  # before a model of the header's size is built
     model = meta_model(args)
