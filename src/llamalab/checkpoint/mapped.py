@@ -21,7 +21,7 @@ MADV_PAGEOUT = 21
 
 def release_pages(tensor: torch.Tensor) -> None:
     """Let the kernel reclaim the pages wholly inside a CPU tensor's bytes (its values stay readable)."""
-    madvise = _madvise()
+    madvise = _libc("madvise", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int))
     if madvise is None or tensor.device.type != "cpu" or tensor.numel() == 0:
         return
     start = tensor.data_ptr()
@@ -34,7 +34,7 @@ def release_pages(tensor: torch.Tensor) -> None:
 def trim_heap() -> None:
     """Hand the C heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing): memory that loading
     used and freed (parsing a GGUF vocabulary into a tokenizer: ~13 MB) otherwise stays in the process's RSS."""
-    trim = _malloc_trim()
+    trim = _libc("malloc_trim", (ctypes.c_size_t,))  # None where the C library has none (musl)
     if trim is not None:
         trim(0)
 
@@ -46,25 +46,13 @@ def _span(tensor: torch.Tensor) -> int:
 
 
 @cache
-def _madvise():
+def _libc(name: str, argtypes: tuple):
+    """The C library's function `name` (argtypes, returning int; errno kept), or None off Linux or where it has none."""
     if sys.platform != "linux":
         return None
     try:
-        function = ctypes.CDLL(None, use_errno=True).madvise
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-@cache
-def _malloc_trim():
-    if sys.platform != "linux":
-        return None
-    try:
-        function = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl has none)
-        return None
-    function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
+    function.argtypes, function.restype = list(argtypes), ctypes.c_int
     return function
