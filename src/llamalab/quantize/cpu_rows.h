@@ -221,7 +221,7 @@ typedef struct {
    input summed in its own lanes as q4_dot / q8_dot do (n a constant where it is inlined: the lanes stay in registers) */
 static inline void blocks_many(const uint8_t *row, int64_t kind, const Input *in, int n, int64_t n_blocks, float *out)
 {
-    const int has_min = kind == Q4_1, size = (int)block_bytes(kind), codes = kind == Q8_0 ? 2 : has_min ? 4 : 2;
+    const int has_min = kind == Q4_1, size = (int)block_bytes(kind), codes = has_min ? 4 : 2;
     f32x16 lanes[MANY] = {{0}};
     f32x4 sums[MANY] = {{0}};
     for (int64_t k = 0; k < n_blocks; k++) {
