@@ -13,6 +13,7 @@
 typedef float f32x16 __attribute__((vector_size(64)));
 typedef uint8_t u8x16 __attribute__((vector_size(16)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
 
 /* unsigned bytes to float lanes through int32 (a direct conversion is not vectorised by GCC 12) */
 #define TO_F32(v) __builtin_convertvector(__builtin_convertvector((v), i32x16), f32x16)
@@ -20,7 +21,8 @@ typedef int32_t i32x16 __attribute__((vector_size(64)));
 #define BLOCK 32 /* inputs per block */
 
 /* GGUF's block types (ggml's type numbers), and float32 */
-enum { F32 = 0, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8 };
+enum { F32 = 0, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+#define SUPER 256 /* inputs per block of the K kinds (8 sub-blocks of BLOCK inputs) */
 
 static inline f32x16 load_f32(const float *p)
 {
@@ -81,10 +83,34 @@ static inline float f16_at(const uint8_t *p)
 #endif
 }
 
-/* the bytes of one block of BLOCK inputs: float16 d [float16 m], then 16 bytes of nibbles or 32 int8 codes */
+/* the bytes of one block: of BLOCK inputs, float16 d [float16 m] [uint32 fifth bits], then 16 bytes of nibbles or 32
+   int8 codes; of SUPER inputs for the K kinds (quantize/blocks.py gives their layouts) */
 static inline int64_t block_bytes(int64_t kind)
 {
-    return kind == Q4_0 ? 18 : kind == Q4_1 ? 20 : 34;
+    switch (kind) {
+    case Q4_0:
+        return 18;
+    case Q4_1:
+        return 20;
+    case Q5_0:
+        return 22;
+    case Q5_1:
+        return 24;
+    case Q4_K:
+        return 144;
+    case Q5_K:
+        return 176;
+    case Q6_K:
+        return 210;
+    default:
+        return 34; /* Q8_0 */
+    }
+}
+
+/* the bytes of a row of `in` inputs */
+static inline int64_t row_bytes(int64_t kind, int64_t in)
+{
+    return in / (kind >= Q4_K ? SUPER : BLOCK) * block_bytes(kind);
 }
 
 /* the sum of x over each block of BLOCK inputs (in / BLOCK values): what a Q4 block's offset multiplies */
@@ -210,6 +236,124 @@ static inline float q8_dot(const uint8_t *row, const float *x, int64_t n_blocks)
     return sum_lanes(lanes0 + lanes1);
 }
 
+/* 16 · bit `first + i` of qh for i = 0..15, as floats: the fifth bits of a Q5_0 / Q5_1 block's inputs */
+static inline f32x16 fifth_bits(uint32_t qh, int first)
+{
+    const u32x16 at = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    return __builtin_convertvector((((u32x16){0} + (qh >> first)) >> at) & 1, f32x16) * 16.f;
+}
+
+/* 16 · bit `bit` of each of 16 bytes, as floats: the fifth bits of 16 inputs of a Q5_K sub-block */
+static inline f32x16 byte_bits(const uint8_t *bytes, int bit)
+{
+    u8x16 b;
+    memcpy(&b, bytes, sizeof b);
+    return TO_F32((b >> bit) & 1) * 16.f;
+}
+
+/* one row of W · x for Q5_0 (has_min 0: value d·(q - 16)) or Q5_1 (d·q + m) blocks: q4_dot's sums with each code's
+   fifth bit added from the block's 32-bit qh */
+static inline float q5_dot(const uint8_t *row, int has_min, const float *x, const float *xsum, int64_t n_blocks)
+{
+    const int64_t size = has_min ? 24 : 22, bits = has_min ? 4 : 2;
+    f32x16 lanes = {0};
+    f32x4 sums = {0};
+    for (int64_t k = 0; k < n_blocks; k++) {
+        const uint8_t *b = row + k * size;
+        __builtin_prefetch(b + Q4_PREFETCH);
+        const f32x4 dm = scale_offset(b, has_min);
+        uint32_t qh;
+        memcpy(&qh, b + bits, sizeof qh);
+        f32x16 low, high;
+        q4_unpack(b + bits + 4, &low, &high);
+        low += fifth_bits(qh, 0);
+        high += fifth_bits(qh, 16);
+        lanes += dm[0] * (low * load_f32(x + k * BLOCK) + high * load_f32(x + k * BLOCK + 16));
+        sums += dm * xsum[k];
+    }
+    return (has_min ? sums[1] : -16.f * sums[0]) + sum_lanes(lanes);
+}
+
+/* the 6-bit scale and min of each of a Q4_K / Q5_K block's 8 sub-blocks, from its 12 packed bytes */
+static inline void k_scales(const uint8_t *s, float *scale, float *min)
+{
+    for (int j = 0; j < 4; j++) {
+        scale[j] = (float)(s[j] & 63);
+        min[j] = (float)(s[j + 4] & 63);
+        scale[j + 4] = (float)((s[j + 8] & 15) | (s[j] >> 6) << 4);
+        min[j + 4] = (float)((s[j + 8] >> 4) | (s[j + 4] >> 6) << 4);
+    }
+}
+
+/* one row of W · x for Q4_K / Q5_K blocks (five: the fifth bits): sub-block j's value (d·scale_j)·q - dmin·min_j, so
+   each sub-block adds d·scale_j · Σ q·x and takes dmin·min_j · Σ x (xsum) away. 64 inputs a step: 32 code bytes whose
+   low nibbles are sub-block 2c and high ones sub-block 2c+1 */
+static inline float qk_dot(const uint8_t *row, int five, const float *x, const float *xsum, int64_t n_super)
+{
+    const int64_t size = five ? 176 : 144;
+    f32x16 lanes = {0};
+    float offsets = 0.f;
+    for (int64_t s = 0; s < n_super; s++) {
+        const uint8_t *b = row + s * size, *qh = b + 16, *qs = b + (five ? 48 : 16);
+        __builtin_prefetch(b + Q4_PREFETCH);
+        const float d = f16_at(b), dmin = f16_at(b + 2);
+        float scale[8], min[8], mins = 0.f;
+        k_scales(b + 4, scale, min);
+        for (int c = 0; c < 4; c++) {
+            f32x16 l0, h0, l1, h1; /* inputs 0..15 and 16..31 of sub-block 2c (l), and of 2c+1 (h) */
+            q4_unpack(qs + 32 * c, &l0, &h0);
+            q4_unpack(qs + 32 * c + 16, &l1, &h1);
+            if (five) {
+                l0 += byte_bits(qh, 2 * c);
+                l1 += byte_bits(qh + 16, 2 * c);
+                h0 += byte_bits(qh, 2 * c + 1);
+                h1 += byte_bits(qh + 16, 2 * c + 1);
+            }
+            const float *xc = x + s * SUPER + 64 * c;
+            lanes += (d * scale[2 * c]) * (l0 * load_f32(xc) + l1 * load_f32(xc + 16));
+            lanes += (d * scale[2 * c + 1]) * (h0 * load_f32(xc + 32) + h1 * load_f32(xc + 48));
+            mins += min[2 * c] * xsum[8 * s + 2 * c] + min[2 * c + 1] * xsum[8 * s + 2 * c + 1];
+        }
+        offsets += dmin * mins;
+    }
+    return sum_lanes(lanes) - offsets;
+}
+
+/* the 6-bit codes, minus 32, of 16 inputs of a Q6_K block: low (or high) nibbles of ql, bits `shift`.. of qh */
+static inline f32x16 q6_codes(const uint8_t *ql, int high, const uint8_t *qh, int shift)
+{
+    u8x16 l, h;
+    memcpy(&l, ql, sizeof l);
+    memcpy(&h, qh, sizeof h);
+    l = high ? l >> 4 : l & 15;
+    return TO_F32(l | ((h >> shift) & 3) << 4) - 32.f;
+}
+
+/* one row of W · x for Q6_K blocks: 16 int8 scales of 16 inputs each, value (d·scale)·(q - 32); per half of 128
+   inputs, input l of 0..31 takes ql[l] low, l+32 ql[l+32] low, l+64 ql[l] high, l+96 ql[l+32] high, with bits
+   0-1, 2-3, 4-5, 6-7 of qh[l] */
+static inline float q6k_dot(const uint8_t *row, const float *x, int64_t n_super)
+{
+    f32x16 lanes = {0};
+    for (int64_t s = 0; s < n_super; s++) {
+        const uint8_t *b = row + s * 210;
+        __builtin_prefetch(b + Q4_PREFETCH);
+        const float d = f16_at(b + 208);
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *ql = b + 64 * half, *qh = b + 128 + 32 * half;
+            const int8_t *scale = (const int8_t *)(b + 192) + 8 * half;
+            const float *xh = x + s * SUPER + 128 * half;
+            for (int t = 0; t < 2; t++) { /* inputs l = 16t .. 16t + 15 */
+                for (int g = 0; g < 4; g++) /* inputs l + 32g: ql[l] or ql[l + 32], low or high, qh bits 2g */
+                    lanes += (d * (float)scale[t + 2 * g]) *
+                             (q6_codes(ql + 16 * t + 32 * (g & 1), g >> 1, qh + 16 * t, 2 * g) *
+                              load_f32(xh + 16 * t + 32 * g));
+            }
+        }
+    }
+    return sum_lanes(lanes);
+}
+
 /* an input row as the products read it: x itself and its sum over each block (block_sums, for Q4 blocks) */
 typedef struct {
     const float *x, *xsum;
@@ -251,26 +395,36 @@ static inline void blocks_many(const uint8_t *row, int64_t kind, const Input *in
 /* row r of W · x for W held as float32 (out, in) or as rows of `kind` blocks (xsum: block_sums of x, for Q4) */
 static inline float row_dot(int64_t kind, const void *weight, int64_t in, int64_t r, const float *x, const float *xsum)
 {
-    const uint8_t *row = (const uint8_t *)weight + r * (in / BLOCK) * block_bytes(kind);
+    const uint8_t *row = (const uint8_t *)weight + r * row_bytes(kind, in);
     switch (kind) {
     case Q4_0:
         return q4_dot(row, 0, x, xsum, in / BLOCK);
     case Q4_1:
         return q4_dot(row, 1, x, xsum, in / BLOCK);
+    case Q5_0:
+        return q5_dot(row, 0, x, xsum, in / BLOCK);
+    case Q5_1:
+        return q5_dot(row, 1, x, xsum, in / BLOCK);
     case Q8_0:
         return q8_dot(row, x, in / BLOCK);
+    case Q4_K:
+        return qk_dot(row, 0, x, xsum, in / SUPER);
+    case Q5_K:
+        return qk_dot(row, 1, x, xsum, in / SUPER);
+    case Q6_K:
+        return q6k_dot(row, x, in / SUPER);
     default:
         return f32_dot((const float *)weight + r * in, x, in);
     }
 }
 
-/* row r of W times each of n <= MANY inputs (out[i] = row · in[i].x): one input alone, or float32 rows, one at a
-   time; blocks for several inputs in one pass (the codes unpacked once for all of them) */
+/* row r of W times each of n <= MANY inputs (out[i] = row · in[i].x): one input alone, or float32, Q5 or K rows, one
+   at a time; Q4_0 / Q4_1 / Q8_0 blocks for several inputs in one pass (the codes unpacked once for all of them) */
 static inline void row_dots(int64_t kind, const void *weight, int64_t in, int64_t r, const Input *inputs, int n,
                             float *out)
 {
-    const uint8_t *row = (const uint8_t *)weight + r * (in / BLOCK) * block_bytes(kind);
-    if (kind == F32 || n == 1) {
+    const uint8_t *row = (const uint8_t *)weight + r * row_bytes(kind, in);
+    if (n == 1 || !(kind == Q4_0 || kind == Q4_1 || kind == Q8_0)) {
         for (int i = 0; i < n; i++)
             out[i] = row_dot(kind, weight, in, r, inputs[i].x, inputs[i].xsum);
     } else if (n == 2) { /* a constant count each, so that the lanes stay in registers */
@@ -282,29 +436,73 @@ static inline void row_dots(int64_t kind, const void *weight, int64_t in, int64_
     }
 }
 
-/* the in values of row r of W into out: a float32 row copied, blocks dequantized as gguf does: d·q (Q8_0), d·q + m
-   (Q4_1), d·(q-8) = d·q - 8d (Q4_0); d·q is exact, so each value is rounded once */
+/* the values of one block of BLOCK inputs (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) as gguf dequantizes them: d·q (Q8_0), d·q + m
+   (Q4_1, Q5_1), d·(q - 8) = d·q - 8d (Q4_0), d·(q - 16) (Q5_0); d·q is exact, so each value is rounded once */
+static inline void block_values_32(int64_t kind, const uint8_t *b, float *v)
+{
+    const float d = f16_at(b);
+    if (kind == Q8_0) {
+        for (int j = 0; j < BLOCK; j++)
+            v[j] = d * (float)(int8_t)b[2 + j];
+        return;
+    }
+    const int has_min = kind == Q4_1 || kind == Q5_1, five = kind == Q5_0 || kind == Q5_1;
+    const float m = has_min ? f16_at(b + 2) : (five ? -16.f : -8.f) * d;
+    uint32_t qh = 0;
+    if (five)
+        memcpy(&qh, b + (has_min ? 4 : 2), sizeof qh);
+    const uint8_t *nibbles = b + (has_min ? 4 : 2) + (five ? 4 : 0);
+    for (int j = 0; j < BLOCK / 2; j++) {
+        v[j] = d * (float)((nibbles[j] & 15) | (qh >> j & 1) << 4) + m;
+        v[j + BLOCK / 2] = d * (float)((nibbles[j] >> 4) | (qh >> (j + 16) & 1) << 4) + m;
+    }
+}
+
+/* the SUPER values of one Q4_K / Q5_K / Q6_K block as gguf dequantizes them: (d·scale)·q - dmin·min, (d·scale)·(q - 32)
+   (each product exact in float32: one rounding at most) */
+static inline void block_values_k(int64_t kind, const uint8_t *b, float *v)
+{
+    if (kind == Q6_K) {
+        const float d = f16_at(b + 208);
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *ql = b + 64 * half, *qh = b + 128 + 32 * half;
+            const int8_t *scale = (const int8_t *)(b + 192) + 8 * half;
+            for (int l = 0; l < 32; l++)
+                for (int g = 0; g < 4; g++) {
+                    const int code = (g >> 1 ? ql[l + 32 * (g & 1)] >> 4 : ql[l + 32 * (g & 1)] & 15) |
+                                     (qh[l] >> 2 * g & 3) << 4;
+                    v[128 * half + l + 32 * g] = (d * (float)scale[l / 16 + 2 * g]) * (float)(code - 32);
+                }
+        }
+        return;
+    }
+    const int five = kind == Q5_K;
+    const uint8_t *qh = b + 16, *qs = b + (five ? 48 : 16);
+    const float d = f16_at(b), dmin = f16_at(b + 2);
+    float scale[8], min[8];
+    k_scales(b + 4, scale, min);
+    for (int sub = 0; sub < 8; sub++)
+        for (int l = 0; l < 32; l++) {
+            const int nibble = sub & 1 ? qs[32 * (sub / 2) + l] >> 4 : qs[32 * (sub / 2) + l] & 15;
+            const int code = nibble | (five ? (qh[l] >> sub & 1) << 4 : 0);
+            v[32 * sub + l] = (d * scale[sub]) * (float)code - dmin * min[sub];
+        }
+}
+
+/* the in values of row r of W into out: a float32 row copied, blocks dequantized as gguf does */
 static inline void row_values(int64_t kind, const void *weight, int64_t in, int64_t r, float *out)
 {
     if (kind == F32) {
         memcpy(out, (const float *)weight + r * in, sizeof(float) * in);
         return;
     }
-    for (int64_t k = 0; k < in / BLOCK; k++) {
-        const uint8_t *b = (const uint8_t *)weight + (r * (in / BLOCK) + k) * block_bytes(kind);
-        const float d = f16_at(b);
-        float *v = out + k * BLOCK;
-        if (kind == Q8_0) {
-            for (int j = 0; j < BLOCK; j++)
-                v[j] = d * (float)(int8_t)b[2 + j];
-            continue;
-        }
-        const float m = kind == Q4_1 ? f16_at(b + 2) : -8.f * d;
-        const uint8_t *nibbles = b + (kind == Q4_1 ? 4 : 2);
-        for (int j = 0; j < BLOCK / 2; j++) {
-            v[j] = d * (float)(nibbles[j] & 15) + m;
-            v[j + BLOCK / 2] = d * (float)(nibbles[j] >> 4) + m;
-        }
+    const uint8_t *row = (const uint8_t *)weight + r * row_bytes(kind, in);
+    const int64_t size = block_bytes(kind), inputs = kind >= Q4_K ? SUPER : BLOCK;
+    for (int64_t k = 0; k < in / inputs; k++) {
+        if (kind >= Q4_K)
+            block_values_k(kind, row + k * size, out + k * inputs);
+        else
+            block_values_32(kind, row + k * size, out + k * inputs);
     }
 }
 
