@@ -1,35 +1,36 @@
 """The C kernels of layers reading GGUF's blocks (quantize/native.kernel_quantized_linears) against float64 products of
 gguf's own dequantization of the same blocks, and against the layers' PyTorch path on SmolLM2's GGUF (same greedy
 tokens, close logits)."""
-import gguf
 import pytest
 import torch
-from gguf import GGMLQuantizationType as GGML
+from gguf_block_layers import block_layer
 from torch import nn
 
 from llamalab.errors import ConfigError
 from llamalab.generate.decode import generate
 from llamalab.generate.sampling import SamplingParams
 from llamalab.quantize import native
-from llamalab.quantize.blocks import BlockLinear
+from llamalab.quantize.blocks import BLOCK_BYTES, BlockLinear
 from llamalab.quantize.native import KernelBlockLinear, kernel_quantized_linears
 
 pytestmark = pytest.mark.skipif(native.kernels() is None, reason="no C compiler on this machine")
-KINDS = ["Q4_0", "Q4_1", "Q8_0"]
+C_KINDS = ("Q4_0", "Q4_1", "Q8_0")  # the kinds the C kernels read so far
 
 
-def block_layer(out_features: int, in_features: int, kind: str, seed: int = 0) -> tuple[BlockLinear, torch.Tensor]:
-    """A BlockLinear holding gguf.quants' `kind` blocks of a random weight, and gguf's dequantization of them."""
-    weight = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(seed)).numpy()
-    blocks = gguf.quants.quantize(weight, GGML[kind])  # (out, bytes per row) uint8
-    layer = BlockLinear(in_features, out_features, kind)
-    layer.blocks = torch.from_numpy(blocks)
-    return layer, torch.from_numpy(gguf.quants.dequantize(blocks, GGML[kind]))
+def kind_case(kind: str, *values):
+    """A parameter set that may fail (xfail) until the C kernels read `kind`."""
+    pending = pytest.mark.xfail(strict=False, reason="C kernels for this kind land separately")
+    return pytest.param(kind, *values, marks=() if kind in C_KINDS else pending)
+
+
+KINDS = [kind_case(kind) for kind in BLOCK_BYTES]
+KINDS_AND_INPUTS = [kind_case(kind, in_features) for kind in BLOCK_BYTES  # 1 and 2 super-blocks, or 8 and 3 blocks
+                    for in_features in ((256, 512) if kind.endswith("_K") else (256, 96))]
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_blocks_dequantize_to_gguf_s_values_in_pytorch_and_in_c(kind):
-    layer, expected = block_layer(40, 96, kind)
+    layer, expected = block_layer(40, 512 if kind.endswith("_K") else 96, kind)
     assert torch.equal(layer.dequantize(), expected)
     assert torch.equal(layer.dequantize(10, 17), expected[10:17])
     kernel_quantized_linears(nn.Sequential(layer))
@@ -39,8 +40,7 @@ def test_blocks_dequantize_to_gguf_s_values_in_pytorch_and_in_c(kind):
 
 
 @pytest.mark.parametrize("rows", [1, 3, 16])
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("in_features", [256, 96])  # an even and an odd number of blocks per row
+@pytest.mark.parametrize(("kind", "in_features"), KINDS_AND_INPUTS)
 def test_kernel_products_match_float64_of_gguf_s_dequantized_weight(kind, in_features, rows):
     layer, weight = block_layer(48, in_features, kind)
     x = torch.randn(2, rows, in_features)
