@@ -90,7 +90,8 @@ def load_model(
     lora: a LoRA adapter folder (PEFT's format) folded into the weights before quantization.
     attention: "sdpa" (PyTorch's fused kernels) or "reference" (matmul, softmax, matmul).
     group_size: input weights per scale of int4 (default 128). compile_backend / compile_mode: torch.compile's.
-    keep_quantized: a GGUF's Q8_0 / Q4_0 / Q4_1 weights stay the file's blocks (False: dequantized to dtype).
+    keep_quantized: a GGUF's Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K weights stay the file's blocks
+    (False: dequantized to dtype).
     compile_cache: a folder for torch.compile's caches, reused by later processes (None: torch's default, in /tmp).
     """
     check_threads_and_seed(threads, seed)

@@ -63,9 +63,10 @@ def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None,
          max_seq_len: int | None = None, keep_quantized: bool = True) -> Transformer:
     """A Transformer with the weights of any checkpoint; dtype None keeps the file's (dequantized: float32).
 
-    keep_quantized (GGUF): Q8_0 / Q4_0 / Q4_1 matrices stay the file's blocks, read where they lie in the mapping
-    (BlockLinear / BlockEmbedding, shared by a tied head), computing in `dtype` (float32: exact weights; Q4 at
-    bfloat16/float16: PyTorch's int4 kernels). False: every weight dequantized to `dtype`.
+    keep_quantized (GGUF): Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K matrices stay the file's blocks,
+    read where they lie in the mapping (BlockLinear / BlockEmbedding, shared by a tied head), computing in `dtype`
+    (float32: exact weights; Q4_0 / Q4_1 at bfloat16/float16: PyTorch's int4 kernels). False: every weight
+    dequantized to `dtype`.
     """
     options = {"dtype": dtype, "keep_quantized": keep_quantized}
     args, state = _read_unchecked(Path(path), max_seq_len, options)

@@ -1,11 +1,11 @@
-"""GGUF's Q8_0, Q4_0 and Q4_1 tensors kept quantized: as views of the mapped file (no copy), or, where PyTorch's int4
-kernels will compute (bfloat16 / float16 activations), re-laid out as an Int4Linear's buffers, with the same values.
+"""GGUF's Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K tensors kept quantized: as views of the mapped file (no
+copy), or, for Q4_0 / Q4_1 where PyTorch's int4 kernels will compute (bfloat16 / float16 activations), re-laid out as an
+Int4Linear's buffers, with the same values. The blocks' layouts are in quantize/blocks.py.
 
-Each block covers 32 consecutive inputs of a row (ggml-common.h, quantize/blocks.py): Q8_0 = float16 d, 32 int8 q
-(value d·q); Q4_0 = float16 d, 16 bytes of nibbles (value d·(q-8)); Q4_1 = float16 d, float16 m, 16 bytes (value
-d·q + m). A nibble byte j holds input j in its low half and input j+16 in its high half. Our int4 stands for
+A Q4_0 / Q4_1 block covers 32 consecutive inputs of a row: float16 d [float16 m], 16 bytes of nibbles (value d·(q-8)
+or d·q + m), nibble byte j holding input j in its low half and input j+16 in its high half. Our int4 stands for
 (q-8)·scale + zero: Q4_0 is scale d, zero 0; Q4_1 is scale d, zero m + 8d, exact in float32 when that sum is
-(checked; a tensor where it is not is dequantized instead).
+(checked; a tensor where it is not stays as blocks).
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from llamalab.checkpoint.gguf_header import TensorInfo
 from llamalab.checkpoint.quantized import INT4_KERNEL_DTYPES, QuantizedWeight
 from llamalab.quantize.blocks import BLOCK, float16_values
 
-KEPT_TYPES = (GGML.Q8_0, GGML.Q4_0, GGML.Q4_1)
+KEPT_TYPES = (GGML.Q8_0, GGML.Q4_0, GGML.Q4_1, GGML.Q5_0, GGML.Q5_1, GGML.Q4_K, GGML.Q5_K, GGML.Q6_K)
+INT4_TYPES = (GGML.Q4_0, GGML.Q4_1)  # the ones an Int4Linear holds exactly
 
 
 def read_raw(file, tensor: TensorInfo) -> np.ndarray:
@@ -28,13 +29,15 @@ def read_raw(file, tensor: TensorInfo) -> np.ndarray:
     return raw
 
 
-def kept_quantized(file, mapped: np.memmap, tensor: TensorInfo, dtype: torch.dtype | None) -> QuantizedWeight | None:
-    """A KEPT_TYPES matrix as a QuantizedWeight: its blocks where they lie in `mapped`, or (Q4 computing in `dtype`
-    bfloat16 / float16) an Int4Linear's buffers; None if those cannot hold it exactly."""
-    if tensor.tensor_type == GGML.Q8_0 or dtype not in INT4_KERNEL_DTYPES:
-        blocks = mapped[tensor.offset:tensor.offset + tensor.n_bytes].reshape(tensor.row_bytes_shape)  # (out, bytes)
-        return QuantizedWeight("blocks", tensor.shape, {"blocks": torch.from_numpy(blocks)}, tensor.tensor_type.name)
-    return to_int4(read_raw(file, tensor), tensor.tensor_type, tensor.shape)
+def kept_quantized(file, mapped: np.memmap, tensor: TensorInfo, dtype: torch.dtype | None) -> QuantizedWeight:
+    """A KEPT_TYPES matrix as a QuantizedWeight: its blocks where they lie in `mapped`, or (Q4_0 / Q4_1 computing in
+    `dtype` bfloat16 / float16) an Int4Linear's buffers when those hold it exactly."""
+    if tensor.tensor_type in INT4_TYPES and dtype in INT4_KERNEL_DTYPES:
+        int4 = to_int4(read_raw(file, tensor), tensor.tensor_type, tensor.shape)
+        if int4 is not None:
+            return int4
+    blocks = mapped[tensor.offset:tensor.offset + tensor.n_bytes].reshape(tensor.row_bytes_shape)  # (out, bytes)
+    return QuantizedWeight("blocks", tensor.shape, {"blocks": torch.from_numpy(blocks)}, tensor.tensor_type.name)
 
 
 def to_int4(raw: np.ndarray, ggml_type: GGML, shape: tuple[int, int]) -> QuantizedWeight | None:

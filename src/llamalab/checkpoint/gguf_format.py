@@ -2,8 +2,8 @@
 
 llama.cpp's `llama` architecture rotates interleaved pairs like Meta (its HF converter undoes HF's q/k
 permutation), so Meta's wq/wk are stored as they are. Tensors are streamed one at a time; norms stay F32.
-Reading can keep Q8_0 / Q4_0 / Q4_1 tensors quantized (see checkpoint/gguf_blocks.py); every other type
-gguf dequantizes is converted tensor by tensor to the requested dtype.
+Reading can keep Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K tensors quantized (see
+checkpoint/gguf_blocks.py); every other type gguf dequantizes is converted tensor by tensor to the requested dtype.
 Llama 3.1 RoPE scaling is the `rope_freqs` tensor of per-frequency divisors that llama.cpp applies; its
 parameters are also kept under `llamalab.rope_scaling.*` so that they read back exactly.
 """
@@ -149,9 +149,10 @@ def _add_vocabulary(writer: gguf.GGUFWriter, tokenizer: Path) -> None:
 def read(path: Path, dtype: torch.dtype | None = None, keep_quantized: bool = False) -> tuple[ModelArgs, StateDict]:
     """ModelArgs and weights of a llama GGUF.
 
-    F32/F16/BF16 tensors are memory-mapped. keep_quantized: Q8_0, Q4_0 and Q4_1 matrices become QuantizedWeight
-    (exactly the values gguf dequantizes them to; the mapped blocks themselves unless Q4 computes in bfloat16 /
-    float16). Every other quantized type is dequantized, one tensor at a time, to `dtype` (None: float32).
+    F32/F16/BF16 tensors are memory-mapped. keep_quantized: Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K
+    matrices become QuantizedWeight (exactly the values gguf dequantizes them to; the mapped blocks themselves unless
+    Q4_0 / Q4_1 compute in bfloat16 / float16). Every other quantized type is dequantized, one tensor at a time, to
+    `dtype` (None: float32).
     """
     metadata, tensors = read_header(path)
     arch = _field(metadata, path, "general.architecture")
@@ -180,9 +181,7 @@ def _tensor(file, mapped: np.memmap, t: TensorInfo, path: Path, dtype: torch.dty
         values = torch.from_numpy(_mapped(mapped, t))
         return values.view(torch.bfloat16) if t.tensor_type == GGML.BF16 else values
     if keep_quantized and t.tensor_type in KEPT_TYPES and len(t.shape) == 2:
-        quantized = kept_quantized(file, mapped, t, dtype)
-        if quantized is not None:
-            return quantized
+        return kept_quantized(file, mapped, t, dtype)
     raw = read_raw(file, t)  # a transient copy: the mapped pages of the file are never touched
     try:
         values = gguf.quants.dequantize(raw, t.tensor_type)

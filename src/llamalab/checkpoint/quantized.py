@@ -1,4 +1,4 @@
-"""Weights kept quantized from a file (GGUF's Q8_0, Q4_0, Q4_1) and their installation into a built model.
+"""Weights kept quantized from a file (GGUF's blocks: checkpoint/gguf_blocks.py) and their installation into a model.
 
 A `QuantizedWeight` holds the buffers of the layer that stores exactly the file's dequantized values: a BlockLinear
 over the file's own blocks, or an Int4Linear (for PyTorch's int4 kernels); `install_quantized` swaps those layers

@@ -1,7 +1,7 @@
 /* One decode step of the whole LLaMA decoder for a few rows (one new token each), in one OpenMP parallel region.
 
 Built with cpu_kernels.c by llamalab/quantize/native.py. The Python side (quantize/native_decode.py) passes pointers
-to the model's own tensors: weights (float32, or GGUF's Q4_0 / Q4_1 / Q8_0 blocks where the file is mapped), RMSNorm
+to the model's own tensors: weights (float32, or GGUF's quantized blocks where the file is mapped: cpu_rows.h's kinds), RMSNorm
 weights, the RoPE tables and the KV cache, static or paged, which this step reads and writes in place through each
 row's block table (see Model). Every matrix product splits its output rows over the threads in chunks claimed as they
 go (a thread the OS preempts holds back one chunk only); the threads meet once after each product (q/k/v with RoPE and
@@ -17,7 +17,7 @@ last_only=True) of llamalab/model/model.py, up to the order of float32 summation
 #include "cpu_rows.h"
 
 typedef struct {
-    int64_t kind, out, in; /* kind: F32, Q4_0, Q4_1 or Q8_0 (cpu_rows.h) */
+    int64_t kind, out, in; /* kind: F32 or a block kind (cpu_rows.h) */
     const void *weight;    /* float (out, in), or rows of blocks (out, in / BLOCK · block bytes) */
 } Linear;
 

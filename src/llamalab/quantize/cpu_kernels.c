@@ -1,4 +1,4 @@
-/* Products of float32 activations with weights kept as GGUF's Q4_0 / Q4_1 / Q8_0 blocks, for a few rows of
+/* Products of float32 activations with weights kept as GGUF's Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K blocks, for a few rows of
 activations (decoding), reading the blocks where they lie (a map of the file).
 
 Built by llamalab/quantize/native.py with `cc -O3 -march=native -fopenmp -shared`. The output rows of the weight are

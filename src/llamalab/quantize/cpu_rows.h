@@ -1,4 +1,4 @@
-/* One output row of a product with a weight held as float32 or as GGUF's Q4_0 / Q4_1 / Q8_0 blocks (read in place):
+/* One output row of a product with a weight held as float32 or as GGUF's Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K blocks (read in place):
    the dot products the kernels of cpu_kernels.c and cpu_decode.c share. Each block is summed in 16 float32 lanes (one
    AVX-512 register, or two AVX2 ones: GCC's vector extensions are lowered by -march=native) and scaled by its d. */
 #ifndef LLAMALAB_CPU_ROWS_H

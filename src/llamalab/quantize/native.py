@@ -1,5 +1,5 @@
-"""The C kernels of cpu_kernels.c (float32 activations times GGUF's Q4_0 / Q4_1 / Q8_0 blocks), built once per machine
-and cached.
+"""The C kernels of cpu_kernels.c (float32 activations times GGUF's Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K /
+Q6_K blocks), built once per machine and cached.
 
 The shared library is compiled with the system's C compiler on first use (about a second) into
 `$LLAMALAB_KERNEL_DIR` (default `~/.cache/llamalab/kernels`), named by a hash of the source, the flags and

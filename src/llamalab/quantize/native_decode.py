@@ -2,7 +2,7 @@
 
 At batch 1 a PyTorch decode step of a small model spends most of its time between ops (~20 per layer), not in them.
 The C step does every layer's work for up to MAX_ROWS rows (more go MAX_ROWS at a time) in one OpenMP parallel region
-over the model's own tensors (float32 weights, or GGUF's Q4_0 / Q4_1 / Q8_0 blocks where the file is mapped), reading
+over the model's own tensors (float32 weights, or GGUF's quantized blocks where the file is mapped), reading
 and writing the KV cache in place, static or paged (through the rows' block tables: no gather), each row attending
 over its own positions only; the readable model stays the reference (tests compare the two). Prefill and anything
 the step does not cover (LoRA layers, other dtypes, training) go through the model as usual.
@@ -78,7 +78,7 @@ def huge_pages(model: nn.Module) -> int:
 
 def supported(model: nn.Module) -> bool:
     """Whether the C step computes this model's forward: a CPU float32 Transformer in eval mode whose layers are the
-    model's own modules holding plain float32 weights or GGUF's Q4_0 / Q4_1 / Q8_0 blocks."""
+    model's own modules holding plain float32 weights or GGUF's blocks (quantize/blocks.py's kinds)."""
     if not isinstance(model, Transformer) or model.training or model.device.type != "cpu":
         return False
     if model.args.dropout or _hooked(list(model.modules())):  # hooks: e.g. LoRA adapters kept beside the weights

@@ -7,8 +7,9 @@ from pathlib import Path
 import gguf
 
 
-def rewrite_gguf(src: Path, dst: Path, changes: dict) -> Path:
-    """Copy a GGUF (unquantized tensors) with metadata keys set to new values: {key: (value, GGUFValueType)}."""
+def rewrite_gguf(src: Path, dst: Path, changes: dict, blocks: dict | None = None) -> Path:
+    """Copy a GGUF (unquantized tensors) with metadata keys set to new values: {key: (value, GGUFValueType)}, and
+    tensors replaced by quantized blocks: {GGUF tensor name: (uint8 (rows, bytes per row), GGMLQuantizationType)}."""
     reader = gguf.GGUFReader(src)
     writer = gguf.GGUFWriter(dst, arch=reader.get_field("general.architecture").contents())
     for key, field in reader.fields.items():
@@ -21,7 +22,11 @@ def rewrite_gguf(src: Path, dst: Path, changes: dict) -> Path:
         if value is not None:
             writer.add_key_value(key, value, vtype)
     for t in reader.tensors:
-        writer.add_tensor(t.name, t.data)
+        if blocks and t.name in blocks:
+            raw, kind = blocks[t.name]
+            writer.add_tensor(t.name, raw, raw_shape=raw.shape, raw_dtype=kind)
+        else:
+            writer.add_tensor(t.name, t.data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -1,5 +1,5 @@
 """GGUF quantized weights: written through gguf.quants (q4_0, q4_1, q5_0, q5_1), read back by transformers and by us
-(kept quantized for Q8_0 / Q4_0 / Q4_1, dequantized at the requested dtype otherwise); bad tensor types refused."""
+(kept as the file's blocks; the K kinds and types kept nowhere: test_gguf_block_kinds.py); bad tensor types refused."""
 import struct
 
 import gguf
@@ -80,18 +80,6 @@ def test_q4_and_q8_0_load_into_layers_reading_the_file_s_blocks(tmp_path, dtype)
     assert isinstance(loaded.tok_embeddings, BlockEmbedding) and loaded.tok_embeddings.table is loaded.output
     with torch.no_grad():
         assert relative_error(loaded(PROMPT), expected(PROMPT)) < 1e-5
-
-
-def test_other_types_load_at_the_requested_dtype_not_float32(tmp_path):
-    model = random_model(CONFIGS["gqa"])
-    path = save(model, tmp_path / "m.gguf", format="gguf", dtype="q5_1")
-    loaded = load(path, dtype=torch.bfloat16)
-    expected = gguf_round_trip(model, GGML.Q5_1)
-    params = dict(loaded.named_parameters())  # the Q5_1 matrices and the norms; the Q8_0 head stays int8 buffers
-    assert len(params) == 2 * 7 + 2 * 2 + 1 and isinstance(loaded.output, BlockLinear)
-    for name, tensor in params.items():
-        assert tensor.dtype == torch.bfloat16, name
-        assert torch.equal(tensor, expected.state_dict()[name].to(torch.bfloat16)), name
 
 
 def test_bfloat16_keeps_int4_blocks_and_runs_the_int4_kernel(tmp_path):
