@@ -14,17 +14,8 @@ from llamalab.quantize.blocks import BLOCK_BYTES, BlockLinear
 from llamalab.quantize.native import KernelBlockLinear, kernel_quantized_linears
 
 pytestmark = pytest.mark.skipif(native.kernels() is None, reason="no C compiler on this machine")
-C_KINDS = ("Q4_0", "Q4_1", "Q8_0")  # the kinds the C kernels read so far
-
-
-def kind_case(kind: str, *values):
-    """A parameter set that may fail (xfail) until the C kernels read `kind`."""
-    pending = pytest.mark.xfail(strict=False, reason="C kernels for this kind land separately")
-    return pytest.param(kind, *values, marks=() if kind in C_KINDS else pending)
-
-
-KINDS = [kind_case(kind) for kind in BLOCK_BYTES]
-KINDS_AND_INPUTS = [kind_case(kind, in_features) for kind in BLOCK_BYTES  # 1 and 2 super-blocks, or 8 and 3 blocks
+KINDS = list(BLOCK_BYTES)
+KINDS_AND_INPUTS = [(kind, in_features) for kind in KINDS  # 1 and 2 super-blocks, or 8 and 3 blocks
                     for in_features in ((256, 512) if kind.endswith("_K") else (256, 96))]
 
 
