@@ -236,19 +236,36 @@ static inline float q8_dot(const uint8_t *row, const float *x, int64_t n_blocks)
     return sum_lanes(lanes0 + lanes1);
 }
 
-/* 16 · bit `first + i` of qh for i = 0..15, as floats: the fifth bits of a Q5_0 / Q5_1 block's inputs */
-static inline f32x16 fifth_bits(uint32_t qh, int first)
+/* asks the cache for the `size` bytes that lie Q4_PREFETCH ahead of a block (every 64-byte line of them: a K block
+   spans 3-4 lines, and the hardware prefetcher stops at each 4 KiB page of the mapped file) */
+static inline void prefetch_block(const uint8_t *b, int64_t size)
 {
-    const u32x16 at = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    return __builtin_convertvector((((u32x16){0} + (qh >> first)) >> at) & 1, f32x16) * 16.f;
+    for (int64_t at = 0; at < size; at += 64)
+        __builtin_prefetch(b + Q4_PREFETCH + at);
 }
 
-/* 16 · bit `bit` of each of 16 bytes, as floats: the fifth bits of 16 inputs of a Q5_K sub-block */
-static inline f32x16 byte_bits(const uint8_t *bytes, int bit)
+/* v + 16 in each lane i whose bit i of `mask` is set: a fifth bit added to a 4-bit code (one masked add) */
+static inline f32x16 add_fifth_bits(f32x16 v, uint32_t mask)
 {
-    u8x16 b;
-    memcpy(&b, bytes, sizeof b);
-    return TO_F32((b >> bit) & 1) * 16.f;
+#ifdef __AVX512F__
+    return (f32x16)_mm512_mask_add_ps((__m512)v, (__mmask16)mask, (__m512)v, _mm512_set1_ps(16.f));
+#else
+    const u32x16 at = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    return v + __builtin_convertvector((((u32x16){0} + mask) >> at) & 1, f32x16) * 16.f;
+#endif
+}
+
+/* bit `bit` of each of 16 bytes as a 16-bit mask (bit i from byte i): a Q5_K sub-block's fifth bits of 16 inputs */
+static inline uint32_t byte_bit_mask(const uint8_t *bytes, int bit)
+{
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    return _mm_test_epi8_mask(_mm_loadu_si128((const __m128i *)bytes), _mm_set1_epi8((char)(1 << bit)));
+#else
+    uint32_t mask = 0;
+    for (int i = 0; i < 16; i++)
+        mask |= (uint32_t)(bytes[i] >> bit & 1) << i;
+    return mask;
+#endif
 }
 
 /* one row of W · x for Q5_0 (has_min 0: value d·(q - 16)) or Q5_1 (d·q + m) blocks: q4_dot's sums with each code's
@@ -266,8 +283,8 @@ static inline float q5_dot(const uint8_t *row, int has_min, const float *x, cons
         memcpy(&qh, b + bits, sizeof qh);
         f32x16 low, high;
         q4_unpack(b + bits + 4, &low, &high);
-        low += fifth_bits(qh, 0);
-        high += fifth_bits(qh, 16);
+        low = add_fifth_bits(low, qh & 0xffff);
+        high = add_fifth_bits(high, qh >> 16);
         lanes += dm[0] * (low * load_f32(x + k * BLOCK) + high * load_f32(x + k * BLOCK + 16));
         sums += dm * xsum[k];
     }
@@ -291,11 +308,11 @@ static inline void k_scales(const uint8_t *s, float *scale, float *min)
 static inline float qk_dot(const uint8_t *row, int five, const float *x, const float *xsum, int64_t n_super)
 {
     const int64_t size = five ? 176 : 144;
-    f32x16 lanes = {0};
+    f32x16 lanes0 = {0}, lanes1 = {0}; /* the even sub-blocks' sums and the odd ones' (two chains in flight) */
     float offsets = 0.f;
     for (int64_t s = 0; s < n_super; s++) {
         const uint8_t *b = row + s * size, *qh = b + 16, *qs = b + (five ? 48 : 16);
-        __builtin_prefetch(b + Q4_PREFETCH);
+        prefetch_block(b, size);
         const float d = f16_at(b), dmin = f16_at(b + 2);
         float scale[8], min[8], mins = 0.f;
         k_scales(b + 4, scale, min);
@@ -304,19 +321,19 @@ static inline float qk_dot(const uint8_t *row, int five, const float *x, const f
             q4_unpack(qs + 32 * c, &l0, &h0);
             q4_unpack(qs + 32 * c + 16, &l1, &h1);
             if (five) {
-                l0 += byte_bits(qh, 2 * c);
-                l1 += byte_bits(qh + 16, 2 * c);
-                h0 += byte_bits(qh, 2 * c + 1);
-                h1 += byte_bits(qh + 16, 2 * c + 1);
+                l0 = add_fifth_bits(l0, byte_bit_mask(qh, 2 * c));
+                l1 = add_fifth_bits(l1, byte_bit_mask(qh + 16, 2 * c));
+                h0 = add_fifth_bits(h0, byte_bit_mask(qh, 2 * c + 1));
+                h1 = add_fifth_bits(h1, byte_bit_mask(qh + 16, 2 * c + 1));
             }
             const float *xc = x + s * SUPER + 64 * c;
-            lanes += (d * scale[2 * c]) * (l0 * load_f32(xc) + l1 * load_f32(xc + 16));
-            lanes += (d * scale[2 * c + 1]) * (h0 * load_f32(xc + 32) + h1 * load_f32(xc + 48));
+            lanes0 += (d * scale[2 * c]) * (l0 * load_f32(xc) + l1 * load_f32(xc + 16));
+            lanes1 += (d * scale[2 * c + 1]) * (h0 * load_f32(xc + 32) + h1 * load_f32(xc + 48));
             mins += min[2 * c] * xsum[8 * s + 2 * c] + min[2 * c + 1] * xsum[8 * s + 2 * c + 1];
         }
         offsets += dmin * mins;
     }
-    return sum_lanes(lanes) - offsets;
+    return sum_lanes(lanes0 + lanes1) - offsets;
 }
 
 /* the 6-bit codes, minus 32, of 16 inputs of a Q6_K block: low (or high) nibbles of ql, bits `shift`.. of qh */
@@ -329,15 +346,61 @@ static inline f32x16 q6_codes(const uint8_t *ql, int high, const uint8_t *qh, in
     return TO_F32(l | ((h >> shift) & 3) << 4) - 32.f;
 }
 
+#ifdef __AVX512BW__
+/* acc + Σ over 64 inputs of (d·scale[k])·code·x, codes: 64 signed bytes, scale[k] for inputs 16k.. */
+static inline __m512 q6_times(__m512i codes, const int8_t *scale, float d, const float *x, __m512 acc)
+{
+#define Q6_QUARTER(k)                                                                                                 \
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(d * (float)scale[k]),                                                       \
+                          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(codes, k))), \
+                                        _mm512_loadu_ps(x + 16 * (k))),                                               \
+                          acc)
+    Q6_QUARTER(0);
+    Q6_QUARTER(1);
+    Q6_QUARTER(2);
+    Q6_QUARTER(3);
+#undef Q6_QUARTER
+    return acc;
+}
+
+/* acc + one half of a Q6_K block (128 inputs) times x, its 6-bit codes built 64 at a time in bytes: the low nibbles
+   of ql's 64 bytes are inputs 0..63 and take bits 0-1 (ql bytes 0..31) or 2-3 (32..63) of qh[l mod 32]; the high
+   nibbles are inputs 64..127, bits 4-5 / 6-7 (a 64-bit lane shift then a 2-bit mask reads the same bits per byte) */
+static inline __m512 q6k_half(const uint8_t *ql, const uint8_t *qh, const int8_t *scale, float d, const float *x,
+                              __m512 acc)
+{
+    const __m512i q = _mm512_loadu_si512(ql), h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)qh));
+    const __m512i nibble = _mm512_set1_epi8(15), two_bits = _mm512_set1_epi8(3), offset = _mm512_set1_epi8(32);
+    const __m512i high_low = _mm512_and_si512(_mm512_srlv_epi64(h, _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0)), two_bits);
+    const __m512i high_high = _mm512_and_si512(_mm512_srlv_epi64(h, _mm512_set_epi64(6, 6, 6, 6, 4, 4, 4, 4)), two_bits);
+    const __m512i low = _mm512_or_si512(_mm512_and_si512(q, nibble), _mm512_slli_epi16(high_low, 4));
+    const __m512i high = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q, 4), nibble), _mm512_slli_epi16(high_high, 4));
+    acc = q6_times(_mm512_sub_epi8(low, offset), scale, d, x, acc);
+    return q6_times(_mm512_sub_epi8(high, offset), scale + 4, d, x + 64, acc);
+}
+#endif
+
 /* one row of W · x for Q6_K blocks: 16 int8 scales of 16 inputs each, value (d·scale)·(q - 32); per half of 128
    inputs, input l of 0..31 takes ql[l] low, l+32 ql[l+32] low, l+64 ql[l] high, l+96 ql[l+32] high, with bits
    0-1, 2-3, 4-5, 6-7 of qh[l] */
 static inline float q6k_dot(const uint8_t *row, const float *x, int64_t n_super)
 {
+#ifdef __AVX512BW__
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t s = 0; s < n_super; s++) {
+        const uint8_t *b = row + s * 210;
+        prefetch_block(b, 210);
+        const float d = f16_at(b + 208);
+        for (int half = 0; half < 2; half++)
+            acc = q6k_half(b + 64 * half, b + 128 + 32 * half, (const int8_t *)(b + 192) + 8 * half, d,
+                           x + s * SUPER + 128 * half, acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+#else
     f32x16 lanes = {0};
     for (int64_t s = 0; s < n_super; s++) {
         const uint8_t *b = row + s * 210;
-        __builtin_prefetch(b + Q4_PREFETCH);
+        prefetch_block(b, 210);
         const float d = f16_at(b + 208);
         for (int half = 0; half < 2; half++) {
             const uint8_t *ql = b + 64 * half, *qh = b + 128 + 32 * half;
@@ -352,6 +415,7 @@ static inline float q6k_dot(const uint8_t *row, const float *x, int64_t n_super)
         }
     }
     return sum_lanes(lanes);
+#endif
 }
 
 /* an input row as the products read it: x itself and its sum over each block (block_sums, for Q4 blocks) */
