@@ -124,6 +124,13 @@ static inline void block_sums(const float *x, int64_t in, float *xsum)
     }
 }
 
+/* an input row as the products read it: x itself and its sum over each block (block_sums, for Q4 blocks) */
+typedef struct {
+    const float *x, *xsum;
+} Input;
+
+#define MANY 4 /* inputs one pass over a row of blocks serves */
+
 /* one Q4 block's 32 codes as floats: low = inputs 0..15 (byte j's low nibble), high = inputs 16..31 (its high one) */
 static inline void q4_unpack(const uint8_t *nibbles, f32x16 *low, f32x16 *high)
 {
@@ -302,19 +309,20 @@ static inline void k_scales(const uint8_t *s, float *scale, float *min)
     }
 }
 
-/* one row of W · x for Q4_K / Q5_K blocks (five: the fifth bits): sub-block j's value (d·scale_j)·q - dmin·min_j, so
-   each sub-block adds d·scale_j · Σ q·x and takes dmin·min_j · Σ x (xsum) away. 64 inputs a step: 32 code bytes whose
-   low nibbles are sub-block 2c and high ones sub-block 2c+1 */
-static inline float qk_dot(const uint8_t *row, int five, const float *x, const float *xsum, int64_t n_super)
+/* row `row` of Q4_K / Q5_K blocks (five: the fifth bits) times n <= MANY inputs: sub-block j's value is
+   (d·scale_j)·q - dmin·min_j, so each sub-block adds d·scale_j · Σ q·x and takes dmin·min_j · Σ x (xsum) away. 64
+   inputs a step: 32 code bytes whose low nibbles are sub-block 2c and high ones sub-block 2c+1, unpacked once for
+   all the inputs (n a constant where it is inlined: the lanes stay in registers) */
+static inline void qk_many(const uint8_t *row, int five, const Input *in, int n, int64_t n_super, float *out)
 {
     const int64_t size = five ? 176 : 144;
-    f32x16 lanes0 = {0}, lanes1 = {0}; /* the even sub-blocks' sums and the odd ones' (two chains in flight) */
-    float offsets = 0.f;
+    f32x16 lanes0[MANY] = {{0}}, lanes1[MANY] = {{0}}; /* the even sub-blocks' sums and the odd ones' */
+    float offsets[MANY] = {0};
     for (int64_t s = 0; s < n_super; s++) {
         const uint8_t *b = row + s * size, *qh = b + 16, *qs = b + (five ? 48 : 16);
         prefetch_block(b, size);
         const float d = f16_at(b), dmin = f16_at(b + 2);
-        float scale[8], min[8], mins = 0.f;
+        float scale[8], min[8];
         k_scales(b + 4, scale, min);
         for (int c = 0; c < 4; c++) {
             f32x16 l0, h0, l1, h1; /* inputs 0..15 and 16..31 of sub-block 2c (l), and of 2c+1 (h) */
@@ -326,14 +334,22 @@ static inline float qk_dot(const uint8_t *row, int five, const float *x, const f
                 h0 = add_fifth_bits(h0, byte_bit_mask(qh, 2 * c + 1));
                 h1 = add_fifth_bits(h1, byte_bit_mask(qh + 16, 2 * c + 1));
             }
-            const float *xc = x + s * SUPER + 64 * c;
-            lanes0 += (d * scale[2 * c]) * (l0 * load_f32(xc) + l1 * load_f32(xc + 16));
-            lanes1 += (d * scale[2 * c + 1]) * (h0 * load_f32(xc + 32) + h1 * load_f32(xc + 48));
-            mins += min[2 * c] * xsum[8 * s + 2 * c] + min[2 * c + 1] * xsum[8 * s + 2 * c + 1];
+            const float even = d * scale[2 * c], odd = d * scale[2 * c + 1];
+            for (int i = 0; i < n; i++) {
+                const float *xc = in[i].x + s * SUPER + 64 * c;
+                lanes0[i] += even * (l0 * load_f32(xc) + l1 * load_f32(xc + 16));
+                lanes1[i] += odd * (h0 * load_f32(xc + 32) + h1 * load_f32(xc + 48));
+            }
         }
-        offsets += dmin * mins;
+        for (int i = 0; i < n; i++) {
+            float mins = 0.f;
+            for (int j = 0; j < 8; j++)
+                mins += min[j] * in[i].xsum[8 * s + j];
+            offsets[i] += dmin * mins;
+        }
     }
-    return sum_lanes(lanes0 + lanes1) - offsets;
+    for (int i = 0; i < n; i++)
+        out[i] = sum_lanes(lanes0[i] + lanes1[i]) - offsets[i];
 }
 
 /* the 6-bit codes, minus 32, of 16 inputs of a Q6_K block: low (or high) nibbles of ql, bits `shift`.. of qh */
@@ -347,83 +363,86 @@ static inline f32x16 q6_codes(const uint8_t *ql, int high, const uint8_t *qh, in
 }
 
 #ifdef __AVX512BW__
-/* acc + Σ over 64 inputs of (d·scale[k])·code·x, codes: 64 signed bytes, scale[k] for inputs 16k.. */
-static inline __m512 q6_times(__m512i codes, const int8_t *scale, float d, const float *x, __m512 acc)
+/* acc[i] + Σ over 64 inputs from `at` of (d·scale[k])·code·x_i, for each of n inputs; codes: 64 signed bytes,
+   scale[k] for inputs 16k.. */
+static inline void q6_times(__m512i codes, const int8_t *scale, float d, const Input *in, int n, int64_t at,
+                            __m512 *acc)
 {
 #define Q6_QUARTER(k)                                                                                                 \
-    acc = _mm512_fmadd_ps(_mm512_set1_ps(d * (float)scale[k]),                                                       \
-                          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(codes, k))), \
-                                        _mm512_loadu_ps(x + 16 * (k))),                                               \
-                          acc)
-    Q6_QUARTER(0);
-    Q6_QUARTER(1);
-    Q6_QUARTER(2);
-    Q6_QUARTER(3);
+    {                                                                                                                 \
+        const __m512 c = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(codes, k)));             \
+        const __m512 ds = _mm512_set1_ps(d * (float)scale[k]);                                                       \
+        for (int i = 0; i < n; i++)                                                                                   \
+            acc[i] = _mm512_fmadd_ps(ds, _mm512_mul_ps(c, _mm512_loadu_ps(in[i].x + at + 16 * (k))), acc[i]);       \
+    }
+    Q6_QUARTER(0)
+    Q6_QUARTER(1)
+    Q6_QUARTER(2)
+    Q6_QUARTER(3)
 #undef Q6_QUARTER
-    return acc;
 }
 
-/* acc + one half of a Q6_K block (128 inputs) times x, its 6-bit codes built 64 at a time in bytes: the low nibbles
-   of ql's 64 bytes are inputs 0..63 and take bits 0-1 (ql bytes 0..31) or 2-3 (32..63) of qh[l mod 32]; the high
-   nibbles are inputs 64..127, bits 4-5 / 6-7 (a 64-bit lane shift then a 2-bit mask reads the same bits per byte) */
-static inline __m512 q6k_half(const uint8_t *ql, const uint8_t *qh, const int8_t *scale, float d, const float *x,
-                              __m512 acc)
+/* acc[i] + one half of a Q6_K block (128 inputs from `at`) times input i, its 6-bit codes built 64 at a time in
+   bytes: the low nibbles of ql's 64 bytes are inputs 0..63 and take bits 0-1 (ql bytes 0..31) or 2-3 (32..63) of
+   qh[l mod 32]; the high nibbles are inputs 64..127, bits 4-5 / 6-7 (a 64-bit lane shift then a 2-bit mask reads
+   the same bits per byte) */
+static inline void q6k_half(const uint8_t *ql, const uint8_t *qh, const int8_t *scale, float d, const Input *in,
+                            int n, int64_t at, __m512 *acc)
 {
     const __m512i q = _mm512_loadu_si512(ql), h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)qh));
-    const __m512i nibble = _mm512_set1_epi8(15), two_bits = _mm512_set1_epi8(3), offset = _mm512_set1_epi8(32);
-    const __m512i high_low = _mm512_and_si512(_mm512_srlv_epi64(h, _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0)), two_bits);
-    const __m512i high_high = _mm512_and_si512(_mm512_srlv_epi64(h, _mm512_set_epi64(6, 6, 6, 6, 4, 4, 4, 4)), two_bits);
-    const __m512i low = _mm512_or_si512(_mm512_and_si512(q, nibble), _mm512_slli_epi16(high_low, 4));
-    const __m512i high = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q, 4), nibble), _mm512_slli_epi16(high_high, 4));
-    acc = q6_times(_mm512_sub_epi8(low, offset), scale, d, x, acc);
-    return q6_times(_mm512_sub_epi8(high, offset), scale + 4, d, x + 64, acc);
+    const __m512i nibble = _mm512_set1_epi8(15), two = _mm512_set1_epi8(3), offset = _mm512_set1_epi8(32);
+    const __m512i low_high = _mm512_and_si512(_mm512_srlv_epi64(h, _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0)), two);
+    const __m512i high_high = _mm512_and_si512(_mm512_srlv_epi64(h, _mm512_set_epi64(6, 6, 6, 6, 4, 4, 4, 4)), two);
+    const __m512i low = _mm512_or_si512(_mm512_and_si512(q, nibble), _mm512_slli_epi16(low_high, 4));
+    const __m512i high =
+        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q, 4), nibble), _mm512_slli_epi16(high_high, 4));
+    q6_times(_mm512_sub_epi8(low, offset), scale, d, in, n, at, acc);
+    q6_times(_mm512_sub_epi8(high, offset), scale + 4, d, in, n, at + 64, acc);
 }
 #endif
 
-/* one row of W · x for Q6_K blocks: 16 int8 scales of 16 inputs each, value (d·scale)·(q - 32); per half of 128
-   inputs, input l of 0..31 takes ql[l] low, l+32 ql[l+32] low, l+64 ql[l] high, l+96 ql[l+32] high, with bits
-   0-1, 2-3, 4-5, 6-7 of qh[l] */
-static inline float q6k_dot(const uint8_t *row, const float *x, int64_t n_super)
+/* row `row` of Q6_K blocks times n <= MANY inputs: 16 int8 scales of 16 inputs each, value (d·scale)·(q - 32); per
+   half of 128 inputs, input l of 0..31 takes ql[l] low, l+32 ql[l+32] low, l+64 ql[l] high, l+96 ql[l+32] high,
+   with bits 0-1, 2-3, 4-5, 6-7 of qh[l] (AVX-512BW: the codes built once for all the inputs) */
+static inline void q6k_many(const uint8_t *row, const Input *in, int n, int64_t n_super, float *out)
 {
 #ifdef __AVX512BW__
-    __m512 acc = _mm512_setzero_ps();
+    __m512 acc[MANY];
+    for (int i = 0; i < n; i++)
+        acc[i] = _mm512_setzero_ps();
     for (int64_t s = 0; s < n_super; s++) {
         const uint8_t *b = row + s * 210;
         prefetch_block(b, 210);
         const float d = f16_at(b + 208);
         for (int half = 0; half < 2; half++)
-            acc = q6k_half(b + 64 * half, b + 128 + 32 * half, (const int8_t *)(b + 192) + 8 * half, d,
-                           x + s * SUPER + 128 * half, acc);
+            q6k_half(b + 64 * half, b + 128 + 32 * half, (const int8_t *)(b + 192) + 8 * half, d, in, n,
+                     s * SUPER + 128 * half, acc);
     }
-    return _mm512_reduce_add_ps(acc);
+    for (int i = 0; i < n; i++)
+        out[i] = _mm512_reduce_add_ps(acc[i]);
 #else
-    f32x16 lanes = {0};
-    for (int64_t s = 0; s < n_super; s++) {
-        const uint8_t *b = row + s * 210;
-        prefetch_block(b, 210);
-        const float d = f16_at(b + 208);
-        for (int half = 0; half < 2; half++) {
-            const uint8_t *ql = b + 64 * half, *qh = b + 128 + 32 * half;
-            const int8_t *scale = (const int8_t *)(b + 192) + 8 * half;
-            const float *xh = x + s * SUPER + 128 * half;
-            for (int t = 0; t < 2; t++) { /* inputs l = 16t .. 16t + 15 */
-                for (int g = 0; g < 4; g++) /* inputs l + 32g: ql[l] or ql[l + 32], low or high, qh bits 2g */
-                    lanes += (d * (float)scale[t + 2 * g]) *
-                             (q6_codes(ql + 16 * t + 32 * (g & 1), g >> 1, qh + 16 * t, 2 * g) *
-                              load_f32(xh + 16 * t + 32 * g));
+    for (int i = 0; i < n; i++) {
+        f32x16 lanes = {0};
+        for (int64_t s = 0; s < n_super; s++) {
+            const uint8_t *b = row + s * 210;
+            prefetch_block(b, 210);
+            const float d = f16_at(b + 208);
+            for (int half = 0; half < 2; half++) {
+                const uint8_t *ql = b + 64 * half, *qh = b + 128 + 32 * half;
+                const int8_t *scale = (const int8_t *)(b + 192) + 8 * half;
+                const float *xh = in[i].x + s * SUPER + 128 * half;
+                for (int t = 0; t < 2; t++) { /* inputs l = 16t .. 16t + 15 */
+                    for (int g = 0; g < 4; g++) /* inputs l + 32g: ql[l] or ql[l + 32], low or high, qh bits 2g */
+                        lanes += (d * (float)scale[t + 2 * g]) *
+                                 (q6_codes(ql + 16 * t + 32 * (g & 1), g >> 1, qh + 16 * t, 2 * g) *
+                                  load_f32(xh + 16 * t + 32 * g));
+                }
             }
         }
+        out[i] = sum_lanes(lanes);
     }
-    return sum_lanes(lanes);
 #endif
 }
-
-/* an input row as the products read it: x itself and its sum over each block (block_sums, for Q4 blocks) */
-typedef struct {
-    const float *x, *xsum;
-} Input;
-
-#define MANY 4 /* inputs one pass over a row of blocks serves */
 
 /* row `row` of Q4 / Q8_0 blocks times n <= MANY inputs: each block's codes are unpacked once for all of them, each
    input summed in its own lanes as q4_dot / q8_dot do (n a constant where it is inlined: the lanes stay in registers) */
@@ -472,31 +491,47 @@ static inline float row_dot(int64_t kind, const void *weight, int64_t in, int64_
     case Q8_0:
         return q8_dot(row, x, in / BLOCK);
     case Q4_K:
-        return qk_dot(row, 0, x, xsum, in / SUPER);
     case Q5_K:
-        return qk_dot(row, 1, x, xsum, in / SUPER);
-    case Q6_K:
-        return q6k_dot(row, x, in / SUPER);
+    case Q6_K: {
+        const Input one = {x, xsum};
+        float out;
+        if (kind == Q6_K)
+            q6k_many(row, &one, 1, in / SUPER, &out);
+        else
+            qk_many(row, kind == Q5_K, &one, 1, in / SUPER, &out);
+        return out;
+    }
     default:
         return f32_dot((const float *)weight + r * in, x, in);
     }
 }
 
-/* row r of W times each of n <= MANY inputs (out[i] = row · in[i].x): one input alone, or float32, Q5 or K rows, one
-   at a time; Q4_0 / Q4_1 / Q8_0 blocks for several inputs in one pass (the codes unpacked once for all of them) */
+/* row `row` of `kind` blocks times n <= MANY inputs in one pass (the codes unpacked once for all of them) */
+static inline void many(const uint8_t *row, int64_t kind, int64_t in, const Input *inputs, int n, float *out)
+{
+    if (kind == Q4_K || kind == Q5_K)
+        qk_many(row, kind == Q5_K, inputs, n, in / SUPER, out);
+    else if (kind == Q6_K)
+        q6k_many(row, inputs, n, in / SUPER, out);
+    else
+        blocks_many(row, kind, inputs, n, in / BLOCK, out);
+}
+
+/* row r of W times each of n <= MANY inputs (out[i] = row · in[i].x): one input alone, or float32 or Q5_0 / Q5_1
+   rows, one at a time; the other blocks for several inputs in one pass */
 static inline void row_dots(int64_t kind, const void *weight, int64_t in, int64_t r, const Input *inputs, int n,
                             float *out)
 {
     const uint8_t *row = (const uint8_t *)weight + r * row_bytes(kind, in);
-    if (n == 1 || !(kind == Q4_0 || kind == Q4_1 || kind == Q8_0)) {
+    if (n == 1 || kind == F32 || kind == Q5_0 || kind == Q5_1) {
         for (int i = 0; i < n; i++)
             out[i] = row_dot(kind, weight, in, r, inputs[i].x, inputs[i].xsum);
     } else if (n == 2) { /* a constant count each, so that the lanes stay in registers */
-        blocks_many(row, kind, inputs, 2, in / BLOCK, out);
+        many(row, kind, in, inputs, 2, out);
     } else if (n == 3) {
-        blocks_many(row, kind, inputs, 3, in / BLOCK, out);
+        many(row, kind, in, inputs, 3, out);
     } else {
-        blocks_many(row, kind, inputs, MANY, in / BLOCK, out);
+        many(row, kind, in, inputs, MANY, out);
     }
 }
 
