@@ -15,9 +15,9 @@ from gguf import GGMLQuantizationType as GGML
 
 from llamalab.checkpoint.gguf_header import TensorInfo
 from llamalab.checkpoint.quantized import INT4_KERNEL_DTYPES, QuantizedWeight
-from llamalab.quantize.blocks import BLOCK, float16_values
+from llamalab.quantize.blocks import BLOCK, KINDS, float16_values
 
-KEPT_TYPES = (GGML.Q8_0, GGML.Q4_0, GGML.Q4_1, GGML.Q5_0, GGML.Q5_1, GGML.Q4_K, GGML.Q5_K, GGML.Q6_K)
+KEPT_TYPES = tuple(GGML[kind] for kind in KINDS)  # the types BlockLinear holds
 INT4_TYPES = (GGML.Q4_0, GGML.Q4_1)  # the ones an Int4Linear holds exactly
 
 

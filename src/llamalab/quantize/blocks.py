@@ -13,8 +13,10 @@ of sub-block s); Q6_K = 128 bytes of low nibbles (per 128-input half: byte l hol
 """
 from __future__ import annotations
 
+import gguf
 import torch
 import torch.nn.functional as F
+from gguf import GGMLQuantizationType as GGML
 from torch import nn
 
 from llamalab.errors import ConfigError
@@ -22,9 +24,10 @@ from llamalab.quantize.frozen import frozen_linear
 from llamalab.quantize.rows import linear_by_row_blocks
 
 BLOCK = 32  # inputs per block (per sub-block of the K kinds)
-BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
-BLOCK_INPUTS = {"Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "Q8_0": 32, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256}
-GGML_TYPE_IDS = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}  # ggml's
+KINDS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")  # the GGUF types kept (and cpu_rows.h reads)
+BLOCK_INPUTS = {kind: gguf.GGML_QUANT_SIZES[GGML[kind]][0] for kind in KINDS}  # inputs one block covers
+BLOCK_BYTES = {kind: gguf.GGML_QUANT_SIZES[GGML[kind]][1] for kind in KINDS}
+GGML_TYPE_IDS = {kind: GGML[kind].value for kind in KINDS}  # ggml's type numbers: the kinds of cpu_rows.h
 
 
 def dequantize_blocks(rows: torch.Tensor, kind: str) -> torch.Tensor:

@@ -1,5 +1,5 @@
-/* One output row of a product with a weight held as float32 or as GGUF's Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K blocks (read in place):
-   the dot products the kernels of cpu_kernels.c and cpu_decode.c share. Each block is summed in 16 float32 lanes (one
+/* One output row of a product with a weight held as float32 or as GGUF's Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K /
+   Q5_K / Q6_K blocks (read in place): the dot products the kernels of cpu_kernels.c and cpu_decode.c share. Each block is summed in 16 float32 lanes (one
    AVX-512 register, or two AVX2 ones: GCC's vector extensions are lowered by -march=native) and scaled by its d. */
 #ifndef LLAMALAB_CPU_ROWS_H
 #define LLAMALAB_CPU_ROWS_H
@@ -107,10 +107,16 @@ static inline int64_t block_bytes(int64_t kind)
     }
 }
 
+/* the inputs one block of `kind` covers */
+static inline int64_t block_inputs(int64_t kind)
+{
+    return kind == Q4_K || kind == Q5_K || kind == Q6_K ? SUPER : BLOCK;
+}
+
 /* the bytes of a row of `in` inputs */
 static inline int64_t row_bytes(int64_t kind, int64_t in)
 {
-    return in / (kind >= Q4_K ? SUPER : BLOCK) * block_bytes(kind);
+    return in / block_inputs(kind) * block_bytes(kind);
 }
 
 /* the sum of x over each block of BLOCK inputs (in / BLOCK values): what a Q4 block's offset multiplies */
@@ -279,7 +285,7 @@ static inline uint32_t byte_bit_mask(const uint8_t *bytes, int bit)
    fifth bit added from the block's 32-bit qh */
 static inline float q5_dot(const uint8_t *row, int has_min, const float *x, const float *xsum, int64_t n_blocks)
 {
-    const int64_t size = has_min ? 24 : 22, bits = has_min ? 4 : 2;
+    const int64_t size = block_bytes(has_min ? Q5_1 : Q5_0), bits = has_min ? 4 : 2;
     f32x16 lanes = {0};
     f32x4 sums = {0};
     for (int64_t k = 0; k < n_blocks; k++) {
@@ -315,7 +321,7 @@ static inline void k_scales(const uint8_t *s, float *scale, float *min)
    all the inputs (n a constant where it is inlined: the lanes stay in registers) */
 static inline void qk_many(const uint8_t *row, int five, const Input *in, int n, int64_t n_super, float *out)
 {
-    const int64_t size = five ? 176 : 144;
+    const int64_t size = block_bytes(five ? Q5_K : Q4_K);
     f32x16 lanes0[MANY] = {{0}}, lanes1[MANY] = {{0}}; /* the even sub-blocks' sums and the odd ones' */
     float offsets[MANY] = {0};
     for (int64_t s = 0; s < n_super; s++) {
@@ -411,8 +417,8 @@ static inline void q6k_many(const uint8_t *row, const Input *in, int n, int64_t 
     for (int i = 0; i < n; i++)
         acc[i] = _mm512_setzero_ps();
     for (int64_t s = 0; s < n_super; s++) {
-        const uint8_t *b = row + s * 210;
-        prefetch_block(b, 210);
+        const uint8_t *b = row + s * block_bytes(Q6_K);
+        prefetch_block(b, block_bytes(Q6_K));
         const float d = f16_at(b + 208);
         for (int half = 0; half < 2; half++)
             q6k_half(b + 64 * half, b + 128 + 32 * half, (const int8_t *)(b + 192) + 8 * half, d, in, n,
@@ -424,8 +430,8 @@ static inline void q6k_many(const uint8_t *row, const Input *in, int n, int64_t 
     for (int i = 0; i < n; i++) {
         f32x16 lanes = {0};
         for (int64_t s = 0; s < n_super; s++) {
-            const uint8_t *b = row + s * 210;
-            prefetch_block(b, 210);
+            const uint8_t *b = row + s * block_bytes(Q6_K);
+            prefetch_block(b, block_bytes(Q6_K));
             const float d = f16_at(b + 208);
             for (int half = 0; half < 2; half++) {
                 const uint8_t *ql = b + 64 * half, *qh = b + 128 + 32 * half;
@@ -596,9 +602,9 @@ static inline void row_values(int64_t kind, const void *weight, int64_t in, int6
         return;
     }
     const uint8_t *row = (const uint8_t *)weight + r * row_bytes(kind, in);
-    const int64_t size = block_bytes(kind), inputs = kind >= Q4_K ? SUPER : BLOCK;
+    const int64_t size = block_bytes(kind), inputs = block_inputs(kind);
     for (int64_t k = 0; k < in / inputs; k++) {
-        if (kind >= Q4_K)
+        if (inputs == SUPER)
             block_values_k(kind, row + k * size, out + k * inputs);
         else
             block_values_32(kind, row + k * size, out + k * inputs);

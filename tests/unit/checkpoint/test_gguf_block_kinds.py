@@ -1,15 +1,18 @@
 """GGUF files mixing Q5_0, Q5_1, Q4_K, Q5_K and Q6_K matrices, as llama.cpp's Q4_K_M / Q5_K_M files do: kept as the
 file's blocks (no float copy), and computing what transformers computes from the same file (the oracle: gguf's own
 dequantization) in PyTorch, in the C kernels and through the C decode step."""
+import sys
 from pathlib import Path
 
 import gguf
-import numpy as np
 import pytest
 import torch
 from checkpoint_models import VOCAB, random_model
 from gguf import GGMLQuantizationType as GGML
 from mutate import rewrite_gguf
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "quantize"))  # the random valid blocks the kernel tests use
+from gguf_block_layers import random_blocks  # noqa: E402
 
 from llamalab.checkpoint import load, save
 from llamalab.config import ModelArgs
@@ -23,28 +26,17 @@ from llamalab.quantize.blocks import BlockEmbedding, BlockLinear
 ARGS = ModelArgs(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=VOCAB, hidden_dim=512, max_seq_len=64)
 MATRICES = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_down", "ffn_up"]
 KINDS = [GGML.Q4_K, GGML.Q5_K, GGML.Q6_K, GGML.Q5_0, GGML.Q5_1]
-# the float16 fields of each kind's block (offset, largest |value| a weight may take through it ~0.05)
-SCALES = {GGML.Q5_0: [(0, 3e-3)], GGML.Q5_1: [(0, 3e-3), (2, 2e-2)], GGML.Q4_K: [(0, 5e-5), (2, 5e-5)],
-          GGML.Q5_K: [(0, 2.5e-5), (2, 2.5e-5)], GGML.Q6_K: [(208, 1.2e-5)], GGML.Q2_K: [(80, 1e-3), (82, 1e-3)]}
+# the largest float16 d / m / dmin of each kind's blocks: weights of at most ~0.05, as a trained model's
+LARGEST = {GGML.Q5_0: 3e-3, GGML.Q5_1: 3e-3, GGML.Q4_K: 5e-5, GGML.Q5_K: 2.5e-5, GGML.Q6_K: 1.2e-5, GGML.Q2_K: 1e-3}
 PROMPT = torch.tensor([[1, 5, 9, 200, 3, 77, 150, 2, 31, 64]])
-
-
-def random_blocks(kind: GGML, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
-    """Valid `kind` blocks (rows, bytes per row): random codes and packed scales, finite float16 scales."""
-    inputs, size = gguf.GGML_QUANT_SIZES[kind]
-    raw = rng.integers(0, 256, (rows, cols // inputs, size), dtype=np.uint8)
-    for offset, largest in SCALES[kind]:
-        values = rng.uniform(0.2, 1.0, raw.shape[:2]) * largest * rng.choice([-1, 1], raw.shape[:2])
-        raw[..., offset:offset + 2] = values.astype(np.float16)[..., None].view(np.uint8)
-    return raw.reshape(rows, -1)
 
 
 def block_gguf(folder, chosen: dict[str, GGML]) -> Path:
     """A GGUF of a random model of ARGS with the tensors named in `chosen` replaced by random blocks of their kind."""
     source = save(random_model(ARGS), folder / "f32.gguf", format="gguf", dtype="float32")
-    rng = np.random.default_rng(0)
     shapes = {t.name: tuple(int(n) for n in reversed(t.shape)) for t in gguf.GGUFReader(source).tensors}
-    blocks = {name: (random_blocks(kind, *shapes[name], rng), kind) for name, kind in chosen.items()}
+    blocks = {name: (random_blocks(*shapes[name], kind.name, seed, LARGEST[kind]), kind)
+              for seed, (name, kind) in enumerate(chosen.items())}
     return rewrite_gguf(source, folder / "blocks.gguf", {}, blocks)
 
 

@@ -7,16 +7,9 @@ from gguf import GGMLQuantizationType as GGML
 from gguf_block_layers import block_layer, random_blocks
 
 from llamalab.errors import ConfigError
-from llamalab.quantize.blocks import BLOCK_BYTES, BLOCK_INPUTS, GGML_TYPE_IDS, BlockEmbedding, BlockLinear
+from llamalab.quantize.blocks import BLOCK_BYTES, BLOCK_INPUTS, BlockEmbedding, BlockLinear
 
 NEW_KINDS = ["Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
-
-
-def test_block_tables_are_ggml_s():
-    for kind in BLOCK_BYTES:
-        assert gguf.GGML_QUANT_SIZES[GGML[kind]] == (BLOCK_INPUTS[kind], BLOCK_BYTES[kind])
-        assert GGML_TYPE_IDS[kind] == GGML[kind].value
-    assert BLOCK_INPUTS.keys() == BLOCK_BYTES.keys() == GGML_TYPE_IDS.keys()
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
